@@ -1,0 +1,15 @@
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=90000,
+    device="auto",  # "cuda" if available else "cpu"
+    seed=42,
+    amp=dict(enabled=False),  # used only on CUDA
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False),
+    clip_grad_norm=0.1,
+    checkpointer=dict(period=5000, max_to_keep=100),
+    eval_period=5000,
+    log_period=20,
+    # Model EMA (hook in detr_plus.engine.hooks); stop_update_iter freezes it (OD-DETR's Stop Update).
+    ema=dict(enabled=False, decay=0.9997, warmup_iters=0, stop_update_iter=None, eval_with_ema=False),
+)

@@ -1,0 +1,51 @@
+"""Two-stage Deformable DETR with iterative box refinement, ResNet-50 (300 queries)."""
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BasicStem, ResNet
+
+from detr_plus.layers import PositionEmbeddingSine
+from detr_plus.modeling import (
+    ChannelMapper,
+    DeformableDecoder,
+    DeformableDETR,
+    DeformableEncoder,
+    DeformableTransformer,
+    HungarianMatcher,
+    SetCriterion,
+    resnet_stages,
+)
+
+model = L(DeformableDETR)(
+    backbone=L(ResNet)(
+        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+        stages=L(resnet_stages)(depth=50, norm="FrozenBN"),
+        out_features=["res3", "res4", "res5"],
+        freeze_at=1,
+    ),
+    neck=L(ChannelMapper)(
+        input_shapes={"res3": L(ShapeSpec)(channels=512), "res4": L(ShapeSpec)(channels=1024), "res5": L(ShapeSpec)(channels=2048)},
+        in_features=["res3", "res4", "res5"],
+        out_channels=256,
+        num_outs=4,
+    ),
+    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128),
+    transformer=L(DeformableTransformer)(
+        encoder=L(DeformableEncoder)(num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4),
+        decoder=L(DeformableDecoder)(
+            num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4,
+            num_classes="${..num_classes}", box_refine=True, look_forward_twice=False,
+        ),
+        num_classes=80,
+        num_feature_levels=4,
+        num_queries=300,
+        two_stage=True,
+        mixed_query_selection=False,
+    ),
+    criterion=L(SetCriterion)(
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+        class_loss="focal",
+    ),
+    select_box_nums_for_evaluation=100,
+    enc_loss_weight=1.0,
+)

@@ -1,0 +1,163 @@
+"""DETR-style dataset mapper and augmentations (Detectron2 v0.6 and newer)."""
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+
+import detr_plus  # noqa: F401  (compat shims must run before detectron2 is imported)
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+__all__ = [
+    "RandomChoice",
+    "DetrDatasetMapper",
+    "build_detr_train_augmentation",
+    "build_detr_test_augmentation",
+    "read_image_checked",
+    "DETR_MIN_SIZES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Short-edge sizes of the DETR / Deformable-DETR multi-scale training.
+DETR_MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+
+
+class RandomChoice(T.Augmentation):
+    """Apply exactly one of ``augs``, chosen uniformly (or with ``probs``) at random.
+
+    Detectron2 v0.6 has ``RandomApply`` (apply-or-not) but no "either A or B"; an element may
+    itself be a ``T.AugmentationList`` (applied sequentially).  Uses ``np.random`` like
+    Detectron2's augmentations, so ``np.random.seed`` makes it reproducible.
+    """
+
+    def __init__(self, augs: Sequence[T.Augmentation], probs: Union[Sequence[float], None] = None):
+        super().__init__()
+        if len(augs) == 0:
+            raise ValueError("RandomChoice needs at least one augmentation")
+        for a in augs:
+            if not isinstance(a, T.Augmentation):
+                raise TypeError(f"RandomChoice expects Augmentation instances, got {type(a)}")
+        self.augs = list(augs)
+        if probs is not None:
+            p = np.asarray(probs, dtype=np.float64)
+            if p.shape != (len(self.augs),) or (p < 0).any() or p.sum() <= 0:
+                raise ValueError(f"invalid probs {probs} for {len(self.augs)} augmentations")
+            probs = list(p / p.sum())
+        self.probs = probs
+
+    def _pick(self) -> T.Augmentation:
+        if self.probs is None:
+            return self.augs[np.random.randint(len(self.augs))]
+        return self.augs[int(np.random.choice(len(self.augs), p=self.probs))]
+
+    def get_transform(self, *args):
+        # Only meaningful for single-step augmentations; __call__ handles AugmentationList.
+        return self._pick().get_transform(*args)
+
+    def __call__(self, aug_input):
+        return self._pick()(aug_input)
+
+    def __repr__(self):
+        return f"RandomChoice([{', '.join(repr(a) for a in self.augs)}], probs={self.probs})"
+
+    __str__ = __repr__
+
+
+def build_detr_train_augmentation(
+    min_sizes: Sequence[int] = DETR_MIN_SIZES,
+    max_size: int = 1333,
+    crop_sizes: Sequence[int] = (400, 500, 600),
+    crop_range: Sequence[int] = (384, 600),
+    flip_prob: float = 0.5,
+) -> List[T.Augmentation]:
+    """DETR training augmentation.
+
+    Random horizontal flip; then with probability 0.5 either
+    (a) resize the short side to a random choice of ``min_sizes`` (long side <= ``max_size``), or
+    (b) resize the short side to a random choice of ``crop_sizes`` (no long-side limit), crop a
+        random ``h x w`` patch with ``h, w`` uniform in ``crop_range`` (absolute pixels, clamped
+        to the image), then do (a).
+
+    For 128 px CPU configs e.g. ``min_sizes=(96, 112, 128), max_size=160,
+    crop_sizes=(96, 112, 128), crop_range=(80, 112)``.
+    """
+    multiscale = T.ResizeShortestEdge(list(min_sizes), max_size=max_size, sample_style="choice")
+    crop_then_resize = T.AugmentationList(
+        [
+            T.ResizeShortestEdge(list(crop_sizes), max_size=sys.maxsize, sample_style="choice"),
+            T.RandomCrop("absolute_range", (int(crop_range[0]), int(crop_range[1]))),
+            T.ResizeShortestEdge(list(min_sizes), max_size=max_size, sample_style="choice"),
+        ]
+    )
+    return [
+        T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False),
+        RandomChoice([multiscale, crop_then_resize]),
+    ]
+
+
+def build_detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> List[T.Augmentation]:
+    """Resize the short side to ``min_size`` (long side <= ``max_size``)."""
+    return [T.ResizeShortestEdge([int(min_size)], max_size=max_size, sample_style="choice")]
+
+
+def read_image_checked(file_name: str, image_format: str = "RGB") -> np.ndarray:
+    """``detectron2.data.detection_utils.read_image`` with errors that name the file."""
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Image file not found: {file_name}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise RuntimeError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
+
+
+class DetrDatasetMapper:
+    """Map a Detectron2 dataset dict to the model input (DETR style).
+
+    Output dict: ``"image"`` (uint8 CHW tensor in ``image_format``), ``"height"``/``"width"``
+    (original image size, for rescaling predictions), ``"image_id"``, ``"file_name"`` and, in
+    training, ``"instances"`` (``gt_boxes``: XYXY absolute boxes in the augmented image,
+    ``gt_classes``), with crowd annotations removed and boxes emptied by cropping filtered out.
+    Images with no annotations give empty ``Instances``.
+    """
+
+    def __init__(self, is_train: bool, augmentations: Sequence[T.Augmentation], image_format: str = "RGB"):
+        self.is_train = bool(is_train)
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.image_format = image_format
+        mode = "training" if is_train else "inference"
+        logger.info(f"[DetrDatasetMapper] Augmentations used in {mode}: {self.augmentations}")
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        file_name = dataset_dict["file_name"]
+        image = read_image_checked(file_name, self.image_format)
+        utils.check_image_size(dataset_dict, image)  # also fills in missing height/width
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = tuple(image.shape[:2])  # (h, w)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        annos = dataset_dict.pop("annotations", None)
+        if not self.is_train:
+            return dataset_dict
+
+        objs = []
+        for obj in annos or []:
+            if obj.get("iscrowd", 0) != 0:
+                continue
+            # Boxes only: skip transforming masks/keypoints, which DETR does not use.
+            obj.pop("segmentation", None)
+            obj.pop("keypoints", None)
+            objs.append(utils.transform_instance_annotations(obj, transforms, image_shape))
+        instances = utils.annotations_to_instances(objs, image_shape)
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict

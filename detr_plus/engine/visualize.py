@@ -1,0 +1,54 @@
+"""PNGs a person would rather look at than read: training curves and drawn detections."""
+import json
+import os
+
+import numpy as np
+
+
+def plot_training_curves(metrics_json, out_png):
+    """Total loss (and bbox AP where evaluated) against iteration from Detectron2's metrics.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(metrics_json) if line.strip()]
+    loss = [(r["iteration"], r["total_loss"]) for r in rows if "total_loss" in r]
+    ap = [(r["iteration"], r["bbox/AP"]) for r in rows if "bbox/AP" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if loss:
+        ax.plot(*zip(*loss), label="total loss", color="tab:blue")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if ap:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*ap), "o-", color="tab:orange", label="bbox AP")
+        ax2.set_ylabel("bbox AP")
+    ax.set_title(os.path.dirname(os.path.abspath(metrics_json)))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def draw_detections(model, dataset_dicts, mapper, metadata, out_png, score_threshold=0.3, max_images=4):
+    """Run ``model`` on a few images and tile Detectron2 ``Visualizer`` drawings into one PNG."""
+    import torch
+    from detectron2.utils.visualizer import Visualizer
+    from PIL import Image
+
+    tiles = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for record in dataset_dicts[:max_images]:
+            inputs = mapper(dict(record))
+            instances = model([inputs])[0]["instances"].to("cpu")
+            instances = instances[instances.scores >= score_threshold]
+            image = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+            tiles.append(Visualizer(image, metadata, scale=2.0).draw_instance_predictions(instances).get_image())
+    model.train(was_training)
+    height = max(t.shape[0] for t in tiles)
+    tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 4), (0, 0)), constant_values=255) for t in tiles]
+    Image.fromarray(np.concatenate(tiles, 1)).save(out_png)
+    return out_png

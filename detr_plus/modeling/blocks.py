@@ -1,0 +1,113 @@
+"""Decoder-layer sub-blocks with one signature, ``block(query, context) -> query``.
+
+Every block owns its residual connection and norm, so a block can be swapped for a route-specific
+variant (Mr. DETR Route-1/3, LoRA-DETR branches) or wrapped (QR-DETR's gather/route/scatter)
+without touching the layer around it.
+"""
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..layers import MultiScaleDeformableAttention
+
+
+@dataclass
+class QueryContext:
+    """What a decoder layer's blocks read besides the queries.
+
+    Per-query fields (``PER_QUERY``) are indexed along dim 1 together with the queries, so a wrapper
+    that decodes a subset of queries calls ``context.select(index)``; the rest is shared.
+    """
+
+    query_pos: torch.Tensor  # (B, Q, d)
+    reference_points: torch.Tensor  # (B, Q, L, 4) boxes scaled by valid ratios, for cross-attention
+    memory: torch.Tensor  # (B, S, d)
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
+    memory_padding_mask: Optional[torch.Tensor] = None  # (B, S), True on padding
+    self_attn_mask: Optional[torch.Tensor] = None  # (Q, Q) bool, True = may not attend
+
+    PER_QUERY = ("query_pos", "reference_points")
+
+    def select(self, index: torch.Tensor) -> "QueryContext":
+        """Context for the queries ``index`` (B, K) (a per-image gather along the query dimension)."""
+        picked = {}
+        for name in self.PER_QUERY:
+            value = getattr(self, name)
+            gather_index = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(-1, -1, *value.shape[2:])
+            picked[name] = value.gather(1, gather_index)
+        if self.self_attn_mask is not None:
+            raise NotImplementedError("select() of a context with a self-attention mask: select the mask per image first")
+        return replace(self, **picked)
+
+    def repeat_queries(self, times: int) -> "QueryContext":
+        """Context for ``times`` copies of the queries concatenated along dim 1 (one cross-attention call for several routes)."""
+        return replace(self, **{name: torch.cat([getattr(self, name)] * times, 1) for name in self.PER_QUERY})
+
+
+class SelfAttentionBlock(nn.Module):
+    """Post-norm multi-head self-attention of the queries (content + position as query and key)."""
+
+    def __init__(self, d_model=256, num_heads=8, dropout=0.0):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def attend(self, query, query_pos, attn_mask=None, prefix=None, prefix_pos=None, need_weights=False):
+        """Attention output for ``query``; optional ``prefix`` tokens join keys/values (their outputs are dropped)."""
+        q = k = query + query_pos
+        v = query
+        if prefix is not None:
+            k = torch.cat([prefix + prefix_pos, k], 1)
+            v = torch.cat([prefix, v], 1)
+        out, weights = self.attn(q, k, v, attn_mask=attn_mask, need_weights=need_weights, average_attn_weights=True)
+        return (out, weights) if need_weights else out
+
+    def forward(self, query, context: QueryContext):
+        out = self.attend(query, context.query_pos, context.self_attn_mask)
+        return self.norm(query + self.dropout(out))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Deformable cross-attention of the queries to the encoder memory (Deformable DETR Eq. 3)."""
+
+    def __init__(self, d_model=256, num_heads=8, num_levels=4, num_points=4, dropout=0.0, attn_implementation="bilinear_gather"):
+        super().__init__()
+        self.attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points, attn_implementation)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, query, context: QueryContext):
+        out = self.attn(query + context.query_pos, context.reference_points, context.memory,
+                        context.spatial_shapes, context.level_start_index, context.memory_padding_mask)
+        return self.norm(query + self.dropout(out))
+
+
+class FFN(nn.Module):
+    """The position-wise feed-forward network, W2 act(W1 x + b1) + b2 (LoRA-DETR Eq. 2), without residual."""
+
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout2(self.linear2(self.dropout1(torch.relu(self.linear1(x)))))
+
+
+class FFNBlock(nn.Module):
+    """Residual + norm around an FFN. ``forward(query, context, ffn=None)`` may run another FFN
+    (a route's own weights) inside this block's residual and shared norm."""
+
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+        super().__init__()
+        self.ffn = FFN(d_model, d_ffn, dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, query, context: Optional[QueryContext] = None, ffn: Optional[nn.Module] = None):
+        return self.norm(query + (self.ffn if ffn is None else ffn)(query))

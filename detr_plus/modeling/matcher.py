@@ -1,0 +1,177 @@
+"""Query-to-GT matchers: one-to-one Hungarian and one-to-many (LoRA-DETR Eq. 7 / Mr. DETR).
+
+Call signature shared by both matchers:
+    matcher(pred_logits (B, Q, C), pred_boxes (B, Q, 4) normalised cxcywh, targets)
+    targets: list of B dicts with "labels" LongTensor (n,) and "boxes" (n, 4) normalised cxcywh.
+    returns: list of B tuples (query_idx LongTensor, gt_idx LongTensor) on the inputs' device,
+             sorted by query_idx (ascending).
+"""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_iou, generalized_box_iou
+
+from ..layers.box_ops import box_cxcywh_to_xyxy
+
+__all__ = ["HungarianMatcher", "OneToManyMatcher", "matching_quality"]
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _empty_pair(device) -> Tuple[torch.Tensor, torch.Tensor]:
+    e = torch.empty(0, dtype=torch.long, device=device)
+    return e, e.clone()
+
+
+class HungarianMatcher:
+    """One-to-one bipartite matching (DETR / Deformable-DETR).
+
+    cost = cost_class * C_focal + cost_bbox * L1(b, b_gt) + cost_giou * (-GIoU(b, b_gt)), with the
+    focal class cost of Deformable-DETR:
+      C_focal[q, j] = alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p)),
+      p = sigmoid(logit[q, label_j]).
+    The cost is built per image on the inputs' device, then solved by
+    scipy.optimize.linear_sum_assignment on a CPU float32 copy. scipy returns pairs sorted by
+    query index; we keep that order. Images with zero GTs (or zero queries) give empty indices.
+    """
+
+    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor,
+                    gt_boxes: torch.Tensor) -> torch.Tensor:
+        """(Q, C), (Q, 4), (n,), (n, 4) -> (Q, n) matching cost of one image."""
+        x = logits[:, gt_labels].float()
+        p = x.sigmoid()
+        a, g = self.focal_alpha, self.focal_gamma
+        pos = a * (1 - p).pow(g) * (-F.logsigmoid(x))   # -log p
+        neg = (1 - a) * p.pow(g) * (-F.logsigmoid(-x))  # -log(1 - p)
+        boxes, gt_boxes = boxes.float(), gt_boxes.float()
+        c_l1 = torch.cdist(boxes, gt_boxes, p=1)
+        c_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes))
+        return self.cost_class * (pos - neg) + self.cost_bbox * c_l1 + self.cost_giou * c_giou
+
+    @torch.no_grad()
+    def __call__(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor,
+                 targets: List[Dict[str, torch.Tensor]]) -> Indices:
+        device = pred_logits.device
+        out = []
+        for b, tgt in enumerate(targets):
+            n, nq = len(tgt["labels"]), pred_logits.shape[1]
+            if n == 0 or nq == 0:
+                out.append(_empty_pair(device))
+                continue
+            cost = self.cost_matrix(pred_logits[b], pred_boxes[b], tgt["labels"], tgt["boxes"])
+            cost = torch.nan_to_num(cost.cpu(), nan=1e8, posinf=1e8, neginf=-1e8)
+            rows, cols = linear_sum_assignment(cost.numpy())
+            out.append((torch.as_tensor(rows, dtype=torch.long, device=device),
+                        torch.as_tensor(cols, dtype=torch.long, device=device)))
+        return out
+
+
+@torch.no_grad()
+def matching_quality(pred_logits_b: torch.Tensor, pred_boxes_b: torch.Tensor,
+                     gt_labels: torch.Tensor, gt_boxes: torch.Tensor,
+                     class_weight: float = 0.3) -> torch.Tensor:
+    """Matching score M of LoRA-DETR Eq. 7 for one image (no autograd):
+
+      M[q, j] = class_weight * sigmoid(logit[q, label_j]) + (1 - class_weight) * IoU(b_q, b_j)
+
+    (the authors' code: IoU weight 0.7, class weight 0.3). Boxes are normalised cxcywh.
+    (Q, C), (Q, 4), (n,), (n, 4) -> (Q, n) float32. Also the VFL+ soft target s of o2m branches.
+    """
+    cls = pred_logits_b[:, gt_labels].float().sigmoid()
+    iou = box_iou(box_cxcywh_to_xyxy(pred_boxes_b.float()), box_cxcywh_to_xyxy(gt_boxes.float()))
+    return class_weight * cls + (1 - class_weight) * iou
+
+
+class OneToManyMatcher:
+    """One-to-many assignment on the matching score M (LoRA-DETR Eq. 7; Mr. DETR's rules).
+
+    Per image, with M = matching_quality(...) of shape (Q, n); each query gets at most ONE GT:
+      1. Top-1 (if keep_top1): every GT j reserves its top-1 query argmax_q M[q, j] (ties: lower
+         query index), even below the threshold. A query that is the top-1 of several GTs goes
+         to the lowest GT index. These rule-1 pairs override rules 2-3 (a reserved query is not
+         a candidate of any other GT).
+      2. Candidates: every other query takes its best GT argmax_j M[q, j] (ties: lower GT
+         index) and is a candidate iff that best M >= threshold.
+      3. Per GT at most `topk` positives in total, the top-1 pair counted: a GT keeps its
+         highest-M candidates (ties: lower query index) up to topk - (1 if it holds a top-1
+         pair else 0).
+      4. Cap: at most max(floor(max_positive_ratio * Q), #top-1 pairs) positives per image;
+         top-1 pairs are kept first, then the rest by M descending (ties: lower query index).
+    Hence every positive that is not a top-1 pair has M >= threshold. Returns, per image,
+    (query_idx, gt_idx) sorted by query_idx on the inputs' device; zero GTs / queries -> empty.
+    """
+
+    def __init__(self, topk: int = 6, threshold: float = 0.4, class_weight: float = 0.3,
+                 max_positive_ratio: float = 0.25, keep_top1: bool = True):
+        self.topk = topk
+        self.threshold = threshold
+        self.class_weight = class_weight
+        self.max_positive_ratio = max_positive_ratio
+        self.keep_top1 = keep_top1
+
+    def match_single(self, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Assign from a (Q, n) matching-score matrix; returns (query_idx, gt_idx)."""
+        nq, n = quality.shape
+        device = quality.device
+        if nq == 0 or n == 0:
+            return _empty_pair(device)
+        arange_q = torch.arange(nq, device=device)
+        # Rule 1: top-1 query of every GT; a query claimed twice goes to the lower GT index.
+        owner = torch.full((nq,), n, dtype=torch.long, device=device)
+        if self.keep_top1:
+            top1 = quality.argmax(dim=0)
+            owner.scatter_reduce_(0, top1, torch.arange(n, device=device), reduce="amin")
+        is_top1 = owner < n
+        has_top1 = torch.zeros(n, dtype=torch.long, device=device)
+        has_top1[owner[is_top1]] = 1
+        # Rule 2: remaining queries are candidates of their best GT if best M >= threshold.
+        best_m, best_gt = quality.max(dim=1)
+        cand = (~is_top1) & (best_m >= self.threshold)
+        cq, cg, cm = arange_q[cand], best_gt[cand], best_m[cand]
+        # Rule 3: rank candidates within their GT by M (desc), keep topk - has_top1 of them.
+        order = torch.sort(cm, descending=True, stable=True).indices
+        order = order[torch.sort(cg[order], stable=True).indices]
+        cq, cg, cm = cq[order], cg[order], cm[order]
+        counts = torch.bincount(cg, minlength=n)
+        group_start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(cg), device=device) - group_start[cg]
+        keep = rank < (self.topk - has_top1[cg])
+        cq, cg, cm = cq[keep], cg[keep], cm[keep]
+        # Rule 4: cap, top-1 pairs first, then by M descending.
+        tq = arange_q[is_top1]
+        tg = owner[is_top1]
+        q_all = torch.cat([tq, cq])
+        g_all = torch.cat([tg, cg])
+        cap = max(int(self.max_positive_ratio * nq), len(tq))
+        if len(q_all) > cap:
+            o = torch.argsort(cq)  # query order first, so M ties go to the lower query index
+            cq, cg, cm = cq[o], cg[o], cm[o]
+            o = torch.sort(cm, descending=True, stable=True).indices
+            cq, cg = cq[o], cg[o]
+            q_all = torch.cat([tq, cq])[:cap]
+            g_all = torch.cat([tg, cg])[:cap]
+        order = torch.argsort(q_all)
+        return q_all[order], g_all[order]
+
+    @torch.no_grad()
+    def __call__(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor,
+                 targets: List[Dict[str, torch.Tensor]]) -> Indices:
+        out = []
+        for b, tgt in enumerate(targets):
+            if len(tgt["labels"]) == 0 or pred_logits.shape[1] == 0:
+                out.append(_empty_pair(pred_logits.device))
+                continue
+            m = matching_quality(pred_logits[b], pred_boxes[b], tgt["labels"], tgt["boxes"],
+                                 self.class_weight)
+            out.append(self.match_single(m))
+        return out

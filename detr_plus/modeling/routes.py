@@ -1,0 +1,37 @@
+"""Training routes: extra ways to supervise the shared decoder that exist only in training (DESIGN.md).
+
+A ``TrainingRoute`` gives each decoder layer an optional ``LayerBranch`` (its per-layer module
+variants) and owns the criterion (matcher + losses + weights) its predictions are trained with.
+The meta-architecture runs routes only in training; at inference only the primary route exists,
+and ``strip_training_routes`` turns a method's checkpoint into a plain baseline checkpoint.
+"""
+from typing import Dict, Optional, Sequence
+
+from torch import nn
+
+from .criterion import SetCriterion
+from .decoder import LayerBranch
+
+ROUTES_PREFIX = "routes."
+
+
+class TrainingRoute(nn.Module):
+    """``branches``: one ``LayerBranch`` (or None to skip that layer) per decoder layer.
+    ``loss_scale`` multiplies every loss of the route (e.g. 1/N for N LoRA-DETR branches)."""
+
+    def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0):
+        super().__init__()
+        self.branches = nn.ModuleList(b if b is not None else nn.Identity() for b in branches)
+        self.criterion = criterion
+        self.loss_scale = loss_scale
+
+    def layer_branch(self, layer_index: int) -> Optional[LayerBranch]:
+        if layer_index >= len(self.branches):
+            return None
+        branch = self.branches[layer_index]
+        return branch if isinstance(branch, LayerBranch) else None
+
+
+def strip_training_routes(state_dict: Dict) -> Dict:
+    """Drop every training-only parameter (``routes.*``) so the state dict loads into the baseline."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(ROUTES_PREFIX)}

@@ -1,0 +1,196 @@
+"""Hungarian matcher vs brute force; one-to-many matcher on hand-made score matrices."""
+import itertools
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_convert, generalized_box_iou
+
+from detr_plus.modeling.matcher import HungarianMatcher, OneToManyMatcher, matching_quality
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def random_boxes(gen, n):
+    cxcy = torch.rand(n, 2, generator=gen) * 0.6 + 0.2
+    wh = torch.rand(n, 2, generator=gen) * 0.3 + 0.05
+    return torch.cat([cxcy, wh], dim=1)
+
+
+def reference_cost(logits, boxes, labels, gt_boxes, wc=2.0, wb=5.0, wg=2.0, alpha=0.25, gamma=2.0):
+    """Deformable-DETR focal/L1/GIoU cost written out entry by entry."""
+    q, n = len(boxes), len(labels)
+    xyxy = box_convert(boxes, "cxcywh", "xyxy")
+    gxyxy = box_convert(gt_boxes, "cxcywh", "xyxy")
+    giou = generalized_box_iou(xyxy, gxyxy)
+    cost = torch.zeros(q, n, dtype=torch.float64)
+    for i in range(q):
+        for j in range(n):
+            p = 1 / (1 + math.exp(-logits[i, labels[j]].item()))
+            pos = alpha * (1 - p) ** gamma * -math.log(p)
+            neg = (1 - alpha) * p ** gamma * -math.log(1 - p)
+            l1 = (boxes[i] - gt_boxes[j]).abs().sum().item()
+            cost[i, j] = wc * (pos - neg) + wb * l1 - wg * giou[i, j].item()
+    return cost
+
+
+def brute_force_min(cost):
+    q, n = cost.shape
+    if q >= n:
+        return min(sum(cost[p[j], j].item() for j in range(n)) for p in itertools.permutations(range(q), n))
+    return min(sum(cost[i, p[i]].item() for i in range(q)) for p in itertools.permutations(range(n), q))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("nq,ngt", [(5, 3), (4, 4), (2, 3)])
+def test_hungarian_matches_brute_force(seed, nq, ngt):
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = 4
+    logits = torch.randn(1, nq, num_classes, generator=gen) * 2
+    boxes = random_boxes(gen, nq)[None]
+    labels = torch.randint(0, num_classes, (ngt,), generator=gen)
+    gt_boxes = random_boxes(gen, ngt)
+    matcher = HungarianMatcher()
+    (qi, gi), = matcher(logits, boxes, [{"labels": labels, "boxes": gt_boxes}])
+    cost = reference_cost(logits[0], boxes[0], labels, gt_boxes)
+    torch.testing.assert_close(matcher.cost_matrix(logits[0], boxes[0], labels, gt_boxes).double(),
+                               cost, atol=1e-4, rtol=1e-5)
+    assert len(qi) == len(gi) == min(nq, ngt)
+    assert len(set(qi.tolist())) == len(qi) and len(set(gi.tolist())) == len(gi)
+    assert qi.tolist() == sorted(qi.tolist())
+    ours = cost[qi, gi].sum().item()
+    assert ours == pytest.approx(brute_force_min(cost), abs=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hungarian_zero_gt_dtype_device(device):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=gen).to(device)
+    boxes = random_boxes(gen, 10).view(2, 5, 4).to(device)
+    targets = [
+        {"labels": torch.tensor([1, 2], device=device), "boxes": random_boxes(gen, 2).to(device)},
+        {"labels": torch.zeros(0, dtype=torch.long, device=device), "boxes": torch.zeros(0, 4, device=device)},
+    ]
+    out = HungarianMatcher()(logits, boxes, targets)
+    assert len(out) == 2
+    for qi, gi in out:
+        assert qi.dtype == gi.dtype == torch.long
+        assert qi.device.type == gi.device.type == device
+    assert len(out[0][0]) == 2 and len(out[1][0]) == 0 and len(out[1][1]) == 0
+
+
+def test_hungarian_zero_queries():
+    out = HungarianMatcher()(torch.zeros(1, 0, 3), torch.zeros(1, 0, 4),
+                             [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}])
+    assert len(out[0][0]) == 0
+
+
+def pairs(result):
+    return sorted(zip(result[0].tolist(), result[1].tolist()))
+
+
+def test_one_to_many_threshold_topk_and_top1_below_threshold():
+    m = torch.tensor([
+        [0.9, 0.1],   # q0: top-1 of gt0
+        [0.8, 0.2],   # q1
+        [0.7, 0.1],   # q2
+        [0.3, 0.1],   # q3: below threshold
+        [0.1, 0.35],  # q4: top-1 of gt1, below threshold
+        [0.2, 0.3],   # q5: below threshold
+        [0.5, 0.0],   # q6
+        [0.0, 0.0],   # q7
+    ])
+    o2m = OneToManyMatcher(topk=2, threshold=0.4, max_positive_ratio=1.0)
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (4, 1)]  # k=2 incl. top-1
+    o2m.topk = 3
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (2, 0), (4, 1)]
+    o2m.topk = 6
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (2, 0), (4, 1), (6, 0)]
+    o2m.keep_top1 = False  # gt1 has no query >= tau
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (2, 0), (6, 0)]
+
+
+def test_one_to_many_top1_overrides_and_gt_tie():
+    m = torch.tensor([
+        [0.6, 0.9],  # top-1 of both GTs -> goes to gt0 (lower index), though its best GT is gt1
+        [0.1, 0.8],  # candidate of gt1
+        [0.5, 0.2],  # candidate of gt0
+        [0.55, 0.1],  # candidate of gt0 (gt0's top-1 is q0 with 0.6)
+    ])
+    res = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=1.0).match_single(m)
+    assert pairs(res) == [(0, 0), (1, 1), (2, 0), (3, 0)]
+    # a query that is top-1 of gt1 but whose best GT is gt0 goes to gt1
+    m2 = torch.tensor([[0.9, 0.3], [0.95, 0.1], [0.2, 0.1]])
+    res2 = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=1.0).match_single(m2)
+    assert pairs(res2) == [(0, 1), (1, 0)]
+
+
+def test_one_to_many_positive_cap():
+    m = torch.tensor([
+        [0.95, 0.1],  # top-1 gt0
+        [0.2, 0.9],   # top-1 gt1
+        [0.5, 0.1],
+        [0.1, 0.85],
+        [0.6, 0.2],
+        [0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+    ])
+    res = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=0.5).match_single(m)  # cap 4
+    assert pairs(res) == [(0, 0), (1, 1), (3, 1), (4, 0)]
+    res = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=0.25).match_single(m)  # cap 2
+    assert pairs(res) == [(0, 0), (1, 1)]
+    # cap is at least the number of top-1 pairs, even if they are below threshold
+    m3 = torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.0, 0.3]] + [[0.0] * 3] * 5)
+    res = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=0.25).match_single(m3)
+    assert pairs(res) == [(0, 0), (1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_to_many_invariants_random(seed):
+    gen = torch.Generator().manual_seed(seed)
+    nq, n, k, tau, ratio = 40, 5, 3, 0.4, 0.25
+    m = torch.rand(nq, n, generator=gen) * 0.8
+    qi, gi = OneToManyMatcher(topk=k, threshold=tau, max_positive_ratio=ratio).match_single(m)
+    assert len(set(qi.tolist())) == len(qi)                       # every query at most once
+    assert qi.tolist() == sorted(qi.tolist())
+    assert torch.bincount(gi, minlength=n).max() <= k               # k cap per GT
+    assert len(qi) <= max(int(ratio * nq), n)                       # positive cap
+    top1 = m.argmax(0)
+    for j in range(n):                                              # top-1 kept
+        if (top1[:j] != top1[j]).all():
+            assert (top1[j].item(), j) in set(zip(qi.tolist(), gi.tolist()))
+    for q, j in zip(qi.tolist(), gi.tolist()):                      # non-top-1 positives
+        if top1[j].item() != q:
+            assert m[q, j] >= tau and m[q].argmax().item() == j
+
+
+def test_matching_quality_hand_values():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [-1.0, 0.5, 0.0]])
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.6, 0.6, 0.2, 0.2]])
+    gt_labels = torch.tensor([2, 0])
+    gt_boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.6, 0.6, 0.2, 0.2]])
+    m = matching_quality(logits, boxes, gt_labels, gt_boxes, class_weight=0.3)
+    iou_01 = 0.01 / 0.07
+    expected = torch.tensor([
+        [0.3 / (1 + math.exp(-2.0)) + 0.7, 0.3 * 0.5 + 0.7 * iou_01],
+        [0.3 * 0.5 + 0.7 * iou_01, 0.3 / (1 + math.exp(1.0)) + 0.7],
+    ])
+    torch.testing.assert_close(m, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_to_many_call_zero_gt_and_device(device):
+    logits = torch.full((2, 8, 3), -4.0, device=device)
+    logits[0, 1, 2] = 4.0
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]], device=device).repeat(2, 8, 1)
+    boxes[0, 0] = torch.tensor([0.1, 0.1, 0.05, 0.05])
+    targets = [
+        {"labels": torch.tensor([2], device=device), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]], device=device)},
+        {"labels": torch.zeros(0, dtype=torch.long, device=device), "boxes": torch.zeros(0, 4, device=device)},
+    ]
+    out = OneToManyMatcher(topk=6, threshold=0.4, max_positive_ratio=0.25)(logits, boxes, targets)
+    (q0, g0), (q1, g1) = out
+    # queries 1..7 overlap the GT perfectly (M >= 0.7); cap floor(0.25 * 8) = 2: q1 (top-1) + q2
+    assert q0.tolist() == [1, 2] and g0.tolist() == [0, 0]
+    assert len(q1) == len(g1) == 0
+    for x in (q0, g0, q1, g1):
+        assert x.dtype == torch.long and x.device.type == device

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Train / evaluate a detr_plus LazyConfig, the Detectron2/detrex way:
+
+    python train_net.py --config-file CONFIG [--eval-only] [--resume] [--num-gpus N] key=value ...
+"""
+import logging
+import os
+
+import detr_plus  # noqa: F401  (applies the detectron2 compatibility layer first)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import default_argument_parser, default_setup, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from detr_plus.data import check_dataset_available
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus.engine.ema import ModelEMA
+from detr_plus.engine.hooks import EMAHook, unwrap
+from detr_plus.engine.launch import create_ddp_model, launch
+from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
+from detr_plus.engine.writers import default_writers
+
+logger = logging.getLogger("detr_plus")
+
+
+def build_evaluator(cfg):
+    evaluator_cfg = cfg.dataloader.evaluator
+    check_dataset_available(evaluator_cfg.dataset_name)
+    if evaluator_cfg.get("output_dir") is None:
+        evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    return instantiate(evaluator_cfg)
+
+
+def do_test(cfg, model, ema=None):
+    """COCO evaluation of ``model`` (or of its EMA weights when ``train.ema.eval_with_ema``)."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    evaluator = build_evaluator(cfg)
+    model = unwrap(model)
+    if ema is not None and cfg.train.ema.eval_with_ema:
+        with ema.applied_to(model):
+            results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    else:
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_model(cfg):
+    model = instantiate(cfg.model)
+    model.to(resolve_device(cfg.train.get("device", "auto")))
+    logger.info(f"Model parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    return model
+
+
+def do_train(args, cfg):
+    model = build_model(cfg)
+    cfg.optimizer.model = model
+    optimizer = instantiate(cfg.optimizer)
+    ema_cfg = cfg.train.get("ema", {})
+    ema = ModelEMA(model, ema_cfg.decay, ema_cfg.get("warmup_iters", 0)) if ema_cfg.get("enabled", False) else None
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp_model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    trainer = DetrTrainer(ddp_model, train_loader, optimizer, cfg.train.clip_grad_norm, cfg.train.amp.enabled)
+    checkpointables = {"ema": ema} if ema is not None else {}
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        EMAHook(ema, ema_cfg.get("stop_update_iter")) if ema is not None else None,
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema)),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    train_loader.set_start_iter(start_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except NonFiniteLossError:
+        if comm.is_main_process():
+            checkpointer.save(f"model_before_nonfinite_iter{trainer.iter:07d}")
+            logger.error(f"Saved the last finite weights to {cfg.train.output_dir}/model_before_nonfinite_iter{trainer.iter:07d}.pth")
+        raise
+    return model, ema
+
+
+def report(cfg, model, results):
+    """Where everything went, plus the PNGs (training curves, detections on validation images)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from detr_plus.engine.visualize import draw_detections, plot_training_curves
+
+    out = cfg.train.output_dir
+    lines = [f"Outputs in {os.path.abspath(out)}:"]
+    metrics = os.path.join(out, "metrics.json")
+    if os.path.exists(metrics):
+        lines.append(f"  training curves: {plot_training_curves(metrics, os.path.join(out, 'training_curves.png'))}")
+    if "evaluator" in cfg.dataloader:
+        name = cfg.dataloader.evaluator.dataset_name
+        mapper = instantiate(cfg.dataloader.test.mapper)
+        png = draw_detections(unwrap(model), DatasetCatalog.get(name), mapper, MetadataCatalog.get(name), os.path.join(out, "detections.png"))
+        lines.append(f"  detections on {name}: {png}")
+    if results:
+        lines.append(f"  bbox AP: {results.get('bbox', {}).get('AP', float('nan')):.2f}")
+    lines.append(f"  checkpoints, metrics.json, TensorBoard events: {os.path.abspath(out)}")
+    print("\n".join(lines), flush=True)
+
+
+def main(args):
+    cfg = LazyConfig.load(args.config_file)
+    cfg = apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = build_model(cfg)
+        DetectionCheckpointer(model).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        results = do_test(cfg, model)
+    else:
+        model, ema = do_train(args, cfg)
+        results = do_test(cfg, model, ema)
+    if comm.is_main_process():
+        report(cfg, model, results)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
