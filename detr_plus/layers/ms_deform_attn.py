@@ -109,7 +109,7 @@ def ms_deform_attn_bilinear_gather(value, spatial_shapes, level_start_index, sam
     axis_weight = torch.stack([1 - frac, frac], dim=-1)  # (..., L, P, xy, tap)
     point_weight = attention_weights * contributes
     weight = (point_weight[..., None, None] * axis_weight[..., 1, :, None] * axis_weight[..., 0, None, :]).flatten(-2)
-    out = _WeightedRowGather.apply(table.view(-1, C), rows.view(-1, L * P * 4), weight.to(value.dtype).view(-1, L * P * 4))
+    out = _WeightedRowGather.apply(table.view(-1, C), rows.reshape(-1, L * P * 4), weight.to(value.dtype).reshape(-1, L * P * 4))
     return out.view(B, Q, H * C)
 
 

@@ -1,0 +1,156 @@
+"""Helpers shared by the model tests: the real model configs made tiny, synthetic inputs, and
+direct access to the transformer's encoder state.
+
+The sizes follow ``configs/shapes/deformable_detr_tiny.py`` (thin ResNet-18 backbone, d_model 128)
+with fewer layers and queries; the configs' decisive switches (two-stage, mixed query selection,
+look-forward-twice, box refinement) are left as the config file sets them unless a test asks.
+"""
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+import detr_plus  # noqa: F401  (detectron2 compatibility patches, before any detectron2 import)
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+
+from detr_plus.modeling import resnet_stages
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "plain": REPO / "configs" / "models" / "deformable_detr_r50.py",
+    "plusplus": REPO / "configs" / "models" / "deformable_detr_plusplus_r50.py",
+}
+WIDTH = 32  # as configs/shapes/deformable_detr_tiny.py: ResNet-18 at half width
+D_MODEL = 128
+NUM_CLASSES = 3
+IMAGE_SIZES = [(64, 80), (72, 64)]  # (H, W) of the two synthetic images
+
+
+def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=20, num_classes=NUM_CLASSES, **transformer):
+    """``LazyConfig.load(configs/models/<name>).model`` with only the sizes overridden.
+
+    ``transformer`` overrides ``model.transformer`` keys (e.g. ``two_stage=False``)."""
+    model = LazyConfig.load(str(CONFIGS[name])).model
+    model.backbone.stem.out_channels = WIDTH
+    model.backbone.stem.norm = "BN"
+    model.backbone.stages = L(resnet_stages)(depth=18, base_channels=WIDTH, norm="BN")
+    model.backbone.freeze_at = 0
+    model.neck.input_shapes = {f"res{i}": L(ShapeSpec)(channels=WIDTH * 2 ** (i - 2)) for i in (3, 4, 5)}
+    model.neck.out_channels = D_MODEL
+    model.position_embedding.num_pos_feats = D_MODEL // 2
+    model.transformer.encoder.update(num_layers=enc_layers, d_model=D_MODEL, d_ffn=2 * D_MODEL)
+    model.transformer.decoder.update(num_layers=dec_layers, d_model=D_MODEL, d_ffn=2 * D_MODEL)
+    model.transformer.num_classes = num_classes
+    model.transformer.num_queries = num_queries
+    model.transformer.update(transformer)
+    return model
+
+
+def build(cfg, seed=0):
+    torch.manual_seed(seed)
+    return instantiate(cfg)
+
+
+def build_tiny_model(name="plusplus", seed=0, **kwargs):
+    return build(tiny_model_config(name, **kwargs), seed)
+
+
+SMALL_IMAGE_SIZES = [(32, 40), (36, 32)]  # padded to 64 x 64: still 85 encoder positions (>= num_queries)
+
+
+def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SIZES) -> List[Dict]:
+    """Two uint8 CHW images of different sizes; the first has two boxes, the second none.
+
+    ``size_scale`` adds ``height``/``width`` = scale x the tensor size (the original image size)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = []
+    # First image: boxes (x0, y0, x1, y1) as fractions of (W, H, W, H); 4,6,40,30 and 30,20,75,60 px at 80 x 64.
+    fractions = torch.tensor([[4 / 80, 6 / 64, 40 / 80, 30 / 64], [30 / 80, 20 / 64, 75 / 80, 60 / 64]])
+    gt = [(fractions, torch.tensor([0, 2])), (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]
+    for (h, w), (boxes, classes) in zip(sizes, gt):
+        x = {"image": torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)}
+        if size_scale is not None:
+            x["height"], x["width"] = h * size_scale, w * size_scale
+        if with_instances:
+            instances = Instances((h, w))
+            instances.gt_boxes = Boxes(boxes * torch.tensor([w, h, w, h], dtype=torch.float32))
+            instances.gt_classes = classes
+            x["instances"] = instances
+        batch.append(x)
+    return batch
+
+
+def targets_of(model, batch):
+    images, _ = model.preprocess_images(batch)
+    return model.prepare_targets(batch, images.image_sizes)
+
+
+def encode(model, batch):
+    """The transformer's ``EncoderState`` of ``batch`` (backbone + neck + encoder)."""
+    images, masks = model.preprocess_images(batch)
+    features, level_masks, pos = model.extract_features(images, masks)
+    return model.transformer.encode(features, level_masks, pos)
+
+
+def features_of(model, batch):
+    images, masks = model.preprocess_images(batch)
+    return model.extract_features(images, masks)
+
+
+def random_queries(batch_size, num, d_model=D_MODEL, seed=0, dtype=torch.float32):
+    """Content queries (B, num, d) and reference boxes (B, num, 4) inside the image."""
+    gen = torch.Generator().manual_seed(seed)
+    content = torch.randn(batch_size, num, d_model, generator=gen, dtype=dtype)
+    centres = torch.rand(batch_size, num, 2, generator=gen, dtype=dtype) * 0.6 + 0.2
+    sizes = torch.rand(batch_size, num, 2, generator=gen, dtype=dtype) * 0.3 + 0.05
+    return content, torch.cat([centres, sizes], -1)
+
+
+class CallCounter:
+    """Forward-hook call counter for a set of modules; ``remove()`` detaches the hooks."""
+
+    def __init__(self, modules):
+        self.counts: Dict[str, int] = {}
+        self.handles = []
+        for name, module in modules.items():
+            self.counts[name] = 0
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.counts[name] += 1
+
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def assert_finite_grads(module: torch.nn.Module, what: str, allow_none=()):
+    """Every trainable parameter of ``module`` got a finite gradient, and not all of them are zero."""
+    missing, total = [], 0.0
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            if not any(name.startswith(prefix) for prefix in allow_none):
+                missing.append(name)
+            continue
+        assert torch.isfinite(p.grad).all(), f"{what}.{name}: non-finite gradient"
+        total += p.grad.abs().sum().item()
+    assert not missing, f"{what}: no gradient for {missing}"
+    assert total > 0, f"{what}: all gradients are zero"
+
+
+def primary_losses(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v for k, v in losses.items() if "/" not in k}
