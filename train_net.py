@@ -64,6 +64,7 @@ def do_train(args, cfg):
     ema = ModelEMA(model, ema_cfg.decay, ema_cfg.get("warmup_iters", 0)) if ema_cfg.get("enabled", False) else None
     train_loader = instantiate(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    latest_results = {}  # the EvalHook also evaluates after the last iteration
     trainer = DetrTrainer(ddp_model, train_loader, optimizer, cfg.train.clip_grad_norm, cfg.train.amp.enabled)
     checkpointables = {"ema": ema} if ema is not None else {}
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)
@@ -72,7 +73,7 @@ def do_train(args, cfg):
         EMAHook(ema, ema_cfg.get("stop_update_iter")) if ema is not None else None,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema)),
+        hooks.EvalHook(cfg.train.eval_period, lambda: latest_results.update(do_test(cfg, model, ema)) or latest_results),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
@@ -86,7 +87,7 @@ def do_train(args, cfg):
             checkpointer.save(f"model_before_nonfinite_iter{trainer.iter:07d}")
             logger.error(f"Saved the last finite weights to {cfg.train.output_dir}/model_before_nonfinite_iter{trainer.iter:07d}.pth")
         raise
-    return model, ema
+    return model, latest_results
 
 
 def report(cfg, model, results):
@@ -111,17 +112,31 @@ def report(cfg, model, results):
     print("\n".join(lines), flush=True)
 
 
+def checkpoint_ema(cfg, model, checkpoint):
+    """The EMA saved in ``checkpoint`` when ``train.ema.enabled`` and ``eval_with_ema``, so --eval-only
+    evaluates what the evaluation during training evaluated; None otherwise."""
+    ema_cfg = cfg.train.get("ema", {})
+    if not (ema_cfg.get("enabled", False) and ema_cfg.get("eval_with_ema", False)):
+        return None
+    if "ema" not in checkpoint:
+        logger.warning("train.ema.eval_with_ema=True but the checkpoint has no EMA: evaluating its weights")
+        return None
+    ema = ModelEMA(model, ema_cfg.decay)
+    ema.load_state_dict(checkpoint["ema"])
+    return ema
+
+
 def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
-        DetectionCheckpointer(model).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-        results = do_test(cfg, model)
+        # save_dir: --resume evaluates the last checkpoint of train.output_dir (not ./last_checkpoint).
+        checkpoint = DetectionCheckpointer(model, cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        results = do_test(cfg, model, checkpoint_ema(cfg, model, checkpoint))
     else:
-        model, ema = do_train(args, cfg)
-        results = do_test(cfg, model, ema)
+        model, results = do_train(args, cfg)
     if comm.is_main_process():
         report(cfg, model, results)
     return results

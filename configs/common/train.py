@@ -5,7 +5,7 @@ train = dict(
     device="auto",  # "cuda" if available else "cpu"
     seed=42,
     amp=dict(enabled=False),  # used only on CUDA
-    ddp=dict(broadcast_buffers=False, find_unused_parameters=False),
+    ddp=dict(find_unused_parameters=False),
     clip_grad_norm=0.1,
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,

@@ -3,6 +3,7 @@ import time
 
 import torch
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -29,8 +30,8 @@ class DetrTrainer(SimpleTrainer):
         with torch.autocast("cuda", enabled=self.amp):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
-        if not torch.isfinite(losses):
-            bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v)}
+        if not self.all_finite(losses):
+            bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v)}
             raise NonFiniteLossError(f"Non-finite loss at iteration {self.iter}: {bad or {'total': float(losses)}}. "
                                      "The weights were not updated; the last checkpoint is intact.")
         self.optimizer.zero_grad()
@@ -48,6 +49,14 @@ class DetrTrainer(SimpleTrainer):
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    @staticmethod
+    def all_finite(loss):
+        """True when the loss is finite in every process (all stop together instead of some hanging in backward)."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite)
 
     def state_dict(self):
         state = super().state_dict()

@@ -1,0 +1,333 @@
+"""Unit tests of detr_plus.engine: config overrides, device resolution, the training step (non-finite
+loss), model EMA and its hook, optimizer parameter groups. No training of the real model here
+(see test_training.py); the only real model built is the tiny one, for the parameter groups."""
+import itertools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import detr_plus  # noqa: F401  (compat shims before detectron2)
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import HookBase
+from detectron2.utils.events import EventStorage
+
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus.engine.ema import ModelEMA
+from detr_plus.engine.hooks import EMAHook
+from detr_plus.engine.optim import NORM_TYPES, build_adamw, param_groups
+from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. LazyConfig overrides from the command line
+# ----------------------------------------------------------------------------------------------
+def test_command_line_overrides_are_applied(tiny):
+    args = tiny.make_args("train.max_iter=7", "model.transformer.num_queries=20")
+    assert args.opts == ["train.max_iter=7", "model.transformer.num_queries=20"]
+    cfg = LazyConfig.load(args.config_file)
+    assert cfg.train.max_iter != 7 and cfg.model.transformer.num_queries != 20
+    cfg = apply_overrides(cfg, args.opts)
+    assert cfg.train.max_iter == 7
+    assert cfg.model.transformer.num_queries == 20
+
+
+def test_unknown_override_key_raises_with_suggestion(tiny):
+    cfg = LazyConfig.load(tiny.config)
+    with pytest.raises(KeyError) as info:
+        apply_overrides(cfg, ["train.max_iterz=3"])
+    message = info.value.args[0]
+    assert "'train.max_iterz'" in message
+    assert "did you mean train.max_iter" in message
+    assert "max_iterz" not in cfg.train  # nothing was applied
+    with pytest.raises(KeyError, match="model.transformer.num_querie"):
+        apply_overrides(cfg, ["model.transformer.num_querie=5"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(cfg, ["train.max_iter"])
+
+
+def test_plus_prefix_adds_new_keys(tiny):
+    cfg = LazyConfig.load(tiny.config)
+    cfg = apply_overrides(cfg, ["+new.key=1", "+train.extra_flag=true", "train.max_iter=5"])
+    assert cfg.new.key == 1
+    assert cfg.train.extra_flag is True
+    assert cfg.train.max_iter == 5
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Device
+# ----------------------------------------------------------------------------------------------
+def test_resolve_device(monkeypatch):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+    assert resolve_device(None) == expected
+    assert resolve_device("cpu") == "cpu"
+    # With CUDA present, "auto" picks it but an explicit train.device=cpu is still respected.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_train_device_cpu_is_respected(tiny, train_net):
+    cfg = apply_overrides(LazyConfig.load(tiny.config), tiny.model_overrides + ["train.device=cpu"])
+    model = train_net.build_model(cfg)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert {b.device.type for b in model.buffers()} == {"cpu"}
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Non-finite loss
+# ----------------------------------------------------------------------------------------------
+class _LossModel(nn.Module):
+    """Finite losses for ``finite_steps`` calls, then ``loss_a`` becomes NaN."""
+
+    def __init__(self, finite_steps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+        self.calls, self.finite_steps = 0, finite_steps
+
+    def forward(self, batch):
+        self.calls += 1
+        loss_b = (self.weight ** 2).sum()
+        loss_a = self.weight.sum() * (float("nan") if self.calls > self.finite_steps else 1.0)
+        return {"loss_a": loss_a, "loss_b": loss_b}
+
+
+def test_non_finite_loss_raises_and_keeps_weights():
+    model = _LossModel(finite_steps=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = DetrTrainer(model, itertools.repeat([{}]), optimizer, clip_grad_norm=0.0, amp=False)
+    snapshots = []
+
+    class Snapshot(HookBase):  # the weights before each step
+        def before_step(self):
+            snapshots.append(model.weight.detach().clone())
+
+    trainer.register_hooks([Snapshot()])
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train(0, 10)
+    message = str(info.value)
+    assert "iteration 2" in message
+    assert "loss_a" in message and "loss_b" not in message
+    assert trainer.iter == 2 and len(snapshots) == 3
+    assert not torch.equal(snapshots[0], snapshots[2])  # the two finite steps did train
+    assert torch.equal(model.weight.detach(), snapshots[2])  # the NaN step changed nothing
+    assert torch.isfinite(model.weight).all()
+
+
+def test_clip_grad_norm_and_amp_flag_on_cpu():
+    model = _LossModel(finite_steps=100)
+    trainer = DetrTrainer(model, itertools.repeat([{}]), torch.optim.SGD(model.parameters(), lr=0.1),
+                          clip_grad_norm=0.1, amp=True)
+    if not torch.cuda.is_available():
+        assert trainer.amp is False and trainer.grad_scaler is None  # AMP is CUDA-only
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        trainer.iter = 0
+        trainer.run_step()
+        # grad = (1 + 2w) = (3, -3, 7); its norm is logged before clipping, the step after it.
+        assert storage.history("grad_norm").latest() == pytest.approx(math.sqrt(9 + 9 + 49), rel=1e-5)
+        assert "total_loss" in storage.histories()
+    step = torch.tensor([1.0, -2.0, 3.0]) - model.weight.detach()
+    assert step.norm().item() == pytest.approx(0.1 * 0.1, rel=1e-4)  # lr x clipped grad norm
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. EMA
+# ----------------------------------------------------------------------------------------------
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.norm = nn.BatchNorm1d(2)  # float buffers are averaged too; num_batches_tracked (int) is not
+
+
+def _set_weights(model, value):
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.dtype.is_floating_point:
+                t.fill_(value)
+
+
+def test_ema_update_matches_hand_computation():
+    torch.manual_seed(0)
+    model = _Net()
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = ModelEMA(model, decay=0.9)
+    assert "norm.num_batches_tracked" not in ema.shadow and "norm.running_mean" in ema.shadow
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model.norm.running_mean.add_(1.0)
+    new = model.state_dict()
+    ema.update(model)
+    assert ema.updates == 1
+    for name in ema.names:
+        torch.testing.assert_close(ema.shadow[name], 0.9 * old[name] + 0.1 * new[name], rtol=0, atol=1e-6)
+    # The shadow is a copy: the model's own tensors are untouched by the update.
+    torch.testing.assert_close(model.linear.weight.detach(), new["linear.weight"], rtol=0, atol=0)
+
+
+def test_ema_warmup_decay():
+    model = _Net()
+    _set_weights(model, 0.0)
+    ema = ModelEMA(model, decay=0.9, warmup_iters=10)
+    assert ema.current_decay() == 0.0  # no update yet
+    _set_weights(model, 1.0)
+    ema.update(model)
+    d1 = 0.9 * (1 - math.exp(-1 / 10))
+    assert ema.current_decay() == pytest.approx(d1)
+    torch.testing.assert_close(ema.shadow["linear.weight"], torch.full((2, 3), 1 - d1), rtol=0, atol=1e-6)
+    for _ in range(99):
+        ema.update(model)
+    assert ema.updates == 100
+    assert ema.current_decay() == pytest.approx(0.9 * (1 - math.exp(-10)))
+    assert ModelEMA(model, decay=0.9, warmup_iters=0).current_decay() == 0.9
+
+
+def test_ema_applied_to_swaps_and_restores():
+    model = _Net()
+    _set_weights(model, 2.0)
+    ema = ModelEMA(model, decay=0.5)
+    _set_weights(model, 4.0)
+    ema.update(model)  # shadow = 3
+    with ema.applied_to(model) as swapped:
+        assert swapped is model
+        assert torch.all(model.linear.weight == 3.0) and torch.all(model.norm.running_var == 3.0)
+    assert torch.all(model.linear.weight == 4.0) and torch.all(model.norm.running_var == 4.0)
+    with pytest.raises(RuntimeError):
+        with ema.applied_to(model):
+            raise RuntimeError("evaluation failed")
+    assert torch.all(model.linear.weight == 4.0)  # restored on error too
+    assert torch.all(ema.shadow["linear.weight"] == 3.0)  # and the EMA itself is unchanged
+
+
+def test_ema_hook_stops_updating():
+    model = _Net()
+    _set_weights(model, 0.0)
+    ema = ModelEMA(model, decay=0.5)
+    hook = EMAHook(ema, stop_update_iter=3)
+    with EventStorage(0) as storage:
+        hook.trainer = SimpleNamespace(model=model, storage=storage, iter=0)
+        for it in range(6):
+            hook.trainer.iter = it
+            _set_weights(model, float(it + 1))
+            hook.after_step()
+            if it == 2:
+                frozen = ema.shadow["linear.weight"].clone()
+        assert len(storage.history("ema_decay").values()) == 3
+    assert ema.updates == 3  # iterations 0, 1, 2; frozen from stop_update_iter=3 on
+    expected = ((0 * 0.5 + 1 * 0.5) * 0.5 + 2 * 0.5) * 0.5 + 3 * 0.5
+    assert torch.all(ema.shadow["linear.weight"] == expected)
+    assert torch.equal(ema.shadow["linear.weight"], frozen)
+
+    never = EMAHook(ModelEMA(model, decay=0.5), stop_update_iter=None)
+    with EventStorage(0) as storage:
+        never.trainer = SimpleNamespace(model=nn.DataParallel(model), storage=storage, iter=10 ** 6)
+        never.after_step()  # unwraps .module
+    assert never.ema.updates == 1
+
+
+def test_ema_state_dict_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = _Net()
+    ema = ModelEMA(model, decay=0.9)
+    for _ in range(3):
+        with torch.no_grad():
+            model.linear.weight.add_(1.0)
+        ema.update(model)
+    torch.save({"ema": ema.state_dict()}, tmp_path / "ema.pth")
+
+    other = ModelEMA(_Net(), decay=0.9)
+    other.load_state_dict(torch.load(tmp_path / "ema.pth")["ema"])
+    assert other.updates == 3
+    assert other.shadow.keys() == ema.shadow.keys()
+    for name in ema.names:
+        assert torch.equal(other.shadow[name], ema.shadow[name])
+    # The two EMAs continue identically.
+    ema.update(model)
+    other.update(model)
+    assert torch.equal(other.shadow["linear.weight"], ema.shadow["linear.weight"])
+    # A state lacking tensors is refused.
+    state = ema.state_dict()
+    state = dict(state, shadow={k: v for k, v in state["shadow"].items() if k != "linear.bias"})
+    with pytest.raises(KeyError, match="linear.bias"):
+        other.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Optimizer parameter groups
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(single_thread, tiny):
+    torch.manual_seed(0)
+    cfg = apply_overrides(LazyConfig.load(tiny.config), tiny.model_overrides)
+    return instantiate(cfg.model)
+
+
+def test_param_groups_with_default_lr_factors(tiny, tiny_model):
+    common = LazyConfig.load(str(tiny.repo / "configs" / "common" / "optim.py")).AdamW
+    lr_factors = dict(common.lr_factors)
+    assert lr_factors == {"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1}
+    base_lr, wd = common.lr, common.weight_decay
+    groups = param_groups(tiny_model, base_lr, wd, lr_factors)
+
+    # Every trainable parameter exactly once, one per group.
+    trainable = {id(p): n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert all(len(g["params"]) == 1 for g in groups)
+    assert len(grouped) == len(set(grouped)) == len(trainable)
+    assert set(grouped) == set(trainable)
+
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == set(trainable.values())
+    modules = dict(tiny_model.named_modules())
+    seen = {"backbone": 0, "sampling_offsets": 0, "norm": 0}
+    for name, g in by_name.items():
+        if "backbone" in name or "sampling_offsets" in name or "reference_points" in name:
+            assert g["lr"] == pytest.approx(0.1 * base_lr), name
+        else:
+            assert g["lr"] == pytest.approx(base_lr), name
+        module = modules[name.rsplit(".", 1)[0]]
+        if isinstance(module, NORM_TYPES):
+            assert g["weight_decay"] == 0.0, name
+            seen["norm"] += 1
+        elif isinstance(module, nn.Embedding):
+            assert g["weight_decay"] == 0.0, name
+        else:
+            assert g["weight_decay"] == wd, name
+        seen["backbone"] += "backbone" in name
+        seen["sampling_offsets"] += "sampling_offsets" in name
+    assert all(seen.values()), seen  # the model has backbone, sampling_offsets and norm parameters
+    # Both LayerNorms (transformer) and BatchNorms (backbone) count as norms.
+    norm_types = {type(modules[n.rsplit(".", 1)[0]]) for n in by_name if isinstance(modules[n.rsplit(".", 1)[0]], NORM_TYPES)}
+    assert nn.LayerNorm in norm_types and any(issubclass(t, nn.modules.batchnorm._BatchNorm) for t in norm_types)
+
+    # A frozen parameter is left out.
+    first = next(tiny_model.parameters())
+    first.requires_grad_(False)
+    try:
+        assert len(param_groups(tiny_model, base_lr, wd, lr_factors)) == len(groups) - 1
+    finally:
+        first.requires_grad_(True)
+
+
+def test_build_adamw_from_config(tiny, tiny_model):
+    common = LazyConfig.load(str(tiny.repo / "configs" / "common" / "optim.py")).AdamW
+    common.model = tiny_model
+    optimizer = instantiate(common)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    name = next(n for n in lrs if "sampling_offsets" in n)
+    assert lrs[name] == pytest.approx(0.1 * common.lr)
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+    # The tiny config's own factors: the backbone trains at the full LR there.
+    tiny = build_adamw(tiny_model, lr=4e-4, lr_factors={"sampling_offsets": 0.1})
+    lrs = {g["name"]: g["lr"] for g in tiny.param_groups}
+    assert all(lr == pytest.approx(4e-4) for n, lr in lrs.items() if "backbone" in n)
