@@ -1,4 +1,5 @@
 from .backbone import ChannelMapper, resnet_stages
+from .branches import OwnFFNBranch
 from .criterion import SetCriterion
 from .decoder import DecoderOutput, DeformableDecoder, LayerBranch, LayerPredictions, group_self_attn_mask
 from .encoder import DeformableEncoder
