@@ -1,0 +1,41 @@
+"""Mr. DETR's training routes as ``TrainingRoute``s (project page, "Method" and the route ablation;
+papers/README.md, Mr. DETR facts).
+
+* Route-2, the primary one-to-one route, is the baseline model itself (not built here).
+* ``"route1"``: one-to-many with an independent FFN (both linears, every layer): the core's
+  ``OwnFFNBranch``.
+* ``"route3"``: one-to-many with instructive self-attention (``InstructiveSelfAttentionBranch``).
+* ``"share_all"``: one-to-many on the primary route's own predictions (ablation table row 2,
+  "Share All"): the base ``LayerBranch``, which shares everything.
+"""
+from typing import Dict, Optional, Sequence
+
+from detr_plus.modeling import LayerBranch, OneToManyMatcher, OwnFFNBranch, SetCriterion, TrainingRoute
+
+from .instructive_attention import InstructiveSelfAttentionBranch
+
+ROUTE_NAMES = ("route1", "route3", "share_all")
+
+
+def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
+                         routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
+                         num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None) -> Dict[str, TrainingRoute]:
+    """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
+    in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
+
+    ``criterion`` defaults to the facts of papers/README.md: ``OneToManyMatcher`` with quality
+    0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, positives capped at 0.25 x queries,
+    and focal class 2, L1 5, GIoU 2. An empty ``routes`` gives the primary route alone (the baseline).
+    """
+    unknown = [name for name in routes if name not in ROUTE_NAMES]
+    if unknown or len(set(routes)) != len(routes):
+        raise ValueError(f"routes={list(routes)}: expected distinct names from {ROUTE_NAMES}")
+    if criterion is None:
+        criterion = SetCriterion(OneToManyMatcher(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25),
+                                 loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
+    branch_of = {
+        "route1": lambda: OwnFFNBranch(d_model, d_ffn, dropout),
+        "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
+        "share_all": LayerBranch,
+    }
+    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion) for name in routes}

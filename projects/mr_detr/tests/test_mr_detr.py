@@ -1,0 +1,269 @@
+"""Mr. DETR on the shared core: routes, gradient flow, instructive attention, inference cost,
+checkpoint stripping (the core's ``tools/strip_training_routes.py``), route evaluation with NMS,
+configs and the attention-map tool (issue #3, "What must be shown").
+
+Models come from ``projects/mr_detr/configs/mr_detr_shapes_tiny.py`` made smaller (1 encoder and
+2 decoder layers, 24 queries, 4 instruction tokens) on two synthetic 64-80 px images.
+"""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detr_plus  # noqa: F401  (detectron2 compatibility patches)
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances, pairwise_iou
+
+from detr_plus.engine.config import apply_overrides
+from detr_plus.modeling import DeformableDETR, strip_training_routes
+from detr_plus.modeling.blocks import QueryContext, SelfAttentionBlock
+from projects.mr_detr.modeling import InstructiveSelfAttentionBranch, build_mr_detr_routes
+from projects.mr_detr.tools import attention_map
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = REPO / "projects" / "mr_detr" / "configs"
+TINY = CONFIGS / "mr_detr_shapes_tiny.py"
+BASELINE_TINY = REPO / "configs" / "shapes" / "deformable_detr_tiny.py"
+NUM_LAYERS, NUM_TOKENS = 2, 4
+SMALL = [
+    "model.transformer.encoder.num_layers=1",
+    f"model.transformer.decoder.num_layers={NUM_LAYERS}",
+    "model.transformer.num_queries=24",
+]
+SMALL_MR = SMALL + [f"model.routes.num_instruction_tokens={NUM_TOKENS}"]
+_spec = importlib.util.spec_from_file_location("strip_training_routes", REPO / "tools" / "strip_training_routes.py")
+strip_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(strip_tool)
+
+
+def small_cfg(*overrides, config=TINY):
+    return apply_overrides(LazyConfig.load(str(config)), (SMALL_MR if config == TINY else SMALL) + list(overrides))
+
+
+def build(*overrides, config=TINY, seed=0):
+    torch.manual_seed(seed)
+    return instantiate(small_cfg(*overrides, config=config).model)
+
+
+def images(with_instances=True):
+    """Two random images (64 x 80 and 80 x 64) with two and one boxes."""
+    gen = torch.Generator().manual_seed(0)
+    batch = []
+    for (h, w), boxes, classes in [((64, 80), [[5, 8, 40, 50], [30, 10, 76, 40]], [0, 3]), ((80, 64), [[10, 20, 50, 70]], [1])]:
+        x = {"image": torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)}
+        if with_instances:
+            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)), gt_classes=torch.tensor(classes))
+        batch.append(x)
+    return batch
+
+
+def decode_all_routes(model, batch, routes=None):
+    """The decoder output with every route of ``routes`` (default: the model's) run."""
+    images_, masks = model.preprocess_images(batch)
+    features, level_masks, pos = model.extract_features(images_, masks)
+    with torch.no_grad():
+        return model.transformer(features, level_masks, pos, routes=model.routes if routes is None else routes)[0]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()
+
+
+@pytest.fixture(scope="module")
+def train_losses(model):
+    """One training step's loss dict (graph kept for the gradient test)."""
+    model.train()
+    return model(images())
+
+
+def test_training_step_has_every_route_loss_on_every_layer(model, train_losses):
+    expected = {f"loss_{t}{s}" for t in ("class", "bbox", "giou") for s in ["", "_enc"] + [f"_{i}" for i in range(NUM_LAYERS - 1)]}
+    expected |= {f"{r}/loss_{t}_{i}" for r in ("route1", "route3") for t in ("class", "bbox", "giou") for i in range(NUM_LAYERS)}
+    assert set(train_losses) == expected
+    assert all(torch.isfinite(v) and v > 0 for v in train_losses.values())
+    assert model.enc_loss_weight == 3.0 and type(model) is DeformableDETR
+
+
+def test_route_gradients(model, train_losses):
+    """Route-1's FFNs learn only from o2m (Route-1) losses, Route-3's tokens/norms only from Route-3's,
+    the shared decoder and heads from all three routes. In the last layer (nothing after it) the
+    shared FFN gets no Route-1 gradient and the shared self-attention norm no Route-3 gradient:
+    those routes replace them there."""
+    losses = train_losses
+    groups = {"primary": [k for k in losses if "/" not in k], "route1": [k for k in losses if k.startswith("route1/")],
+              "route3": [k for k in losses if k.startswith("route3/")]}
+    # everything after the backbone (its backward is the slow part and tells nothing here)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")])
+    got = {}
+    for group, keys in groups.items():
+        grads = torch.autograd.grad(sum(losses[k] for k in keys), params, allow_unused=True, retain_graph=True)
+        got[group] = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
+    route1 = {n for n in names if n.startswith("routes.route1.")}
+    route3 = {n for n in names if n.startswith("routes.route3.")}
+    assert len(route1) == 4 * NUM_LAYERS and len(route3) == 4 * NUM_LAYERS  # linear1/2 w+b; tokens x2 + norm w+b
+    assert route1 <= got["route1"] and not route1 & (got["primary"] | got["route3"])
+    assert route3 <= got["route3"] and not route3 & (got["primary"] | got["route1"])
+    shared = {"neck.convs.0.0.weight"}
+    for i in range(NUM_LAYERS):
+        layer = f"transformer.decoder.layers.{i}."
+        shared |= {layer + "self_attn.attn.in_proj_weight", layer + "cross_attn.attn.value_proj.weight",
+                   layer + "cross_attn.norm.weight", layer + "ffn.norm.weight", f"transformer.decoder.class_heads.{i}.weight",
+                   f"transformer.decoder.box_heads.{i}.layers.2.weight"}
+    for group in groups:
+        assert shared <= got[group], f"{group}: no gradient for {sorted(shared - got[group])}"
+    last = f"transformer.decoder.layers.{NUM_LAYERS - 1}."
+    assert last + "ffn.ffn.linear1.weight" in got["primary"] & got["route3"] - got["route1"]
+    assert last + "self_attn.norm.weight" in got["primary"] & got["route1"] - got["route3"]
+    assert "transformer.decoder.layers.0.self_attn.norm.weight" in got["primary"] & got["route1"] & got["route3"]
+
+
+def test_instruction_tokens_change_route3_only(model):
+    model.eval()
+    batch = images(with_instances=False)
+    before = decode_all_routes(model, batch)
+    saved = {n: p.detach().clone() for n, p in model.routes.route3.named_parameters() if "token" in n}
+    try:
+        with torch.no_grad():
+            for n, p in model.routes.route3.named_parameters():
+                if "token" in n:
+                    p.add_(torch.randn_like(p))
+        after = decode_all_routes(model, batch)
+    finally:
+        model.routes.route3.load_state_dict(saved, strict=False)
+    for i in range(NUM_LAYERS):
+        assert torch.equal(before.layers[i].hidden, after.layers[i].hidden)  # Route-2 (primary)
+        assert torch.equal(before.routes["route1"][i].hidden, after.routes["route1"][i].hidden)
+        assert not torch.allclose(before.routes["route3"][i].hidden, after.routes["route3"][i].hidden)
+
+
+def test_share_all_route_is_o2m_on_the_primary_predictions(model):
+    """"Share All" (ablation row 2) has no parameters and predicts exactly the primary route's outputs."""
+    routes = build_mr_detr_routes(NUM_LAYERS, 128, 512, routes=["share_all"])
+    assert not list(routes["share_all"].parameters())
+    model.eval()
+    out = decode_all_routes(model, images(with_instances=False), routes)
+    for primary, shared in zip(out.layers, out.routes["share_all"]):
+        assert torch.equal(primary.logits, shared.logits) and torch.equal(primary.boxes, shared.boxes)
+
+
+def test_eval_runs_only_the_primary_route_and_equals_the_stripped_baseline(model, tmp_path, monkeypatch):
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.routes.modules()]
+    original_attend = InstructiveSelfAttentionBranch.attend
+    monkeypatch.setattr(InstructiveSelfAttentionBranch, "attend", lambda *a, **k: calls.append(1) or original_attend(*a, **k))
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(images(with_instances=False))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert not calls, "eval-mode forward ran auxiliary route modules"  # (test_eval_route_with_nms: hooks do fire)
+
+    torch.save({"model": model.state_dict(), "iteration": 3}, tmp_path / "mr.pth")
+    strip_tool.main([str(tmp_path / "mr.pth"), str(tmp_path / "plain.pth")])
+    stripped = torch.load(tmp_path / "plain.pth")["model"]
+    assert stripped.keys() == strip_training_routes(model.state_dict()).keys()
+    baseline = strip_tool.load_strictly(str(BASELINE_TINY), stripped, SMALL)
+    assert type(baseline) is DeformableDETR and not baseline.routes
+    baseline.eval()
+    with torch.no_grad():
+        expected = baseline(images(with_instances=False))
+    for got, want in zip(outputs, expected):
+        got, want = got["instances"], want["instances"]
+        assert torch.equal(got.pred_boxes.tensor, want.pred_boxes.tensor)
+        assert torch.equal(got.scores, want.scores) and torch.equal(got.pred_classes, want.pred_classes)
+
+
+def test_eval_route_with_nms(model):
+    model.eval()
+    try:
+        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = "route1", 0.5, 30
+        calls = []
+        hook = model.routes.route1.branches[-1].ffn.register_forward_hook(lambda *a: calls.append(1))
+        with torch.no_grad():
+            outputs = model(images(with_instances=False))
+        hook.remove()
+    finally:
+        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = None, None, 100
+    assert calls == [1]
+    for output in outputs:
+        instances = output["instances"]
+        assert 0 < len(instances) <= 30
+        iou = pairwise_iou(instances.pred_boxes, instances.pred_boxes)
+        same_class = instances.pred_classes[:, None] == instances.pred_classes[None]
+        assert not (iou[same_class & ~torch.eye(len(instances), dtype=torch.bool)] > 0.5).any()
+    with pytest.raises(ValueError, match="eval_route"):
+        build("model.eval_route=route9")
+
+
+def test_instructive_attention_weights_and_masks():
+    torch.manual_seed(0)
+    d, q, t = 32, 7, 3
+    shared = SelfAttentionBlock(d, num_heads=4)
+    query = torch.randn(2, q, d)
+    context = QueryContext(query_pos=torch.randn(2, q, d), reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
+    out, weights = InstructiveSelfAttentionBranch(d, t).attend(query, context, shared, need_weights=True)
+    assert out.shape == (2, q, d) and weights.shape == (2, q, t + q)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, q))
+    assert (weights[..., :t] > 0).all()  # no mask by default: every query sees every token
+
+    groups = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+    context.self_attn_mask = groups[:, None] != groups[None]
+    masked = InstructiveSelfAttentionBranch(d, t, num_unprompted_queries=2)
+    weights = masked.attend(query, context, shared, need_weights=True)[1]
+    assert (weights[:, :2, :t] == 0).all() and (weights[:, 2:, :t] > 0).all()
+    assert (weights[..., t:][:, context.self_attn_mask] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, q))
+    assert masked.self_attention(query, context, shared).shape == (2, q, d)
+
+
+def test_route_builder():
+    routes = build_mr_detr_routes(num_layers=3, d_model=16, d_ffn=32)
+    assert list(routes) == ["route1", "route3"]
+    assert all(len(r.branches) == 3 for r in routes.values())
+    matcher = routes["route1"].criterion.matcher
+    assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio) == (6, 0.4, 0.3, 0.25)
+    assert routes["route3"].branches[0].num_tokens == 10
+    assert build_mr_detr_routes(2, 16, 32, routes=[]) == {}
+    for bad in (["route2"], ["route1", "route1"]):
+        with pytest.raises(ValueError):
+            build_mr_detr_routes(2, 16, 32, routes=bad)
+
+
+@pytest.mark.parametrize("name, routes, queries", [
+    ("mr_deformable_detr_r50_12ep", ["route1", "route3"], 300),
+    ("mr_deformable_detr_plusplus_r50_12ep", ["route1", "route3"], 900),
+    ("mr_deformable_detr_plusplus_r50_12ep_route1_only", ["route1"], 900),
+    ("mr_deformable_detr_plusplus_r50_12ep_route3_only", ["route3"], 900),
+    ("mr_deformable_detr_plusplus_r50_12ep_share_all", ["share_all"], 900),
+    ("mr_deformable_detr_plusplus_r50_12ep_primary_only", [], 900),
+    ("mr_detr_shapes_tiny", ["route1", "route3"], 100),
+])
+def test_configs_load_and_instantiate(name, routes, queries):
+    cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
+    assert set(cfg) == {"dataloader", "lr_multiplier", "model", "optimizer", "train"}
+    assert cfg.train.output_dir.endswith(name)
+    model = instantiate(cfg.model)
+    assert type(model) is DeformableDETR and list(model.routes) == routes and model.transformer.num_queries == queries
+    assert model.enc_loss_weight == (1.0 if not routes else 3.0) and model.eval_route is None
+    num_layers = len(model.transformer.decoder.layers)
+    assert all(len(route.branches) == num_layers for route in model.routes.values())
+    if "route3" in routes:
+        assert model.routes.route3.branches[0].num_tokens == 10
+
+
+def test_attention_map_tool(model, tmp_path):
+    torch.save({"model": model.state_dict()}, tmp_path / "mr.pth")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    out = tmp_path / "maps" / "attention.png"
+    attention_map.main(["--config-file", str(TINY), "--checkpoint", str(tmp_path / "mr.pth"), "--image", str(tmp_path / "image.png"),
+                        "--layer", "1", "--out", str(out), *SMALL_MR])
+    assert Image.open(out).size[0] > 100
+    weights, tokens = attention_map.instructive_attention(model, images()[0]["image"], 0)
+    assert tokens == NUM_TOKENS and weights.shape == (24, NUM_TOKENS + 24)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(24))

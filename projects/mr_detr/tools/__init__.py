@@ -1,0 +1,1 @@
+"""Command-line tools of the Mr. DETR project (importable for the tests)."""
