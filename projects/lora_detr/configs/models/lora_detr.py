@@ -1,0 +1,41 @@
+"""What LoRA-DETR changes in a ``DeformableDETR`` model config: ``model.update(lora_detr)``
+(import it under a name starting with "_", which LazyConfig does not keep as a config key).
+
+Default: N_aux = 3 LoRA branches with diverse k {2, 4, 6} (Table 4), rank 32, scaling 1.0, B = 0
+init; Eq. 7 with tau 0.4, alpha 0.3; VFL+ (Eq. 8, gamma 1.5) on the primary branch (s = IoU,
+weights 1 / 5 / 2) and on every branch (s = M, weights 2 / 5 / 2, averaged over the branches).
+"""
+from detectron2.config import LazyCall as L
+
+from detr_plus.modeling import HungarianMatcher, SetCriterion
+from projects.lora_detr.modeling import build_lora_routes
+
+lora_detr = dict(
+    # Primary (one-to-one) branch: Hungarian matching with the baseline's costs, VFL+ with s = IoU.
+    criterion=L(SetCriterion)(
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        loss_weights={"class": 1.0, "bbox": 5.0, "giou": 2.0},
+        class_loss="vfl_plus",  # "focal" for the focal-loss baseline (then class weight 2.0)
+        quality="iou",
+        vfl_gamma=1.5,
+    ),
+    routes=L(build_lora_routes)(
+        num_layers="${..transformer.decoder.num_layers}",
+        d_model="${..transformer.decoder.d_model}",
+        d_ffn="${..transformer.decoder.d_ffn}",
+        dropout="${..transformer.decoder.dropout}",  # used by naive FFN branches only
+        ks=[2, 4, 6],  # Table 4, diverse k: N_aux = len(ks)
+        taus=None,  # Eq. 7 threshold: 0.4 for all, or one per branch
+        alphas=None,  # Eq. 7 class weight: 0.3 for all, or one per branch
+        rank=32,
+        scaling=1.0,
+        init="zero_b",  # or "normal": A, B ~ N(0, 1) / sqrt(r)
+        naive=False,  # True: an independent full FFN per branch (Fig. 1(c))
+        class_loss="vfl_plus",  # or "focal"
+        loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+    ),
+    # Off by default (inference runs the main branch only). model.eval_route=aux0
+    # model.eval_nms_threshold=0.7 evaluates that branch after class-wise NMS (Table 5 "Aux. w. NMS").
+    eval_route=None,
+    eval_nms_threshold=None,
+)

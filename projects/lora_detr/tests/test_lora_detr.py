@@ -1,0 +1,359 @@
+"""LoRA-DETR (projects/lora_detr) on tiny models: ``configs/lora_detr_shapes_tiny.py`` (and the core
+``configs/shapes/deformable_detr_tiny.py`` as the baseline) with 1 encoder / 2 decoder layers,
+20 queries and two synthetic 64-96 px images."""
+import glob
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances
+
+from detr_plus.engine.config import apply_overrides
+from detr_plus.engine.optim import build_adamw
+from detr_plus.modeling import DeformableDETR, OwnFFNBranch, strip_training_routes
+from detr_plus.modeling.blocks import FFNBlock
+from detr_plus.modeling.matcher import matching_quality
+from projects.lora_detr.modeling import TABLE4_DIVERSE_K, LoRAFFNBranch, build_lora_routes, lora_param_count
+
+REPO = Path(__file__).resolve().parents[3]
+PROJECT_CONFIGS = REPO / "projects" / "lora_detr" / "configs"
+LORA_TINY = PROJECT_CONFIGS / "lora_detr_shapes_tiny.py"
+BASE_TINY = REPO / "configs" / "shapes" / "deformable_detr_tiny.py"
+TINY = ["model.transformer.encoder.num_layers=1", "model.transformer.decoder.num_layers=2", "model.transformer.num_queries=20"]
+NUM_LAYERS, D_MODEL, D_FFN, RANK = 2, 128, 512, 32  # the tiny config's decoder with the overrides above
+
+
+def tiny_cfg(path=LORA_TINY, *overrides):
+    return apply_overrides(LazyConfig.load(str(path)), TINY + list(overrides))
+
+
+def build(cfg, seed=0) -> DeformableDETR:
+    torch.manual_seed(seed)
+    return instantiate(cfg.model)
+
+
+def synthetic_batch(seed=0):
+    """Two uint8 images, 64 x 80 with three boxes and 96 x 72 with two (classes of the tiny config: 0-3)."""
+    gen = torch.Generator().manual_seed(seed)
+    gts = [
+        ((64, 80), [[4.0, 6.0, 40.0, 30.0], [30.0, 20.0, 75.0, 60.0], [8.0, 36.0, 28.0, 62.0]], [0, 2, 3]),
+        ((96, 72), [[10.0, 12.0, 50.0, 70.0], [40.0, 50.0, 70.0, 90.0]], [1, 1]),
+    ]
+    batch = []
+    for (h, w), boxes, classes in gts:
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(torch.tensor(boxes))
+        instances.gt_classes = torch.tensor(classes)
+        batch.append({"image": torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8), "instances": instances})
+    return batch
+
+
+def decode_all_routes(model, batch):
+    images, masks = model.preprocess_images(batch)
+    features, level_masks, pos = model.extract_features(images, masks)
+    out, _, _ = model.transformer(features, level_masks, pos, routes=model.routes)
+    return out
+
+
+def predictions(results):
+    return [(r["instances"].pred_boxes.tensor, r["instances"].scores, r["instances"].pred_classes) for r in results]
+
+
+def assert_same_predictions(a, b):
+    for (boxes_a, scores_a, classes_a), (boxes_b, scores_b, classes_b) in zip(predictions(a), predictions(b)):
+        assert torch.equal(boxes_a, boxes_b) and torch.equal(scores_a, scores_b) and torch.equal(classes_a, classes_b)
+
+
+# --- Eq. 3-4: the LoRA branch ---------------------------------------------------------------------
+def test_zero_b_branch_equals_main_ffn_exactly_and_follows_eq_3_4():
+    torch.manual_seed(0)
+    block, query = FFNBlock(D_MODEL, D_FFN), torch.randn(2, 7, D_MODEL)
+    branch = LoRAFFNBranch(D_MODEL, D_FFN, rank=RANK)
+    assert torch.equal(branch.feed_forward(query, None, block), block(query))  # B = 0: bit-identical
+
+    # With nonzero A, B: norm(q + W2' relu(W1' q + b1) + b2), W_j' = W_j + s B_j A_j (merged weights).
+    branch = LoRAFFNBranch(D_MODEL, D_FFN, rank=RANK, scaling=0.5, init="normal")
+    ffn, s = block.ffn, 0.5
+    w1 = ffn.linear1.weight + s * branch.lora_b1 @ branch.lora_a1
+    w2 = ffn.linear2.weight + s * branch.lora_b2 @ branch.lora_a2
+    expected = block.norm(query + torch.relu(query @ w1.t() + ffn.linear1.bias) @ w2.t() + ffn.linear2.bias)
+    torch.testing.assert_close(branch.feed_forward(query, None, block), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(branch.feed_forward(query, None, block), block(query))
+    with pytest.raises(ValueError, match="init"):
+        LoRAFFNBranch(D_MODEL, D_FFN, init="xavier")
+
+
+def test_zero_b_branches_predict_what_the_main_branch_predicts_in_every_layer():
+    """... from one pass of each layer: self- and cross-attention run once for all branches (Eq. 5-6)."""
+    model = build(tiny_cfg()).train()
+    calls = []
+    for layer in model.transformer.decoder.layers:
+        for block in (layer.self_attn, layer.cross_attn):
+            block.register_forward_hook(lambda module, args, output: calls.append(module))
+    with torch.no_grad():
+        out = decode_all_routes(model, synthetic_batch())
+    assert len(calls) == 2 * NUM_LAYERS and len(set(map(id, calls))) == 2 * NUM_LAYERS
+    assert list(out.routes) == ["aux0", "aux1", "aux2"]
+    for layers in out.routes.values():
+        assert len(layers) == NUM_LAYERS
+        for primary, branch in zip(out.layers, layers):
+            for field in ("hidden", "logits", "boxes"):
+                assert torch.equal(getattr(branch, field), getattr(primary, field))
+
+
+# --- joint optimisation: the base FFN is trained by the auxiliary losses --------------------------
+def test_auxiliary_losses_reach_the_shared_base_ffn():
+    cfg = tiny_cfg()
+    model = build(cfg).train()
+    losses = model(synthetic_batch())
+    aux = {k: v for k, v in losses.items() if "/" in k}
+    assert {k.split("/")[0] for k in aux} == {"aux0", "aux1", "aux2"}
+    assert {f"aux2/loss_{t}_{i}" for t in ("class", "bbox", "giou") for i in range(NUM_LAYERS)} <= set(aux)
+    sum(aux.values()).backward()
+    for i, layer in enumerate(model.transformer.decoder.layers):
+        for linear in (layer.ffn.ffn.linear1, layer.ffn.ffn.linear2):
+            assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0, f"layer {i}: no aux gradient"
+        branch = model.routes["aux0"].branches[i]
+        assert branch.lora_b1.grad.abs().sum() > 0 and branch.lora_b2.grad.abs().sum() > 0
+        assert branch.lora_a1.grad.abs().sum() == 0  # dL/dA = s B^T (...) = 0 while B = 0
+
+    # One AdamW step of the config's optimizer on the auxiliary losses moves the base FFN.
+    cfg.optimizer.model = model
+    optimizer = instantiate(cfg.optimizer)
+    before = model.transformer.decoder.layers[-1].ffn.ffn.linear1.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(model.transformer.decoder.layers[-1].ffn.ffn.linear1.weight, before)
+
+
+def test_naive_ffn_branches_leave_the_last_base_ffn_without_auxiliary_gradient():
+    """Fig. 1(c): each branch has its own FFN, so the last layer's base FFN gets no auxiliary gradient."""
+    cfg = tiny_cfg()
+    cfg.model.routes.naive = True
+    model = build(cfg).train()
+    assert all(isinstance(b, OwnFFNBranch) for route in model.routes.values() for b in route.branches)
+    losses = model(synthetic_batch())
+    sum(v for k, v in losses.items() if "/" in k).backward()
+    assert model.transformer.decoder.layers[-1].ffn.ffn.linear1.weight.grad is None
+    assert model.routes["aux0"].branches[-1].ffn.linear1.weight.grad.abs().sum() > 0
+    assert model.transformer.decoder.layers[0].ffn.ffn.linear1.weight.grad.abs().sum() > 0  # via layer 1's input
+
+
+# --- Eq. 7: assignment per branch -----------------------------------------------------------------
+def random_predictions(num_queries=40, num_classes=3, seed=0):
+    """Queries jittered around the GTs (many candidates above tau) and random logits."""
+    gen = torch.Generator().manual_seed(seed)
+    targets = []
+    for n in (3, 2):
+        centres = torch.rand(n, 2, generator=gen) * 0.5 + 0.25
+        targets.append({"labels": torch.randint(0, num_classes, (n,), generator=gen),
+                        "boxes": torch.cat([centres, torch.rand(n, 2, generator=gen) * 0.2 + 0.2], 1)})
+    boxes = []
+    for t in targets:
+        owner = torch.randint(0, len(t["boxes"]), (num_queries,), generator=gen)
+        jitter = 1 + 0.15 * torch.randn(num_queries, 4, generator=gen)
+        boxes.append((t["boxes"][owner] * jitter).clamp(0.02, 0.98))
+    logits = torch.randn(2, num_queries, num_classes, generator=gen) + 1.0
+    return logits, torch.stack(boxes), targets
+
+
+@pytest.mark.parametrize("taus,alphas", [(None, None), ((0.3, 0.4, 0.5), None), (None, (0.1, 0.3, 0.5))])
+def test_each_branch_assigns_at_most_k_positives_per_gt_above_tau(taus, alphas):
+    routes = build_lora_routes(1, 16, 32, ks=TABLE4_DIVERSE_K[3], taus=taus, alphas=alphas)
+    logits, boxes, targets = random_predictions()
+    for i, route in enumerate(routes.values()):
+        matcher, criterion = route.criterion.matcher, route.criterion
+        k, tau, alpha = TABLE4_DIVERSE_K[3][i], (taus or [0.4] * 3)[i], (alphas or [0.3] * 3)[i]
+        assert (matcher.topk, matcher.threshold, matcher.class_weight) == (k, tau, alpha)
+        assert criterion.quality == "matching_score" and criterion.quality_class_weight == alpha
+        assert route.loss_scale == pytest.approx(1 / 3)
+        binding = False
+        for b, (query_idx, gt_idx) in enumerate(matcher(logits, boxes, targets)):
+            m = matching_quality(logits[b], boxes[b], targets[b]["labels"], targets[b]["boxes"], alpha)
+            top1 = m.argmax(0)
+            assert len(set(query_idx.tolist())) == len(query_idx)  # a query has at most one GT
+            counts = torch.bincount(gt_idx, minlength=len(targets[b]["labels"]))
+            assert counts.max() <= k
+            binding |= bool(counts.max() == k)
+            for q, g in zip(query_idx.tolist(), gt_idx.tolist()):
+                assert m[q, g] >= tau or q == top1[g]  # M >= tau, or the GT's kept top-1 query
+            assert set(top1.tolist()) <= set(query_idx.tolist())
+        assert binding, f"k={k} never reached: the example does not test the cap"
+
+
+# --- Eq. 8: VFL+ through the criteria -------------------------------------------------------------
+def test_vfl_plus_equals_a_hand_computation_for_both_branches():
+    """One image, 2 queries x 2 classes, one GT of class 1 at (0.5, 0.5, 0.4, 0.4). Query 0 has the
+    box (0.5, 0.5, 0.4, 0.2) (IoU 0.5), query 1 a far box (IoU 0)."""
+    logits = torch.tensor([[[0.2, 1.0], [-1.0, 0.5]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.2], [0.2, 0.2, 0.1, 0.1]]])
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+
+    def negative(x, gamma=1.5):
+        return -(sig(x) ** gamma) * math.log(1 - sig(x))
+
+    def positive(x, s):
+        return -s * math.log(sig(x)) - (1 - s) * math.log(1 - sig(x))
+
+    negatives = negative(0.2) + negative(-1.0) + negative(0.5)
+    # Auxiliary branch: s = M = 0.3 p + 0.7 IoU (Eq. 7); query 1 has M = 0.3 sigmoid(0.5) < tau: negative.
+    aux = build_lora_routes(1, 16, 32, ks=[6])["aux0"].criterion
+    terms, indices = aux(logits, boxes, targets, num_boxes=1.0)
+    assert [(q.tolist(), g.tolist()) for q, g in indices] == [([0], [0])]
+    s = 0.3 * sig(1.0) + 0.7 * 0.5
+    assert terms["loss_class"].item() == pytest.approx(2.0 * (positive(1.0, s) + negatives), rel=1e-5)
+    # Primary branch (the LoRA-DETR config's criterion): Hungarian, s = IoU, class weight 1.
+    primary = instantiate(tiny_cfg().model.criterion)
+    terms, indices = primary(logits, boxes, targets, num_boxes=1.0)
+    assert [(q.tolist(), g.tolist()) for q, g in indices] == [([0], [0])]
+    assert terms["loss_class"].item() == pytest.approx(1.0 * (positive(1.0, 0.5) + negatives), rel=1e-5)
+    # Focal loss stays selectable: alpha 0.25, gamma 2.
+    focal = build_lora_routes(1, 16, 32, ks=[6], class_loss="focal")["aux0"].criterion
+    terms, _ = focal(logits, boxes, targets, num_boxes=1.0)
+    fl_pos = 0.25 * (1 - sig(1.0)) ** 2 * -math.log(sig(1.0))
+    fl_neg = sum(0.75 * sig(x) ** 2 * -math.log(1 - sig(x)) for x in (0.2, -1.0, 0.5))
+    assert terms["loss_class"].item() == pytest.approx(2.0 * (fl_pos + fl_neg), rel=1e-5)
+
+
+# --- parameters (Tables 1, 2, 6) ----------------------------------------------------------------
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_training_parameters_are_the_baseline_plus_the_lora_branches():
+    baseline = count(build(tiny_cfg(BASE_TINY)))
+    assert count(build(tiny_cfg())) == baseline + lora_param_count(NUM_LAYERS, D_MODEL, D_FFN, RANK, 3)
+    assert lora_param_count(NUM_LAYERS, D_MODEL, D_FFN, RANK, 3) == 3 * NUM_LAYERS * 2 * RANK * (D_MODEL + D_FFN)
+    naive = tiny_cfg()
+    naive.model.routes.naive = True
+    assert count(build(naive)) == baseline + 3 * NUM_LAYERS * (2 * D_MODEL * D_FFN + D_MODEL + D_FFN)
+    # The paper's columns (millions; d 256, d_ffn 2048, 6 layers, baseline 47.3 / 47.5 for "++").
+    per_branch = lora_param_count(6, 256, 2048, 32) / 1e6
+    assert per_branch == pytest.approx(0.885, abs=1e-3)
+    for n_aux, table in ((1, 48.1), (2, 49.0), (3, 49.9)):  # Tables 2, 6, 7
+        assert 47.3 + n_aux * per_branch == pytest.approx(table, abs=0.1)
+    assert 47.5 + lora_param_count(6, 256, 2048, 48, 3) / 1e6 == pytest.approx(51.4, abs=0.1)  # Table 2, "++" N_aux 3
+    naive_branch = 6 * (2 * 256 * 2048 + 256 + 2048) / 1e6
+    for n_aux, table in ((1, 53.6), (2, 59.9), (3, 66.2), (5, 78.8)):  # Table 1, Fig. 1(c)
+        assert 47.3 + n_aux * naive_branch == pytest.approx(table, abs=0.1)
+
+
+# --- inference: main branch only, strips to the baseline ----------------------------------------
+def load_strip_tool():
+    spec = importlib.util.spec_from_file_location("strip_training_routes", REPO / "tools" / "strip_training_routes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_runs_the_main_branch_only_and_equals_the_stripped_baseline(tmp_path, monkeypatch, capsys):
+    cfg = tiny_cfg()
+    model = build(cfg).train()
+    optimizer = build_adamw(model, lr=1e-3)
+    sum(model(synthetic_batch()).values()).backward()
+    optimizer.step()  # B != 0 from here on: the branches now differ from the main FFN
+    assert model.routes["aux0"].branches[0].lora_b1.abs().sum() > 0
+    model.eval()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a LoRA branch ran at inference")
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(LoRAFFNBranch, "feed_forward", fail)
+        results = model(synthetic_batch(seed=1))
+
+    torch.save({"model": model.state_dict(), "iteration": 1}, tmp_path / "lora.pth")
+    argv = [str(tmp_path / "lora.pth"), str(tmp_path / "plain.pth"), "--check-config", str(BASE_TINY), *TINY]
+    state = load_strip_tool().main(argv)  # tools/strip_training_routes.py: loads strictly into the baseline
+    assert "loads strictly into DeformableDETR" in capsys.readouterr().out
+    assert state.keys() == strip_training_routes(model.state_dict()).keys()
+    assert not any(k.startswith("routes.") for k in state)
+    baseline = build(tiny_cfg(BASE_TINY), seed=1)
+    baseline.load_state_dict(torch.load(tmp_path / "plain.pth")["model"], strict=True)
+    with torch.no_grad():
+        assert_same_predictions(results, baseline.eval()(synthetic_batch(seed=1)))
+
+
+def test_an_auxiliary_branch_can_be_evaluated_with_nms():
+    """Table 5 "Aux. w. NMS": ``eval_route`` / ``eval_nms_threshold`` of the core meta-architecture."""
+    cfg = tiny_cfg()
+    cfg.model.eval_route = "aux0"
+    model = build(cfg).eval()
+    batch = synthetic_batch(seed=2)
+    with torch.no_grad():
+        aux = model(batch)
+        model.eval_route = None
+        primary = model(batch)
+        assert_same_predictions(aux, primary)  # B = 0: the branch predicts what the main branch predicts
+        model.eval_route, model.eval_nms_threshold = "aux0", 0.5
+        for result in model(batch):
+            instances = result["instances"]
+            assert 0 < len(instances) <= model.select_box_nums_for_evaluation
+            iou = box_iou(instances.pred_boxes.tensor, instances.pred_boxes.tensor).fill_diagonal_(0)
+            same_class = instances.pred_classes[:, None] == instances.pred_classes[None, :]
+            assert (iou[same_class] <= 0.5).all()
+        for route in model.routes.values():
+            for branch in route.branches:
+                branch.reset_parameters("normal")
+        model.eval_nms_threshold = None
+        assert not torch.equal(predictions(model(batch))[0][1], predictions(primary)[0][1])
+    cfg.model.eval_route = "aux9"
+    with pytest.raises(ValueError, match="aux9"):
+        build(cfg)
+
+
+# --- configs --------------------------------------------------------------------------------------
+EXPERIMENTS = sorted(p for p in glob.glob(str(PROJECT_CONFIGS / "**" / "*.py"), recursive=True) if "/models/" not in p)
+EXPECTED_ROUTES = {  # file stem: (ks, rank, naive)
+    "lora_deformable_detr_r50_12ep": ([2, 4, 6], 32, False),
+    "lora_deformable_detr_plusplus_r50_12ep": ([2, 4, 6], 48, False),
+    "lora_detr_shapes_tiny": ([2, 4, 6], 32, False),
+    "naux1": (list(TABLE4_DIVERSE_K[1]), 32, False),
+    "naux2": (list(TABLE4_DIVERSE_K[2]), 32, False),
+    "naux5": (list(TABLE4_DIVERSE_K[5]), 32, False),
+    "identical_k": ([6, 6, 6], 32, False),
+    "diverse_tau": ([6, 6, 6], 32, False),
+    "diverse_alpha": ([6, 6, 6], 32, False),
+    "naive_ffn": ([6], 32, True),
+    "naive_ffn_naux3": ([2, 4, 6], 32, True),
+    "rank16": ([6], 16, False),
+    "rank32": ([6], 32, False),
+    "rank64": ([6], 64, False),
+    "focal": ([2, 4, 6], 32, False),
+    "aux_nms_eval": ([6], 32, False),
+}
+FULLY_INSTANTIATED = {"lora_deformable_detr_r50_12ep", "lora_deformable_detr_plusplus_r50_12ep", "aux_nms_eval"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: Path(p).stem)
+def test_config_loads_and_instantiates(path):
+    stem = Path(path).stem
+    cfg = LazyConfig.load(path)
+    assert set(cfg) == {"dataloader", "lr_multiplier", "model", "optimizer", "train"}
+    assert cfg.optimizer.lr_factors.box_heads == 0.1 and cfg.train.clip_grad_norm == 0.1
+    ks, rank, naive = EXPECTED_ROUTES[stem]
+    assert (list(cfg.model.routes.ks), cfg.model.routes.rank, cfg.model.routes.naive) == (ks, rank, naive)
+    assert cfg.train.output_dir.endswith(stem)
+    routes = instantiate(cfg.model.routes)
+    assert len(routes) == len(ks)
+    branch_type = OwnFFNBranch if naive else LoRAFFNBranch
+    assert all(isinstance(b, branch_type) for route in routes.values() for b in route.branches)
+    criterion = instantiate(cfg.model.criterion)
+    assert criterion.class_loss == ("focal" if stem == "focal" else "vfl_plus") and criterion.quality == "iou"
+    if stem in FULLY_INSTANTIATED:
+        model = instantiate(cfg.model)
+        assert isinstance(model, DeformableDETR) and model.eval_route == cfg.model.get("eval_route")
+    if stem == "lora_detr_shapes_tiny":
+        cfg = tiny_cfg()
+        cfg.optimizer.model = model = instantiate(cfg.model)
+        groups = {g["name"]: g["lr"] for g in instantiate(cfg.optimizer).param_groups}
+        assert groups["transformer.decoder.box_heads.0.layers.0.weight"] == pytest.approx(0.1 * cfg.optimizer.lr)
+        assert groups["routes.aux0.branches.0.lora_a1"] == pytest.approx(cfg.optimizer.lr)
+        assert sum(p.numel() for p in model.parameters()) == sum(
+            p.numel() for name in groups for p in [model.get_parameter(name)])
