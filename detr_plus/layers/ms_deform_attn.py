@@ -27,44 +27,57 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _WeightedRowGather(torch.autograd.Function):
-    """out[n] = sum_k weights[n, k] * table[indices[n, k]]: one weighted bag of table rows per output row.
+class _BilinearTapGather(torch.autograd.Function):
+    """out[n] = sum_{p, k} weights[n, p, k] * table[base[n, p] + offset_k(p)]: every output row is a
+    weighted bag of 4 bilinear taps per sampling point, the taps at fixed row offsets of the point's
+    top-left tap.
 
-    Forward is ``F.embedding_bag``. The backward is written for this use (many bags, few rows, every
-    bag the same size) because the generic embedding_bag backward sorts and accumulates serially:
-    * d/d weights: chunked gather of the tapped rows and a batched dot with the bag's gradient;
-    * d/d table: taps grouped by row (one argsort) and summed with embedding_bag again.
+    Forward is one ``F.embedding_bag``. The backward is written for this structure, as the generic
+    embedding_bag backward sorts all taps and accumulates serially:
+    * d/d weights: chunked gather of the tapped rows and a dot with the output row's gradient;
+    * d/d table: points (not taps, 4x fewer) sorted by their top-left row, one embedding_bag per tap
+      position gives each row's sum, and each sum is added at the tap's offset, level by level.
+    ``level_slices`` lists, per level, (first row, end row, the 4 tap offsets) within one image's rows.
     """
 
     @staticmethod
-    def forward(ctx, table, indices, weights):
-        ctx.save_for_backward(table, indices, weights)
-        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    def forward(ctx, table, base, tap_offsets, weights, num_images, level_slices):
+        rows = (base[..., None] + tap_offsets).flatten(1)  # (N, points * 4)
+        ctx.save_for_backward(table, base, rows, weights)
+        ctx.num_images, ctx.level_slices = num_images, level_slices
+        return F.embedding_bag(rows, table, per_sample_weights=weights.flatten(1), mode="sum")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        table, indices, weights = ctx.saved_tensors
-        num_bags, taps = indices.shape
+        table, base, rows, weights = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # a stride-0 gradient (from .sum()) takes embedding_bag's slow path
+        num_rows, channels = table.shape
         grad_table = grad_weights = None
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[3]:
             grad_weights = torch.empty_like(weights)
-            chunk = max(1, (1 << 20) // (taps * table.shape[1]))  # ~4 MB of gathered rows: stays in cache
-            for start in range(0, num_bags, chunk):
-                rows = table.index_select(0, indices[start : start + chunk].reshape(-1))
-                rows = rows.view(-1, taps, table.shape[1])
+            flat_weights = grad_weights.view(rows.shape)
+            chunk = max(1, (1 << 20) // (rows.shape[1] * channels))  # ~4 MB of gathered rows: stays in cache
+            for start in range(0, rows.shape[0], chunk):
+                gathered = table.index_select(0, rows[start : start + chunk].reshape(-1)).view(-1, rows.shape[1], channels)
                 # vecdot, not bmm: CPU bmm on (n, taps, C) x (n, C, 1) falls back to a loop over n.
-                grad_weights[start : start + chunk] = torch.linalg.vecdot(rows, grad_out[start : start + chunk, None, :])
+                flat_weights[start : start + chunk] = torch.linalg.vecdot(gathered, grad_out[start : start + chunk, None, :])
         if ctx.needs_input_grad[0]:
-            flat = indices.reshape(-1)
-            order = torch.argsort(flat)
-            counts = torch.bincount(flat, minlength=table.shape[0])
-            offsets = (torch.cumsum(counts, 0) - counts).to(indices.dtype)
-            bag_of_tap = (order // taps).to(indices.dtype)
-            grad_table = F.embedding_bag(
-                bag_of_tap, grad_out, offsets, per_sample_weights=weights.reshape(-1).index_select(0, order), mode="sum"
-            )
-        return grad_table, None, grad_weights
+            flat_base = base.reshape(-1)
+            order = torch.argsort(flat_base)
+            counts = torch.bincount(flat_base, minlength=num_rows)
+            offsets = (torch.cumsum(counts, 0) - counts).to(base.dtype)
+            bag_of_point = (order // base.shape[1]).to(base.dtype)
+            grad_table = torch.zeros_like(table)
+            per_image = grad_table.view(ctx.num_images, -1, channels)
+            for tap in range(4):
+                tap_weights = weights[..., tap].reshape(-1).index_select(0, order)
+                row_sums = F.embedding_bag(bag_of_point, grad_out, offsets, per_sample_weights=tap_weights, mode="sum")
+                row_sums = row_sums.view(ctx.num_images, -1, channels)
+                for first, end, tap_offset in ctx.level_slices:
+                    shift = tap_offset[tap]
+                    per_image[:, first + shift : end] += row_sums[:, first : end - shift]
+        return grad_table, None, None, grad_weights, None, None
 
 
 def pad_levels(value, spatial_shapes):
@@ -105,11 +118,17 @@ def ms_deform_attn_bilinear_gather(value, spatial_shapes, level_start_index, sam
     # Taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) are fixed row offsets from the (x0, y0) row.
     zero = torch.zeros_like(padded_width)
     tap_offset = torch.cat([zero, zero + 1, padded_width, padded_width + 1], dim=1).to(index_dtype) * H  # (L, 4)
-    rows = base[..., None] + tap_offset.view(L, 1, 4)
     axis_weight = torch.stack([1 - frac, frac], dim=-1)  # (..., L, P, xy, tap)
     point_weight = attention_weights * contributes
     weight = (point_weight[..., None, None] * axis_weight[..., 1, :, None] * axis_weight[..., 0, None, :]).flatten(-2)
-    out = _WeightedRowGather.apply(table.view(-1, C), rows.reshape(-1, L * P * 4), weight.to(value.dtype).reshape(-1, L * P * 4))
+    level_slices = [
+        (int(first) * H, int(first + size) * H, tuple(int(o) for o in offsets))
+        for first, size, offsets in zip(padded_start.tolist(), padded_shapes.prod(-1).tolist(), tap_offset.tolist())
+    ]
+    out = _BilinearTapGather.apply(
+        table.view(-1, C), base.view(-1, L * P), tap_offset.repeat_interleave(P, dim=0),
+        weight.to(value.dtype).reshape(-1, L * P, 4), B, level_slices,
+    )
     return out.view(B, Q, H * C)
 
 
