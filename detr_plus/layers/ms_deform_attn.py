@@ -126,7 +126,7 @@ def ms_deform_attn_bilinear_gather(value, spatial_shapes, level_start_index, sam
         for first, size, offsets in zip(padded_start.tolist(), padded_shapes.prod(-1).tolist(), tap_offset.tolist())
     ]
     out = _BilinearTapGather.apply(
-        table.view(-1, C), base.view(-1, L * P), tap_offset.repeat_interleave(P, dim=0),
+        table.view(-1, C), base.reshape(-1, L * P), tap_offset.repeat_interleave(P, dim=0),
         weight.to(value.dtype).reshape(-1, L * P, 4), B, level_slices,
     )
     return out.view(B, Q, H * C)
