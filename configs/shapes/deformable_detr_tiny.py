@@ -1,5 +1,5 @@
 """Deformable-DETR++ shrunk for 2 CPU cores on the embedded shapes dataset (128 px images):
-a thin ResNet-18 trained from scratch, d_model 128, 3 encoder + 3 decoder layers, 100 queries."""
+a thin ResNet-18 trained from scratch, d_model 128 (4 heads), 3 encoder + 3 decoder layers, 100 queries."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
@@ -20,8 +20,8 @@ model.neck.input_shapes = {f"res{i}": L(ShapeSpec)(channels=WIDTH * 2 ** (i - 2)
 model.neck.out_channels = 128
 model.position_embedding.num_pos_feats = 64  # d_model / 2
 model.neck.num_outs = 4
-model.transformer.encoder.update(num_layers=3, d_model=128, d_ffn=512)
-model.transformer.decoder.update(num_layers=3, d_model=128, d_ffn=512)
+model.transformer.encoder.update(num_layers=3, d_model=128, d_ffn=512, num_heads=4)
+model.transformer.decoder.update(num_layers=3, d_model=128, d_ffn=512, num_heads=4)
 model.transformer.num_classes = 4
 model.transformer.num_queries = 100
 model.pixel_mean = (127.5, 127.5, 127.5)
@@ -30,9 +30,9 @@ model.pixel_std = (64.0, 64.0, 64.0)
 optimizer.lr = 4e-4
 optimizer.lr_factors = {"sampling_offsets": 0.1}  # the backbone trains from scratch at the full LR
 
-train.max_iter = 1500
+train.max_iter = 1000  # ~8 min on 2 CPU cores; AP ~64 after 1500 iterations (README)
 train.output_dir = "./output/shapes_deformable_detr_tiny"
 train.eval_period = 500
 train.log_period = 20
 train.checkpointer = dict(period=500, max_to_keep=2)
-lr_multiplier = multistep_lr(train.max_iter, [1300], warmup_iters=50)
+lr_multiplier = multistep_lr(train.max_iter, [900], warmup_iters=50)
