@@ -96,8 +96,8 @@ def report(cfg, model, results):
 
     from detr_plus.engine.visualize import draw_detections, plot_training_curves
 
-    out = cfg.train.output_dir
-    lines = [f"Outputs in {os.path.abspath(out)}:"]
+    out = os.path.abspath(cfg.train.output_dir)
+    lines = [f"Outputs in {out}:"]
     metrics = os.path.join(out, "metrics.json")
     if os.path.exists(metrics):
         lines.append(f"  training curves: {plot_training_curves(metrics, os.path.join(out, 'training_curves.png'))}")
@@ -108,7 +108,7 @@ def report(cfg, model, results):
         lines.append(f"  detections on {name}: {png}")
     if results:
         lines.append(f"  bbox AP: {results.get('bbox', {}).get('AP', float('nan')):.2f}")
-    lines.append(f"  checkpoints, metrics.json, TensorBoard events: {os.path.abspath(out)}")
+    lines.append(f"  checkpoints, metrics.json, TensorBoard events: {out}")
     print("\n".join(lines), flush=True)
 
 
