@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
+from benchmarks.timing import summarize, sync, time_calls  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
@@ -38,14 +39,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def summarize(times_s):
-    q = statistics.quantiles(times_s, n=4) if len(times_s) > 1 else [times_s[0]] * 3
-    return dict(median_ms=1e3 * statistics.median(times_s), p25_ms=1e3 * q[0], p75_ms=1e3 * q[2], n=len(times_s))
 
 
 def peak_rss_mb():
@@ -199,19 +192,6 @@ def count_flops(model, image):
 
 
 # ---- one config ----------------------------------------------------------------------------------
-def time_calls(fn, steps, warmup, device):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return summarize(times)
-
 
 def load_config(config_file, overrides, args):
     cfg = LazyConfig.load(config_file)

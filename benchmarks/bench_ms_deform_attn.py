@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
+from benchmarks.timing import summarize, sync, time_calls  # noqa: E402,F401
 from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS  # noqa: E402
 
 REFERENCE = "grid_sample"
@@ -40,10 +41,6 @@ TINY_SHAPE = dict(batch=1, heads=2, channels=8, levels=[(6, 6), (3, 3)], points=
 def parse_levels(text):
     return [tuple(int(v) for v in level.lower().split("x")) for level in text.split(",")]
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_inputs(shape, device, dtype, seed, outside_fraction=0.01):
@@ -97,20 +94,6 @@ def forward_backward(fn, x):
     grads = torch.autograd.grad(out, [x[n] for n in GRAD_NAMES], x["grad_out"])
     return out, grads
 
-
-def time_it(fn, repeats, warmup, device):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
-    return dict(median_ms=1e3 * statistics.median(times), p25_ms=1e3 * q[0], p75_ms=1e3 * q[2], repeats=repeats)
 
 
 # ---- peak memory ---------------------------------------------------------------------------------
@@ -240,8 +223,8 @@ def bench_shape(shape, impls, args, device, dtype, repeats, warmup, label):
         row = dict(shape=label, impl=impl)
         try:
             outputs[impl] = forward_backward(fn, x)
-            row["fwd"] = time_it(lambda: forward_no_grad(fn, x), repeats, warmup, device)
-            row["fwd_bwd"] = time_it(lambda: forward_backward(fn, x), repeats, warmup, device)
+            row["fwd"] = time_calls(lambda: forward_no_grad(fn, x), repeats, warmup, device)
+            row["fwd_bwd"] = time_calls(lambda: forward_backward(fn, x), repeats, warmup, device)
         except Exception as e:  # e.g. a dtype an implementation has no kernel for on this device
             row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:160]
             rows.append(row)
