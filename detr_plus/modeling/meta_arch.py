@@ -135,11 +135,11 @@ class DeformableDETR(nn.Module):
                     add(route.criterion, vars(layer), f"{name}/", f"_{i}", route.loss_scale)
         return losses
 
-    def inference(self, logits, boxes, image_sizes, batched_inputs, num_select: Optional[int] = None):
+    def inference(self, logits, boxes, image_sizes, batched_inputs):
         """Top-k over queries x classes (Deformable DETR's post-processing), boxes back to input size;
-        k = ``num_select`` or ``select_box_nums_for_evaluation`` (after NMS with ``eval_nms_threshold``)."""
+        k = ``select_box_nums_for_evaluation`` (after NMS with ``eval_nms_threshold``)."""
         num_classes = logits.shape[-1]
-        num_select = num_select or self.select_box_nums_for_evaluation
+        num_select = self.select_box_nums_for_evaluation
         nms = self.eval_nms_threshold is not None
         k = min(max(self.eval_pre_nms_topk, num_select) if nms else num_select, logits.shape[1] * num_classes)
         scores, flat = logits.sigmoid().flatten(1).topk(k, dim=1)
