@@ -6,7 +6,6 @@ from torch import nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
 from . import losses as L
-from .matcher import matching_quality
 
 CLASS_LOSSES = ("focal", "vfl_plus", "qfl")
 
@@ -55,7 +54,7 @@ class SetCriterion(nn.Module):
             class_loss = L.sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
         else:
             quality = torch.zeros_like(logits)
-            quality[batch_idx, query_idx, gt_labels] = self.positive_quality(logits, boxes, targets, indices, matched_boxes, gt_boxes)
+            quality[batch_idx, query_idx, gt_labels] = self.positive_quality(logits[batch_idx, query_idx, gt_labels], matched_boxes, gt_boxes)
             if self.class_loss == "vfl_plus":
                 class_loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma)
             else:
@@ -68,11 +67,11 @@ class SetCriterion(nn.Module):
         return {f"loss_{k}": v * self.loss_weights.get(k, 0.0) for k, v in terms.items()}, indices
 
     @torch.no_grad()
-    def positive_quality(self, logits, boxes, targets, indices, matched_boxes, gt_boxes):
+    def positive_quality(self, matched_logits, matched_boxes, gt_boxes):
+        """Soft target of each matched pair: IoU, or M = a * class prob + (1 - a) * IoU (LoRA-DETR Eq. 7)
+        computed on the pairs alone (the same values as ``matcher.matching_quality`` at those entries)."""
+        iou = paired_box_iou(box_cxcywh_to_xyxy(matched_boxes.float()), box_cxcywh_to_xyxy(gt_boxes.float()))
         if self.quality == "iou":
-            return paired_box_iou(box_cxcywh_to_xyxy(matched_boxes), box_cxcywh_to_xyxy(gt_boxes)).to(logits.dtype)
-        scores = [
-            matching_quality(logits[i], boxes[i], t["labels"], t["boxes"], self.quality_class_weight)[q, g]
-            for i, (t, (q, g)) in enumerate(zip(targets, indices))
-        ]
-        return torch.cat(scores).to(logits.dtype)
+            return iou.to(matched_logits.dtype)
+        score = self.quality_class_weight * matched_logits.float().sigmoid() + (1 - self.quality_class_weight) * iou
+        return score.to(matched_logits.dtype)
