@@ -243,6 +243,36 @@ def test_own_self_attention_branch_batches_cross_attention(base, features):
         torch.testing.assert_close(sa_predictions[1].logits, decoder.class_heads[1](hidden), rtol=0, atol=1e-6)
 
 
+def test_own_stream_route_is_a_full_pass_with_its_modules(base, features):
+    """``own_stream=True``: the route predicts exactly what the decoder predicts with the route's
+    modules in place of the shared ones, starting from the same queries and boxes (a full pass
+    through the weight-shared decoder), while the primary route is unchanged. Layer 0's shared
+    self-attention (same input for both) runs once; cross-attention stays one call per layer."""
+    torch.manual_seed(1)
+    t = copy.deepcopy(base.transformer)
+    with torch.no_grad():  # box heads start at zero (boxes = references): let the streams' boxes move
+        for head in t.decoder.box_heads:
+            head.layers[-1].weight.normal_(0, 0.05)
+    route = TrainingRoute([OwnFFNBranch() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion), own_stream=True)
+    with torch.no_grad(), CallCounter(layer_blocks(t.decoder)) as calls:
+        routed, _, _ = t(*features, routes={"ffn": route})
+    assert calls.counts == {"sa0": 1, "ca0": 1, "sa1": 2, "ca1": 1}
+    with torch.no_grad():
+        plain, _, _ = t(*features)
+    assert_layers_close(routed, plain)
+    alone = copy.deepcopy(t)  # the decoder with the route's FFNs
+    for layer, branch in zip(alone.decoder.layers, route.branches):
+        layer.ffn.ffn.load_state_dict(branch.own_ffn.state_dict())
+    with torch.no_grad():
+        expected, _, _ = alone(*features)
+    for got, want in zip(routed.routes["ffn"], expected.layers):
+        for field in ("hidden", "logits", "boxes", "reference"):
+            torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-5, msg=field)
+    assert (routed.routes["ffn"][1].reference - plain.layers[1].reference).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="own_stream"):
+        TrainingRoute([None, OwnFFNBranch()], copy.deepcopy(base.criterion), own_stream=True)
+
+
 # --- 3. wrapping blocks ------------------------------------------------------------------------------
 def gather_queries(x, index):
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))

@@ -42,9 +42,12 @@ class QueryContext:
             raise NotImplementedError("select() of a context with a self-attention mask: select the mask per image first")
         return replace(self, **picked)
 
-    def repeat_queries(self, times: int) -> "QueryContext":
-        """Context for ``times`` copies of the queries concatenated along dim 1 (one cross-attention call for several routes)."""
-        return replace(self, **{name: torch.cat([getattr(self, name)] * times, 1) for name in self.PER_QUERY})
+    @staticmethod
+    def concat(contexts) -> "QueryContext":
+        """Context for the queries of ``contexts`` concatenated along dim 1 (same memory, e.g. several
+        routes' query streams in one cross-attention call); the first one's self-attention mask is kept."""
+        first = contexts[0]
+        return replace(first, **{name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY})
 
 
 class SelfAttentionBlock(nn.Module):

@@ -2,14 +2,15 @@
 
 Extension points (see ``docs`` in the README):
 * ``self_attn_mask`` decodes several query groups in one pass (``group_self_attn_mask``);
-* ``routes`` give each layer extra branches that reuse the layer's shared results (``LayerBranch``);
+* ``routes`` give each layer extra branches that reuse the layer's shared results (``LayerBranch``),
+  either reading the primary state (LoRA-DETR) or carrying their own query stream (Mr. DETR);
 * every layer is ``self_attn -> cross_attn -> ffn`` blocks that can be replaced or wrapped;
 * ``forward`` starts from any given content queries and reference boxes;
 * ``DecoderOutput`` keeps every layer's queries, reference boxes, logits and boxes.
 """
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -44,31 +45,57 @@ class DeformableDecoderLayer(nn.Module):
         self.cross_attn = CrossAttentionBlock(d_model, num_heads, num_levels, num_points, dropout, attn_implementation)
         self.ffn = FFNBlock(d_model, d_ffn, dropout)
 
-    def forward(self, query, context: QueryContext, branches: Sequence[Optional[LayerBranch]] = ()):
+    def forward(self, query, context: QueryContext, branches: Sequence[Optional[LayerBranch]] = (),
+                branch_inputs: Sequence[Optional[Tuple[torch.Tensor, QueryContext]]] = ()):
         """Returns the primary output and one output per branch (None where a branch is None).
 
-        Shared work is done once: self-attention for all branches that keep it, one cross-attention
-        call over the primary queries and every branch's own self-attention output (cross-attention
-        treats queries independently, so concatenating them along the query axis is exact).
+        A branch reads the primary ``(query, context)`` unless ``branch_inputs`` gives it its own
+        (a route that carries its own query stream). Work on identical inputs is done once: the
+        shared self-attention of the primary input, and the shared FFN of one cross-attention output.
+        Cross-attention runs as one call over every distinct self-attention output (it treats queries
+        independently, so concatenating them along the query axis is exact).
         """
-        attended = self.self_attn(query, context)
-        own_sa = [b.self_attention(query, context, self.self_attn) if b is not None and b.replaces_self_attention else None for b in branches]
-        extra = [q for q in own_sa if q is not None]
-        if extra:
-            num_queries = query.shape[1]
-            crossed, *extra_crossed = self.cross_attn(torch.cat([attended, *extra], 1), context.repeat_queries(1 + len(extra))).split(num_queries, 1)
-        else:
-            crossed, extra_crossed = self.cross_attn(attended, context), []
-        out = self.ffn(crossed, context)
-        branch_outs, extra_crossed = [], iter(extra_crossed)
-        for branch, sa in zip(branches, own_sa):
-            if branch is None:
-                branch_outs.append(None)
-            elif sa is None and not branch.replaces_ffn:
-                branch_outs.append(out)
+        inputs = [(query, context)] + [
+            (query, context) if index >= len(branch_inputs) or branch_inputs[index] is None else branch_inputs[index]
+            for index in range(len(branches))]
+        active = [None] + list(branches)  # None at 0: the primary route with the shared blocks
+        live = [0] + [i + 1 for i, b in enumerate(branches) if b is not None]
+        attended_primary = self.self_attn(query, context)
+        attended = {}
+        for i in live:
+            q, ctx = inputs[i]
+            branch = active[i]
+            if branch is not None and branch.replaces_self_attention:
+                attended[i] = branch.self_attention(q, ctx, self.self_attn)
             else:
-                branch_outs.append(branch.feed_forward(crossed if sa is None else next(extra_crossed), context, self.ffn))
-        return out, branch_outs
+                attended[i] = attended_primary if q is query and ctx is context else self.self_attn(q, ctx)
+        crossed = self._batched_cross_attention(attended, inputs)
+        outs, shared_ffn_outs = {}, {}
+        for i in live:
+            branch, ctx = active[i], inputs[i][1]
+            if branch is not None and branch.replaces_ffn:
+                outs[i] = branch.feed_forward(crossed[i], ctx, self.ffn)
+                continue
+            key = id(crossed[i])
+            if key not in shared_ffn_outs:
+                shared_ffn_outs[key] = self.ffn(crossed[i], ctx)
+            outs[i] = shared_ffn_outs[key]
+        return outs[0], [outs.get(i + 1) for i in range(len(branches))]
+
+    def _batched_cross_attention(self, attended: Dict[int, torch.Tensor], inputs) -> Dict[int, torch.Tensor]:
+        """Cross-attention of every distinct (self-attention output, context) pair, in one call."""
+        sources: Dict[Tuple[int, int], int] = {}  # (id(query), id(context)) -> first stream with it
+        for i, value in attended.items():
+            sources.setdefault((id(value), id(inputs[i][1])), i)
+        distinct = list(sources.values())
+        if len(distinct) == 1:
+            results = [self.cross_attn(attended[distinct[0]], inputs[distinct[0]][1])]
+        else:
+            joint_context = QueryContext.concat([inputs[i][1] for i in distinct])
+            sizes = [attended[i].shape[1] for i in distinct]
+            results = self.cross_attn(torch.cat([attended[i] for i in distinct], 1), joint_context).split(sizes, 1)
+        by_source = dict(zip(distinct, results))
+        return {i: by_source[sources[(id(value), id(inputs[i][1]))]] for i, value in attended.items()}
 
 
 @dataclass
@@ -113,33 +140,62 @@ class DeformableDecoder(nn.Module):
             self.class_heads = nn.ModuleList([class_head] * num_layers)
             self.box_heads = nn.ModuleList([box_head] * num_layers)
 
-    def predict(self, layer_index, hidden, reference_for_grad, reference):
-        boxes = (self.box_heads[layer_index](hidden) + inverse_sigmoid(reference_for_grad)).sigmoid()
-        return LayerPredictions(self.class_heads[layer_index](hidden), boxes, hidden, reference)
+    def predict(self, layer_index, hidden, stream: "QueryStream") -> LayerPredictions:
+        boxes = (self.box_heads[layer_index](hidden) + inverse_sigmoid(stream.reference_for_grad)).sigmoid()
+        return LayerPredictions(self.class_heads[layer_index](hidden), boxes, hidden, stream.reference)
+
+    def advance(self, hidden, predictions: LayerPredictions, stream: "QueryStream") -> "QueryStream":
+        """The stream's state for the next layer: its output queries and, with ``box_refine``, its refined boxes."""
+        if not self.box_refine:
+            return QueryStream(hidden, stream.reference, stream.reference_for_grad)
+        boxes = predictions.boxes
+        return QueryStream(hidden, boxes.detach(), boxes if self.look_forward_twice else boxes.detach())
 
     def forward(self, query, reference_boxes, memory, spatial_shapes, level_start_index, valid_ratios,
                 memory_padding_mask=None, self_attn_mask=None, routes: Optional[Mapping[str, "nn.Module"]] = None):
+        """Decodes the primary queries and every route. A route with ``own_stream`` carries its own
+        queries and reference boxes from layer to layer (it starts from the primary input); the
+        others branch at each layer from the primary route's state (module variants only)."""
         routes = dict(routes or {})
         out = DecoderOutput(layers=[], routes={name: [] for name in routes})
-        reference = reference_boxes.detach()
-        reference_for_grad = reference_boxes
-        for index, layer in enumerate(self.layers):
-            context = QueryContext(
+        scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+
+        def context_of(reference):
+            return QueryContext(
                 query_pos=self.ref_point_head(box_sine_embedding(reference, self.d_model // 2)),
-                reference_points=reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None],
-                memory=memory, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                memory_padding_mask=memory_padding_mask, self_attn_mask=self_attn_mask,
-            )
+                reference_points=reference[:, :, None] * scale, memory=memory, spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index, memory_padding_mask=memory_padding_mask, self_attn_mask=self_attn_mask)
+
+        primary = QueryStream(query, reference_boxes.detach(), reference_boxes)
+        streams: Dict[str, Optional[QueryStream]] = {name: None for name in routes}  # None: reads the primary state
+        for index, layer in enumerate(self.layers):
+            context = context_of(primary.reference)
+            contexts = {name: None if s is None else context_of(s.reference) for name, s in streams.items()}
+            branch_inputs = [None if s is None else (s.query, contexts[name]) for name, s in streams.items()]
             branches = [route.layer_branch(index) for route in routes.values()]
-            query, branch_outs = layer(query, context, branches)
-            predictions = self.predict(index, query, reference_for_grad, reference)
+            # Only routes with their own stream need ``branch_inputs``; a wrapped layer (QR-DETR) that
+            # does not take them still works with every other route.
+            extra = {"branch_inputs": branch_inputs} if any(x is not None for x in branch_inputs) else {}
+            hidden, branch_outs = layer(primary.query, context, branches, **extra)
+            predictions = self.predict(index, hidden, primary)
             out.layers.append(predictions)
-            for name, branch_out in zip(routes, branch_outs):
-                out.routes[name].append(None if branch_out is None else self.predict(index, branch_out, reference_for_grad, reference))
-            if self.box_refine:
-                reference_for_grad = predictions.boxes if self.look_forward_twice else predictions.boxes.detach()
-                reference = predictions.boxes.detach()
+            for (name, route), branch_out in zip(routes.items(), branch_outs):
+                source = streams[name] or primary
+                routed = None if branch_out is None else self.predict(index, branch_out, source)
+                out.routes[name].append(routed)
+                if getattr(route, "own_stream", False):
+                    streams[name] = self.advance(branch_out, routed, source)
+            primary = self.advance(hidden, predictions, primary)
         return out
+
+
+@dataclass
+class QueryStream:
+    """One route's decoder state between layers."""
+
+    query: torch.Tensor  # (B, Q, d)
+    reference: torch.Tensor  # (B, Q, 4) detached reference boxes
+    reference_for_grad: torch.Tensor  # the same boxes, with gradient under look-forward-twice
 
 
 def group_self_attn_mask(group_sizes: Sequence[int], device=None) -> torch.Tensor:

@@ -17,10 +17,18 @@ ROUTES_PREFIX = "routes."
 
 class TrainingRoute(nn.Module):
     """``branches``: one ``LayerBranch`` (or None to skip that layer) per decoder layer.
-    ``loss_scale`` multiplies every loss of the route (e.g. 1/N for N LoRA-DETR branches)."""
+    ``loss_scale`` multiplies every loss of the route (e.g. 1/N for N LoRA-DETR branches).
+    ``own_stream``: the route's output of a layer (queries and refined boxes) is its input to the
+    next layer, i.e. a full pass through the weight-shared decoder (Mr. DETR's routes); otherwise
+    every layer's branch reads the primary route's state and only the primary output goes on
+    (LoRA-DETR's branches)."""
 
-    def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0):
+    def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0,
+                 own_stream: bool = False):
         super().__init__()
+        if own_stream and any(b is None for b in branches):
+            raise ValueError("a route with own_stream=True needs a branch in every decoder layer (LayerBranch() shares all)")
+        self.own_stream = own_stream
         self.branches = nn.ModuleList(b if b is not None else nn.Identity() for b in branches)
         self.criterion = criterion
         self.loss_scale = loss_scale

@@ -19,13 +19,20 @@ ROUTE_NAMES = ("route1", "route3", "share_all")
 
 def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
-                         num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None) -> Dict[str, TrainingRoute]:
+                         num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
+                         own_streams: bool = True) -> Dict[str, TrainingRoute]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
     ``criterion`` defaults to the facts of papers/README.md: ``OneToManyMatcher`` with quality
     0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, positives capped at 0.25 x queries,
     and focal class 2, L1 5, GIoU 2. An empty ``routes`` gives the primary route alone (the baseline).
+
+    ``own_streams`` (default): each route is a full pass through the weight-shared decoder, carrying
+    its own queries and refined reference boxes from layer to layer, all starting from the shared
+    object queries and boxes (the project page's routes; "instruction tokens convey information to
+    object queries and subsequent network layers"). ``False`` branches every layer from the primary
+    route's state instead (kept as an ablation).
     """
     unknown = [name for name in routes if name not in ROUTE_NAMES]
     if unknown or len(set(routes)) != len(routes):
@@ -38,4 +45,5 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
         "share_all": LayerBranch,
     }
-    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion) for name in routes}
+    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, own_stream=own_streams)
+            for name in routes}

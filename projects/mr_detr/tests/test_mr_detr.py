@@ -90,9 +90,9 @@ def test_training_step_has_every_route_loss_on_every_layer(model, train_losses):
 
 def test_route_gradients(model, train_losses):
     """Route-1's FFNs learn only from o2m (Route-1) losses, Route-3's tokens/norms only from Route-3's,
-    the shared decoder and heads from all three routes. In the last layer (nothing after it) the
-    shared FFN gets no Route-1 gradient and the shared self-attention norm no Route-3 gradient:
-    those routes replace them there."""
+    the shared decoder and heads from all three routes. Each route is its own pass through the
+    decoder, so in no layer does the shared FFN get Route-1 gradient, nor the shared self-attention
+    norm Route-3 gradient: those routes replace them everywhere."""
     losses = train_losses
     groups = {"primary": [k for k in losses if "/" not in k], "route1": [k for k in losses if k.startswith("route1/")],
               "route3": [k for k in losses if k.startswith("route3/")]}
@@ -115,10 +115,29 @@ def test_route_gradients(model, train_losses):
                    f"transformer.decoder.box_heads.{i}.layers.2.weight"}
     for group in groups:
         assert shared <= got[group], f"{group}: no gradient for {sorted(shared - got[group])}"
-    last = f"transformer.decoder.layers.{NUM_LAYERS - 1}."
-    assert last + "ffn.ffn.linear1.weight" in got["primary"] & got["route3"] - got["route1"]
-    assert last + "self_attn.norm.weight" in got["primary"] & got["route1"] - got["route3"]
-    assert "transformer.decoder.layers.0.self_attn.norm.weight" in got["primary"] & got["route1"] & got["route3"]
+    for i in range(NUM_LAYERS):
+        layer = f"transformer.decoder.layers.{i}."
+        assert layer + "ffn.ffn.linear1.weight" in got["primary"] & got["route3"] - got["route1"]
+        assert layer + "self_attn.norm.weight" in got["primary"] & got["route1"] - got["route3"]
+
+
+@pytest.mark.parametrize("own_streams", [True, False])
+def test_routes_carry_their_own_query_stream(own_streams):
+    """Default: a route's layer input is its own previous output and refined boxes (all routes start
+    from the shared queries and boxes); the ablation ``own_streams=False`` branches from the primary state."""
+    model = build(f"model.routes.own_streams={own_streams}").eval()
+    with torch.no_grad():  # box heads start at zero (boxes = references): make the routes' boxes differ
+        for head in model.transformer.decoder.box_heads:
+            head.layers[-1].weight.normal_(0, 0.05)
+    out = decode_all_routes(model, images(with_instances=False))
+    primary = out.layers
+    for name in ("route1", "route3"):
+        route = out.routes[name]
+        assert torch.equal(route[0].reference, primary[0].reference)  # the shared start
+        expected = route[0].boxes if own_streams else primary[0].boxes
+        other = primary[0].boxes if own_streams else route[0].boxes
+        torch.testing.assert_close(route[1].reference, expected, rtol=0, atol=0)
+        assert (route[1].reference - other).abs().max() > 1e-4
 
 
 def test_instruction_tokens_change_route3_only(model):
