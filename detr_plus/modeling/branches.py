@@ -6,9 +6,9 @@ from .decoder import LayerBranch
 
 
 class OwnFFNBranch(LayerBranch):
-    """A branch with its own FFN weights (both linears) inside the layer's shared residual and norm,
-    reading the layer's shared post-cross-attention state: Mr. DETR's Route-1 and LoRA-DETR's
-    "naive" multi-FFN architecture (Fig. 1(c))."""
+    """A branch with its own FFN weights (both linears) inside the layer's shared residual and norm:
+    Mr. DETR's Route-1 (in a route with its own query stream) and LoRA-DETR's "naive" multi-FFN
+    architecture (Fig. 1(c), reading the primary route's post-cross-attention state)."""
 
     replaces_ffn = True
 

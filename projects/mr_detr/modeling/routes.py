@@ -20,7 +20,7 @@ ROUTE_NAMES = ("route1", "route3", "share_all")
 def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
                          num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
-                         own_streams: bool = True) -> Dict[str, TrainingRoute]:
+                         own_streams: bool = True, loss_scale: float = 1.0) -> Dict[str, TrainingRoute]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
@@ -32,7 +32,8 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
     its own queries and refined reference boxes from layer to layer, all starting from the shared
     object queries and boxes (the project page's routes; "instruction tokens convey information to
     object queries and subsequent network layers"). ``False`` branches every layer from the primary
-    route's state instead (kept as an ablation).
+    route's state instead (kept as an ablation). ``loss_scale`` multiplies every route's losses
+    (1 in the paper: the same weights on every route).
     """
     unknown = [name for name in routes if name not in ROUTE_NAMES]
     if unknown or len(set(routes)) != len(routes):
@@ -45,5 +46,5 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
         "share_all": LayerBranch,
     }
-    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, own_stream=own_streams)
+    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams)
             for name in routes}

@@ -19,6 +19,7 @@ mr_detr = dict(
         num_instruction_tokens=10,
         num_unprompted_queries=0,  # no mask between instruction tokens and object queries
         own_streams=True,  # each route carries its own queries and boxes through all decoder layers
+        loss_scale=1.0,  # every route's losses x this (the paper: same weights on every route)
         criterion=L(SetCriterion)(
             # quality = 0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, cap 0.25 x Q
             matcher=L(OneToManyMatcher)(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25),
