@@ -18,6 +18,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from detr_plus.engine.config import apply_overrides
+from detr_plus.layers import box_sine_embedding
 from detr_plus.modeling import DeformableDETR, strip_training_routes
 from detr_plus.modeling.blocks import QueryContext, SelfAttentionBlock
 from projects.mr_detr.modeling import InstructiveSelfAttentionBranch, build_mr_detr_routes
@@ -286,3 +287,13 @@ def test_attention_map_tool(model, tmp_path):
     weights, tokens = attention_map.instructive_attention(model, images()[0]["image"], 0)
     assert tokens == NUM_TOKENS and weights.shape == (24, NUM_TOKENS + 24)
     torch.testing.assert_close(weights.sum(-1), torch.ones(24))
+    # Layer 1 sees Route-3's own stream: its layer-0 output and its refined boxes.
+    weights, _ = attention_map.instructive_attention(model, images()[0]["image"], 1)
+    batch = images(with_instances=False)[:1]
+    route3 = decode_all_routes(model, batch, {"route3": model.routes.route3}).routes["route3"]
+    decoder = model.transformer.decoder
+    with torch.no_grad():
+        query_pos = decoder.ref_point_head(box_sine_embedding(route3[1].reference, decoder.d_model // 2))
+        context = QueryContext(query_pos=query_pos, reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
+        expected = model.routes.route3.branches[1].attend(route3[0].hidden, context, decoder.layers[1].self_attn, need_weights=True)[1]
+    torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)

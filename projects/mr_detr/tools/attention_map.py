@@ -8,9 +8,9 @@ x [instruction tokens + object queries], the first T keys being the instruction 
         --checkpoint output/mr_deformable_detr_plusplus_r50_12ep/model_final.pth \
         --image datasets/coco/val2017/000000000139.jpg --layer 5 --out attention_layer5.png [key=value ...]
 
-The model runs in eval mode (primary route only); the input of decoder layer ``--layer`` is taken
-with a forward pre-hook and Route-3's instructive attention of that layer is computed from it with
-``need_weights=True`` (head-averaged weights). ``--min-size`` resizes the shorter image side first.
+The model runs in eval mode with the route evaluated next to the primary one (``eval_route``), so
+decoder layer ``--layer`` sees the route's own query stream; its instructive attention there is
+recomputed on the same input with ``need_weights=True`` (head-averaged weights). ``--min-size`` resizes the shorter image side first.
 """
 import argparse
 import os
@@ -35,19 +35,20 @@ def instructive_attention(model, image, layer_index, route="route3"):
     branch = model.routes[route].layer_branch(layer_index)
     if branch is None or not hasattr(branch, "num_tokens"):
         raise ValueError(f"route {route!r} has no instructive self-attention in decoder layer {layer_index}")
-    layer = model.transformer.decoder.layers[layer_index]
     captured = {}
+    self_attention = branch.self_attention
 
-    def take_input(module, args):
-        query, context = args[:2]
-        captured["weights"] = branch.attend(query, context, module.self_attn, need_weights=True)[1]
+    def capturing(query, context, shared):
+        captured["weights"] = branch.attend(query, context, shared, need_weights=True)[1]
+        return self_attention(query, context, shared)
 
-    handle = layer.register_forward_pre_hook(take_input)
+    branch.self_attention, saved_eval_route = capturing, model.eval_route
     try:
         model.eval()
+        model.eval_route = route  # run the route (its own query stream) next to the primary one
         model([{"image": image}])
     finally:
-        handle.remove()
+        branch.self_attention, model.eval_route = self_attention, saved_eval_route
     return captured["weights"][0], branch.num_tokens
 
 
