@@ -141,6 +141,22 @@ def test_routes_carry_their_own_query_stream(own_streams):
         assert (route[1].reference - other).abs().max() > 1e-4
 
 
+def test_routes_together_predict_what_each_predicts_alone():
+    """Decoding Route-1 and Route-3 together (one batched cross-attention per layer) changes no
+    route's predictions, nor the primary route's: each equals its decode alone."""
+    model = build().eval()
+    with torch.no_grad():  # box heads start at zero: let the streams' boxes differ
+        for head in model.transformer.decoder.box_heads:
+            head.layers[-1].weight.normal_(0, 0.05)
+    batch = images(with_instances=False)
+    both = decode_all_routes(model, batch)
+    for name in ("route1", "route3"):
+        alone = decode_all_routes(model, batch, {name: model.routes[name]})
+        for together, single in zip(both.routes[name] + both.layers, alone.routes[name] + alone.layers):
+            for field in ("hidden", "logits", "boxes", "reference"):
+                torch.testing.assert_close(getattr(together, field), getattr(single, field), rtol=0, atol=1e-5)
+
+
 def test_instruction_tokens_change_route3_only(model):
     model.eval()
     batch = images(with_instances=False)
