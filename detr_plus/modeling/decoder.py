@@ -170,8 +170,7 @@ class DeformableDecoder(nn.Module):
         streams: Dict[str, Optional[QueryStream]] = {name: None for name in routes}  # None: reads the primary state
         for index, layer in enumerate(self.layers):
             context = context_of(primary.reference)
-            contexts = {name: None if s is None else context_of(s.reference) for name, s in streams.items()}
-            branch_inputs = [None if s is None else (s.query, contexts[name]) for name, s in streams.items()]
+            branch_inputs = [None if s is None else (s.query, context_of(s.reference)) for s in streams.values()]
             branches = [route.layer_branch(index) for route in routes.values()]
             # Only routes with their own stream need ``branch_inputs``; a wrapped layer (QR-DETR) that
             # does not take them still works with every other route.

@@ -69,6 +69,15 @@ def decode_all_routes(model, batch, routes=None):
         return model.transformer(features, level_masks, pos, routes=model.routes if routes is None else routes)[0]
 
 
+def with_moving_boxes(model):
+    """``model`` with random last box-head layers: they start at zero (boxes = reference boxes),
+    which would hide whose boxes a route's next layer starts from."""
+    with torch.no_grad():
+        for head in model.transformer.decoder.box_heads:
+            head.layers[-1].weight.normal_(0, 0.05)
+    return model
+
+
 @pytest.fixture(scope="module")
 def model():
     return build()
@@ -126,10 +135,7 @@ def test_route_gradients(model, train_losses):
 def test_routes_carry_their_own_query_stream(own_streams):
     """Default: a route's layer input is its own previous output and refined boxes (all routes start
     from the shared queries and boxes); the ablation ``own_streams=False`` branches from the primary state."""
-    model = build(f"model.routes.own_streams={own_streams}").eval()
-    with torch.no_grad():  # box heads start at zero (boxes = references): make the routes' boxes differ
-        for head in model.transformer.decoder.box_heads:
-            head.layers[-1].weight.normal_(0, 0.05)
+    model = with_moving_boxes(build(f"model.routes.own_streams={own_streams}").eval())
     out = decode_all_routes(model, images(with_instances=False))
     primary = out.layers
     for name in ("route1", "route3"):
@@ -144,10 +150,7 @@ def test_routes_carry_their_own_query_stream(own_streams):
 def test_routes_together_predict_what_each_predicts_alone():
     """Decoding Route-1 and Route-3 together (one batched cross-attention per layer) changes no
     route's predictions, nor the primary route's: each equals its decode alone."""
-    model = build().eval()
-    with torch.no_grad():  # box heads start at zero: let the streams' boxes differ
-        for head in model.transformer.decoder.box_heads:
-            head.layers[-1].weight.normal_(0, 0.05)
+    model = with_moving_boxes(build().eval())
     batch = images(with_instances=False)
     both = decode_all_routes(model, batch)
     for name in ("route1", "route3"):
@@ -313,3 +316,4 @@ def test_attention_map_tool(model, tmp_path):
         context = QueryContext(query_pos=query_pos, reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
         expected = model.routes.route3.branches[1].attend(route3[0].hidden, context, decoder.layers[1].self_attn, need_weights=True)[1]
     torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)
+    assert "self_attention" not in vars(model.routes.route3.branches[1]) and model.eval_route is None  # restored

@@ -10,7 +10,8 @@ x [instruction tokens + object queries], the first T keys being the instruction 
 
 The model runs in eval mode with the route evaluated next to the primary one (``eval_route``), so
 decoder layer ``--layer`` sees the route's own query stream; its instructive attention there is
-recomputed on the same input with ``need_weights=True`` (head-averaged weights). ``--min-size`` resizes the shorter image side first.
+recomputed on the same input with ``need_weights=True`` (head-averaged weights). ``--min-size``
+resizes the shorter image side first.
 """
 import argparse
 import os
@@ -42,13 +43,14 @@ def instructive_attention(model, image, layer_index, route="route3"):
         captured["weights"] = branch.attend(query, context, shared, need_weights=True)[1]
         return self_attention(query, context, shared)
 
-    branch.self_attention, saved_eval_route = capturing, model.eval_route
+    branch.self_attention, saved_eval_route = capturing, model.eval_route  # an instance attribute over the method
     try:
         model.eval()
         model.eval_route = route  # run the route (its own query stream) next to the primary one
         model([{"image": image}])
     finally:
-        branch.self_attention, model.eval_route = self_attention, saved_eval_route
+        del branch.self_attention  # the class's method again (no bound-method copy left on the module)
+        model.eval_route = saved_eval_route
     return captured["weights"][0], branch.num_tokens
 
 
