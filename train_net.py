@@ -17,7 +17,7 @@ from detectron2.utils import comm
 from detr_plus.data import check_dataset_available
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus.engine.ema import ModelEMA
-from detr_plus.engine.hooks import EMAHook, unwrap
+from detr_plus.engine.hooks import EMAHook, resolve_stop_update_iter, unwrap
 from detr_plus.engine.launch import create_ddp_model, launch
 from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
 from detr_plus.engine.writers import default_writers
@@ -34,16 +34,12 @@ def build_evaluator(cfg):
 
 
 def do_test(cfg, model, ema=None):
-    """COCO evaluation of ``model`` (or of its EMA weights when ``train.ema.eval_with_ema``)."""
+    """COCO evaluation of ``model`` (or of its EMA when ``train.ema.eval_with_ema``)."""
     if "evaluator" not in cfg.dataloader:
         return {}
     evaluator = build_evaluator(cfg)
-    model = unwrap(model)
-    if ema is not None and cfg.train.ema.eval_with_ema:
-        with ema.applied_to(model):
-            results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
-    else:
-        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    evaluated = ema.module if ema is not None and cfg.train.ema.get("eval_with_ema", False) else unwrap(model)
+    results = inference_on_dataset(evaluated, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -56,28 +52,49 @@ def build_model(cfg):
     return model
 
 
+def build_ema(cfg, model):
+    """The EMA of ``train.ema`` (also kept when the model reads an EMA teacher), or None."""
+    ema_cfg = cfg.train.get("ema", {})
+    enabled = ema_cfg.get("enabled", False)
+    if getattr(model, "requires_teacher", False) and not enabled:
+        logger.info("The model reads an EMA teacher: keeping the EMA of train.ema although train.ema.enabled=False")
+        enabled = True
+    return ModelEMA(model, ema_cfg.get("decay", 0.9997), ema_cfg.get("warmup_iters", 0)) if enabled else None
+
+
 def do_train(args, cfg):
     model = build_model(cfg)
     cfg.optimizer.model = model
     optimizer = instantiate(cfg.optimizer)
-    ema_cfg = cfg.train.get("ema", {})
-    ema = ModelEMA(model, ema_cfg.decay, ema_cfg.get("warmup_iters", 0)) if ema_cfg.get("enabled", False) else None
+    ema = build_ema(cfg, model)
     train_loader = instantiate(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     latest_results = {}  # the EvalHook also evaluates after the last iteration
     trainer = DetrTrainer(ddp_model, train_loader, optimizer, cfg.train.clip_grad_norm, cfg.train.amp.enabled)
+    trainer.ema = ema  # for hooks that read the EMA / teacher
     checkpointables = {"ema": ema} if ema is not None else {}
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)
+    lr_multiplier = instantiate(cfg.lr_multiplier)
+    stop_update_iter = None
+    if ema is not None:
+        stop_update_iter = resolve_stop_update_iter(cfg.train.ema.get("stop_update_iter"), lr_multiplier, cfg.train.max_iter)
+        logger.info(f"EMA decay {ema.decay}, updates stop at iteration {stop_update_iter}")
     trainer.register_hooks([
         hooks.IterationTimer(),
-        EMAHook(ema, ema_cfg.get("stop_update_iter")) if ema is not None else None,
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        EMAHook(ema, stop_update_iter) if ema is not None else None,
+        hooks.LRScheduler(scheduler=lr_multiplier),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: latest_results.update(do_test(cfg, model, ema)) or latest_results),
+        *[instantiate(hook) for hook in cfg.train.get("hooks", [])],
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if ema is not None:
+        if not ema.restored:  # the EMA (and any teacher) starts from the loaded weights, not the random init
+            ema.reset(model)
+        if getattr(model, "requires_teacher", False):
+            model.attach_teacher(ema.module)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     train_loader.set_start_iter(start_iter)
     try:
@@ -121,7 +138,7 @@ def checkpoint_ema(cfg, model, checkpoint):
     if "ema" not in checkpoint:
         logger.warning("train.ema.eval_with_ema=True but the checkpoint has no EMA: evaluating its weights")
         return None
-    ema = ModelEMA(model, ema_cfg.decay)
+    ema = ModelEMA(model, ema_cfg.get("decay", 0.9997))
     ema.load_state_dict(checkpoint["ema"])
     return ema
 

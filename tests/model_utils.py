@@ -20,8 +20,11 @@ from detr_plus.modeling import resnet_stages
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
-    "plain": REPO / "configs" / "models" / "deformable_detr_r50.py",
+    "plain": REPO / "configs" / "models" / "deformable_detr_r50.py",  # published single-stage
+    "refine": REPO / "configs" / "models" / "deformable_detr_refine_r50.py",
+    "two_stage": REPO / "configs" / "models" / "deformable_detr_two_stage_r50.py",
     "plusplus": REPO / "configs" / "models" / "deformable_detr_plusplus_r50.py",
+    "dab": REPO / "configs" / "models" / "dab_deformable_detr_r50.py",
 }
 WIDTH = 32  # as configs/shapes/deformable_detr_tiny.py: ResNet-18 at half width
 D_MODEL = 128
@@ -29,10 +32,11 @@ NUM_CLASSES = 3
 IMAGE_SIZES = [(64, 80), (72, 64)]  # (H, W) of the two synthetic images
 
 
-def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=20, num_classes=NUM_CLASSES, **transformer):
+def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=20, num_classes=NUM_CLASSES, decoder=None, **transformer):
     """``LazyConfig.load(configs/models/<name>).model`` with only the sizes overridden.
 
-    ``transformer`` overrides ``model.transformer`` keys (e.g. ``two_stage=False``)."""
+    ``transformer`` overrides ``model.transformer`` keys (e.g. ``query_init="anchors"``), ``decoder``
+    ``model.transformer.decoder`` keys."""
     model = LazyConfig.load(str(CONFIGS[name])).model
     model.backbone.stem.out_channels = WIDTH
     model.backbone.stem.norm = "BN"
@@ -46,6 +50,7 @@ def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=2
     model.transformer.num_classes = num_classes
     model.transformer.num_queries = num_queries
     model.transformer.update(transformer)
+    model.transformer.decoder.update(decoder or {})
     return model
 
 
@@ -90,9 +95,7 @@ def targets_of(model, batch):
 
 def encode(model, batch):
     """The transformer's ``EncoderState`` of ``batch`` (backbone + neck + encoder)."""
-    images, masks = model.preprocess_images(batch)
-    features, level_masks, pos = model.extract_features(images, masks)
-    return model.transformer.encode(features, level_masks, pos)
+    return model.encode_and_select(batch)[1]
 
 
 def features_of(model, batch):
@@ -107,6 +110,15 @@ def random_queries(batch_size, num, d_model=D_MODEL, seed=0, dtype=torch.float32
     centres = torch.rand(batch_size, num, 2, generator=gen, dtype=dtype) * 0.6 + 0.2
     sizes = torch.rand(batch_size, num, 2, generator=gen, dtype=dtype) * 0.3 + 0.05
     return content, torch.cat([centres, sizes], -1)
+
+
+def random_decoder_queries(batch_size, num, d_model=D_MODEL, seed=0, static_position=False):
+    """``DecoderQueries`` from ``random_queries`` (with a random static position if asked)."""
+    from detr_plus.modeling import DecoderQueries
+
+    content, reference = random_queries(batch_size, num, d_model, seed)
+    position = torch.randn(batch_size, num, d_model, generator=torch.Generator().manual_seed(seed + 100)) if static_position else None
+    return DecoderQueries(content, reference, position)
 
 
 class CallCounter:

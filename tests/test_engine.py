@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus.engine.ema import ModelEMA
-from detr_plus.engine.hooks import EMAHook
+from detr_plus.engine.hooks import EMAHook, first_lr_decay_iter, resolve_stop_update_iter
 from detr_plus.engine.optim import NORM_TYPES, build_adamw, param_groups
 from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
 
@@ -191,21 +191,24 @@ def test_ema_warmup_decay():
     assert ModelEMA(model, decay=0.9, warmup_iters=0).current_decay() == 0.9
 
 
-def test_ema_applied_to_swaps_and_restores():
+def test_ema_module_is_a_frozen_averaged_copy():
+    """``ema.module`` is the model with the averaged weights: a separate copy, eval mode, no gradient;
+    ``reset`` copies the model's current weights in (what ``train_net`` does after loading)."""
     model = _Net()
     _set_weights(model, 2.0)
     ema = ModelEMA(model, decay=0.5)
     _set_weights(model, 4.0)
-    ema.update(model)  # shadow = 3
-    with ema.applied_to(model) as swapped:
-        assert swapped is model
-        assert torch.all(model.linear.weight == 3.0) and torch.all(model.norm.running_var == 3.0)
-    assert torch.all(model.linear.weight == 4.0) and torch.all(model.norm.running_var == 4.0)
-    with pytest.raises(RuntimeError):
-        with ema.applied_to(model):
-            raise RuntimeError("evaluation failed")
-    assert torch.all(model.linear.weight == 4.0)  # restored on error too
-    assert torch.all(ema.shadow["linear.weight"] == 3.0)  # and the EMA itself is unchanged
+    ema.update(model)  # 0.5 * 2 + 0.5 * 4
+    teacher = ema.module
+    assert teacher is not model and not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert torch.all(teacher.linear.weight == 3.0) and torch.all(teacher.norm.running_var == 3.0)
+    assert torch.all(model.linear.weight == 4.0)  # the model is untouched
+    assert ema.shadow["linear.weight"] is teacher.linear.weight  # the shadow is the module's own tensor
+    _set_weights(model, 7.0)
+    ema.reset(model)
+    assert ema.updates == 0 and torch.all(teacher.linear.weight == 7.0) and torch.all(teacher.norm.running_mean == 7.0)
+    model.train()
+    assert not ema.module.training  # train() on the model does not reach the copy
 
 
 def test_ema_hook_stops_updating():
@@ -232,6 +235,22 @@ def test_ema_hook_stops_updating():
         never.trainer = SimpleNamespace(model=nn.DataParallel(model), storage=storage, iter=10 ** 6)
         never.after_step()  # unwraps .module
     assert never.ema.updates == 1
+
+
+@pytest.mark.parametrize("max_iter, expected", [(1000, 900), (1500, 1350), (200, 180)])
+def test_stop_update_at_the_first_lr_decay_follows_max_iter(tiny, max_iter, expected):
+    """``stop_update_iter="first_lr_decay"`` is derived from the config's ``lr_multiplier`` at the run's
+    ``train.max_iter`` (the tiny schedule drops at 90% of it, after a 50-iteration warm-up), and is the
+    first iteration the LRScheduler hook trains at the decayed LR."""
+    cfg = apply_overrides(LazyConfig.load(tiny.config), [f"train.max_iter={max_iter}"])
+    multiplier = instantiate(cfg.lr_multiplier)
+    assert first_lr_decay_iter(multiplier, max_iter) == expected
+    assert resolve_stop_update_iter("first_lr_decay", multiplier, max_iter) == expected
+    assert multiplier((expected - 1) / max_iter) == pytest.approx(1.0) and multiplier(expected / max_iter) == pytest.approx(0.1)
+    assert resolve_stop_update_iter(123, multiplier, max_iter) == 123 and resolve_stop_update_iter(None, multiplier, max_iter) is None
+    with pytest.raises(ValueError, match="stop_update_iter"):
+        resolve_stop_update_iter("at_the_end", multiplier, max_iter)
+    assert first_lr_decay_iter(lambda where: 1.0, 100) is None  # a constant LR never decays
 
 
 def test_ema_state_dict_round_trip(tmp_path):
@@ -274,23 +293,25 @@ def tiny_model(single_thread, tiny):
 def test_param_groups_with_default_lr_factors(tiny, tiny_model):
     common = LazyConfig.load(str(tiny.repo / "configs" / "common" / "optim.py")).AdamW
     lr_factors = dict(common.lr_factors)
-    assert lr_factors == {"backbone": 0.1, "sampling_offsets": 0.1, "reference_points": 0.1}
+    assert lr_factors == {"backbone": 0.1, "sampling_offsets": 0.1}
     base_lr, wd = common.lr, common.weight_decay
     groups = param_groups(tiny_model, base_lr, wd, lr_factors)
 
-    # Every trainable parameter exactly once, one per group.
+    # Every trainable parameter exactly once; one group per distinct (lr, weight decay).
     trainable = {id(p): n for n, p in tiny_model.named_parameters() if p.requires_grad}
     grouped = [id(p) for g in groups for p in g["params"]]
-    assert all(len(g["params"]) == 1 for g in groups)
     assert len(grouped) == len(set(grouped)) == len(trainable)
     assert set(grouped) == set(trainable)
+    settings = [(g["lr"], g["weight_decay"]) for g in groups]
+    assert len(settings) == len(set(settings)) == 4  # {full, 0.1x} LR x {decay, no decay (norms, embeddings)}
+    assert all(len(g["names"]) == len(g["params"]) for g in groups)
 
-    by_name = {g["name"]: g for g in groups}
+    by_name = {name: g for g in groups for name in g["names"]}
     assert set(by_name) == set(trainable.values())
     modules = dict(tiny_model.named_modules())
     seen = {"backbone": 0, "sampling_offsets": 0, "norm": 0}
     for name, g in by_name.items():
-        if "backbone" in name or "sampling_offsets" in name or "reference_points" in name:
+        if "backbone" in name or "sampling_offsets" in name:
             assert g["lr"] == pytest.approx(0.1 * base_lr), name
         else:
             assert g["lr"] == pytest.approx(base_lr), name
@@ -313,9 +334,18 @@ def test_param_groups_with_default_lr_factors(tiny, tiny_model):
     first = next(tiny_model.parameters())
     first.requires_grad_(False)
     try:
-        assert len(param_groups(tiny_model, base_lr, wd, lr_factors)) == len(groups) - 1
+        assert sum(len(g["params"]) for g in param_groups(tiny_model, base_lr, wd, lr_factors)) == len(trainable) - 1
     finally:
         first.requires_grad_(True)
+
+
+def test_lr_factor_matching_no_parameter_is_an_error(tiny_model):
+    """The two-stage ++ has no 2-d ``reference_points`` layer: asking for its factor is an error that
+    names the fragment (it used to match nothing, silently)."""
+    with pytest.raises(ValueError, match="reference_points"):
+        param_groups(tiny_model, 1e-4, 1e-4, {"backbone": 0.1, "reference_points": 0.1})
+    with pytest.raises(ValueError, match="backbone.stem"):  # shadowed by the earlier "backbone" fragment
+        param_groups(tiny_model, 1e-4, 1e-4, {"backbone": 0.1, "backbone.stem": 0.5})
 
 
 def test_build_adamw_from_config(tiny, tiny_model):
@@ -323,11 +353,27 @@ def test_build_adamw_from_config(tiny, tiny_model):
     common.model = tiny_model
     optimizer = instantiate(common)
     assert isinstance(optimizer, torch.optim.AdamW)
-    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    lrs = {name: g["lr"] for g in optimizer.param_groups for name in g["names"]}
     name = next(n for n in lrs if "sampling_offsets" in n)
     assert lrs[name] == pytest.approx(0.1 * common.lr)
     assert optimizer.defaults["betas"] == (0.9, 0.999)
     # The tiny config's own factors: the backbone trains at the full LR there.
     tiny = build_adamw(tiny_model, lr=4e-4, lr_factors={"sampling_offsets": 0.1})
-    lrs = {g["name"]: g["lr"] for g in tiny.param_groups}
+    lrs = {name: g["lr"] for g in tiny.param_groups for name in g["names"]}
     assert all(lr == pytest.approx(4e-4) for n, lr in lrs.items() if "backbone" in n)
+    # One optimizer step over the merged groups equals AdamW stepped parameter by parameter.
+    params = [p for p in tiny_model.parameters() if p.requires_grad][:6]
+    grads = [torch.randn_like(p) for p in params]
+    merged = torch.optim.AdamW([{"params": params, "lr": 1e-3, "weight_decay": 1e-4}])
+    single = [torch.optim.AdamW([{"params": [p.detach().clone().requires_grad_()], "lr": 1e-3, "weight_decay": 1e-4}]) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
+    before = [p.detach().clone() for p in params]
+    merged.step()
+    for opt, g in zip(single, grads):
+        opt.param_groups[0]["params"][0].grad = g
+        opt.step()
+    for p, b, opt in zip(params, before, single):
+        torch.testing.assert_close(p.detach(), opt.param_groups[0]["params"][0].detach(), rtol=0, atol=1e-7)
+        with torch.no_grad():
+            p.copy_(b)

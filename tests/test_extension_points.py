@@ -1,27 +1,37 @@
-"""The decoder's extension points, one test (or group) per point, each checking the mechanism by value:
+"""The core's extension points, one test (or group) per point, each checking the mechanism by value:
 
-1. query groups with a self-attention mask;   2. route variants of a layer (LayerBranch / TrainingRoute);
-3. wrapping blocks and layers;                 4. external queries through ``transformer.decode``;
-5. per-layer outputs and matching indices;     6. inference ignores routes; stripped checkpoints.
+1. query groups (masks, padding, per-group losses);  2. route variants of a layer (LayerBranch / TrainingRoute);
+3. layer wrappers, gather / scatter, updated mask, extra outputs;  4. external queries;
+5. per-layer outputs and matching indices;  6. the EMA teacher;  7. inference ignores training-only parts.
 """
 import copy
+import re
 
 import pytest
 import torch
 from detectron2.config import LazyCall as L
 from torch import nn
 
+from detr_plus.engine.ema import ModelEMA
 from detr_plus.modeling import (
     DecoderOutput,
+    DecoderQueries,
     LayerBranch,
+    LayerOutput,
     LayerPredictions,
     OneToManyMatcher,
+    QueryGroup,
+    QuerySubset,
     SetCriterion,
     TrainingRoute,
+    group_attention_mask,
     group_self_attn_mask,
+    pad_per_image,
     strip_training_routes,
 )
 from detr_plus.modeling.blocks import FFN, QueryContext
+from detr_plus.modeling.decoder import QueryStream
+from detr_plus.modeling.structures import EncoderState
 from model_utils import (
     SMALL_IMAGE_SIZES,
     D_MODEL,
@@ -31,7 +41,7 @@ from model_utils import (
     encode,
     features_of,
     primary_losses,
-    random_queries,
+    random_decoder_queries,
     synthetic_batch,
     targets_of,
     tiny_model_config,
@@ -127,27 +137,151 @@ def assert_layers_close(a, b, atol=1e-5, queries=slice(None)):
 
 
 # --- 1. query groups ---------------------------------------------------------------------------------
-def test_group_self_attn_mask_values():
+def test_group_masks_values():
     mask = group_self_attn_mask([2, 3])
     expected = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     assert mask.dtype == torch.bool and torch.equal(mask, expected)
+    # A group that sees the primary queries (DINO's denoising groups); the primary never sees groups.
+    mask = group_attention_mask([2, 1, 2], sees_primary=[False, True])
+    expected = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def image_state(state, b):
+    """The encoder state of image ``b`` alone."""
+    return EncoderState(state.memory[b : b + 1], state.spatial_shapes, state.level_start_index,
+                        state.valid_ratios[b : b + 1], state.padding_mask[b : b + 1])
+
+
+def plain_criterion():
+    return SetCriterion(OneToManyMatcher(topk=2), loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
 
 
 def test_query_groups_decode_independently(base, state):
+    """Each group decoded beside the others under the mask equals the group decoded alone (a group
+    that sees the primary queries equals [primary, group] decoded alone); the primary queries are
+    unchanged by the groups; without the mask the groups would see each other."""
     t = base.transformer
-    c1, r1 = random_queries(2, 6, seed=1)
-    c2, r2 = random_queries(2, 9, seed=2)
-    content, reference = torch.cat([c1, c2], 1), torch.cat([r1, r2], 1)
+    primary = random_decoder_queries(2, 6, seed=1, static_position=True)
+    g1 = random_decoder_queries(2, 9, seed=2, static_position=True)
+    g2 = random_decoder_queries(2, 4, seed=3, static_position=True)
+    groups = {"a": QueryGroup(g1, plain_criterion()), "b": QueryGroup(g2, plain_criterion(), sees_primary=True)}
     with torch.no_grad():
-        alone1 = t.decode(c1, r1, state)
-        alone2 = t.decode(c2, r2, state)
-        grouped = t.decode(content, reference, state, self_attn_mask=group_self_attn_mask([6, 9]))
-        unmasked = t.decode(content, reference, state)
-    assert_layers_close(grouped, alone1, queries=slice(0, 6))
-    assert_layers_close(grouped, alone2, queries=slice(6, 15))
-    # Without the mask the groups see each other: every layer's queries differ.
-    for layer_u, layer_a in zip(unmasked.layers, alone1.layers):
+        joint = t.decode(primary, state, groups=groups)
+        alone0 = t.decode(primary, state)
+        alone1 = t.decode(g1, state)
+        with_primary = t.decode(primary, state, groups={"b": groups["b"]})
+        unmasked = t.decode(DecoderQueries.concat([primary, g1]), state)
+    assert list(joint.groups) == ["a", "b"] and all(len(v) == DEC_LAYERS for v in joint.groups.values())
+    assert_layers_close(joint, alone0)
+    assert_layers_close(DecoderOutput(joint.groups["a"]), alone1)
+    assert_layers_close(DecoderOutput(joint.groups["b"]), DecoderOutput(with_primary.groups["b"]))
+    # "b" really reads the primary queries: decoded with no primary beside it, it differs.
+    with torch.no_grad():
+        b_alone = t.decode(g2, state)
+    assert (b_alone.layers[-1].hidden - joint.groups["b"][-1].hidden).abs().max() > 1e-3
+    for layer_u, layer_a in zip(unmasked.layers, alone0.layers):
         assert (layer_u.hidden[:, :6] - layer_a.hidden).abs().max() > 1e-3
+
+
+def padded_group(seed=4, fill=0.0):
+    """A group of 3 queries for image 0 and 1 for image 1, padded to 3 with ``fill``."""
+    full = random_decoder_queries(2, 3, seed=seed, static_position=True)
+    counts = [3, 1]
+    content, valid = pad_per_image([full.content[b, :n] for b, n in enumerate(counts)])
+    reference, _ = pad_per_image([full.reference[b, :n] for b, n in enumerate(counts)])
+    position, _ = pad_per_image([full.position[b, :n] for b, n in enumerate(counts)])
+    pad = ~valid
+    content = content.masked_fill(pad[..., None], fill)
+    position = position.masked_fill(pad[..., None], fill)
+    reference = torch.where(pad[..., None], torch.full_like(reference, 0.5 if fill == 0 else 0.9), reference)
+    return DecoderQueries(content, reference, position, valid), full, counts
+
+
+def test_padded_queries_change_no_output_and_no_loss(base, state):
+    """Per-image group sizes: padding is attended by no query, matched and supervised by no criterion;
+    what padded slots hold changes no output of a valid query and no loss; each image's valid group
+    queries decode as if the image's group had only them."""
+    t = base.transformer
+    primary = random_decoder_queries(2, 5, seed=1, static_position=True)
+    targets = targets_of(base, synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    outs, losses = [], []
+    for fill in (0.0, 7.0):
+        group, full, counts = padded_group(fill=fill)
+        assert torch.equal(group.valid, torch.tensor([[True, True, True], [True, False, False]]))
+        with torch.no_grad():
+            out = t.decode(primary, state, groups={"g": QueryGroup(group, base.criterion)})
+            terms, indices = base.criterion(out.groups["g"][-1].logits, out.groups["g"][-1].boxes, targets, 2.0, valid=group.valid)
+        outs.append(out)
+        losses.append(terms)
+        assert torch.equal(out.groups["g"][-1].valid, group.valid)
+        for b, (q, _) in enumerate(indices):
+            assert group.valid[b, q].all()  # never a padded query
+    valid = outs[0].groups["g"][0].valid
+    for a, b in zip(outs[0].groups["g"] + outs[0].layers, outs[1].groups["g"] + outs[1].layers):
+        rows = valid if a.hidden.shape[1] == 3 else torch.ones(a.hidden.shape[:2], dtype=torch.bool)
+        for field in ("hidden", "logits", "boxes"):
+            torch.testing.assert_close(getattr(a, field)[rows], getattr(b, field)[rows], rtol=0, atol=0)
+    for k in losses[0]:
+        torch.testing.assert_close(losses[0][k], losses[1][k], rtol=0, atol=0)
+    # Image 1's single valid query decodes as a one-query group of that image.
+    one_state = image_state(state, 1)
+    single = DecoderQueries(full.content[1:, :1], full.reference[1:, :1], full.position[1:, :1])
+    with torch.no_grad():
+        alone = t.decode(single, one_state)
+    torch.testing.assert_close(outs[0].groups["g"][-1].hidden[1, :1], alone.layers[-1].hidden[0], rtol=0, atol=1e-5)
+
+
+class FixedGroupSource(nn.Module):
+    """A method-side group source: one group of the primary queries' copies with a fixed assignment
+    (query 0 -> GT 0, query 1 -> GT 1 of image 0), as a denoising group knows its targets."""
+
+    def __init__(self, requires_teacher=False):
+        super().__init__()
+        self.requires_teacher = requires_teacher
+        self.criterion = SetCriterion(OneToManyMatcher(topk=2), loss_weights={"class": 1.0, "bbox": 1.0, "giou": 1.0})
+        self.calls = 0
+        self.seen_teacher = None
+
+    def forward(self, batch):
+        self.calls += 1
+        self.seen_teacher = batch.teacher
+        q = batch.selection.queries
+        empty = torch.empty(0, dtype=torch.long)
+        indices = [(torch.tensor([0, 1]), torch.tensor([0, 1])), (empty, empty)]
+        return QueryGroup(DecoderQueries(q.content[:, :4] + 1.0, q.reference[:, :4], None if q.position is None else q.position[:, :4]),
+                          self.criterion, indices=indices, loss_scale=0.5)
+
+
+def model_with_groups(base, source):
+    cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
+    model = build(cfg, seed=5)
+    model.load_state_dict(base.state_dict())
+    model.query_groups["fixed"] = source
+    return model
+
+
+def test_query_group_losses_use_their_prefix_criterion_and_fixed_assignment(base):
+    source = FixedGroupSource()
+    model = model_with_groups(base, source)
+    model.eval()  # deterministic; training_losses runs whatever the mode
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    with torch.no_grad():
+        losses, matching = model.training_losses(batch)
+        _, state, selection = model.encode_and_select(batch)
+        group = source(type("B", (), {"selection": selection, "teacher": None})())
+        out = model.transformer.decode(selection.queries, state, groups={"fixed": group})
+        plain = model.transformer.decode(selection.queries, state)
+    keys = {f"fixed/loss_{term}_{i}" for term in ("class", "bbox", "giou") for i in range(DEC_LAYERS)}
+    assert keys <= set(losses) and set(losses) - keys == set(primary_losses(losses))
+    targets = targets_of(model, batch)
+    for i, layer in enumerate(out.groups["fixed"]):
+        expected, _ = source.criterion(layer.logits, layer.boxes, targets, 2.0, indices=group.indices)
+        for k, v in expected.items():
+            torch.testing.assert_close(losses[f"fixed/{k}_{i}"], 0.5 * v)
+        assert [(q.tolist(), g.tolist()) for q, g in matching["fixed"][i]] == [(q.tolist(), g.tolist()) for q, g in group.indices]
+    # The primary losses are the model's without the group (the group is masked away).
+    assert_layers_close(out, plain)
 
 
 # --- 2. route variants -------------------------------------------------------------------------------
@@ -273,125 +407,196 @@ def test_own_stream_route_is_a_full_pass_with_its_modules(base, features):
         TrainingRoute([None, OwnFFNBranch()], copy.deepcopy(base.criterion), own_stream=True)
 
 
-# --- 3. wrapping blocks ------------------------------------------------------------------------------
-def gather_queries(x, index):
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def scatter_queries(x, index, values):
-    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values)
-
-
-class GatherScatterBlock(nn.Module):
-    """QR-DETR style: only the queries ``index`` (B, K) pass through ``inner``; the rest bypass it."""
-
-    def __init__(self, inner, index):
-        super().__init__()
-        self.inner, self.index = inner, index
-
-    def forward(self, query, context):
-        processed = self.inner(gather_queries(query, self.index), context.select(self.index))
-        return scatter_queries(query, self.index, processed)
-
-
-class GatherScatterLayer(nn.Module):
-    """The same around a whole decoder layer (its self-attention then sees only the selected queries)."""
-
-    def __init__(self, inner, index):
-        super().__init__()
-        self.inner, self.index = inner, index
-
-    def forward(self, query, context, branches=()):
-        out, branch_outs = self.inner(gather_queries(query, self.index), context.select(self.index), branches)
-        return scatter_queries(query, self.index, out), branch_outs
-
-
-def half_index(batch, num, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(num, generator=gen)[: num // 2] for _ in range(batch)])
+# --- 3. layer wrappers, gather / scatter, updated mask, extra outputs ----------------------------------
+def test_query_subset_round_trip_with_unequal_counts():
+    """scatter(gather(Q)) puts every row back at its index; only valid rows are written; the padding
+    slots of an image with fewer selected queries are never written back."""
+    mask = torch.tensor([[True, False, True, True, False], [False, True, False, False, False], [False] * 5])
+    subset = QuerySubset.of(mask)
+    assert subset.size == 3 and subset.padded
+    assert subset.index[0].tolist() == [0, 2, 3] and subset.index[1, 0] == 1
+    assert subset.valid.tolist() == [[True, True, True], [True, False, False], [False, False, False]]
+    assert all(len(set(row.tolist())) == 3 for row in subset.index)  # distinct positions per image
+    assert torch.equal(subset.mask(5), mask)
+    x = torch.arange(3 * 5 * 2, dtype=torch.float32).view(3, 5, 2)
+    assert torch.equal(subset.scatter(x, subset.gather(x)), x)
+    processed = torch.full((3, 3, 2), float("nan"))
+    processed[subset.valid] = -1.0
+    out = subset.scatter(x, processed)
+    assert not torch.isnan(out).any()  # padded rows (NaN here) are never written
+    assert torch.equal(out[mask], torch.full((int(mask.sum()), 2), -1.0)) and torch.equal(out[~mask], x[~mask])
+    everything = QuerySubset.everything(3, 5)
+    assert torch.equal(everything.gather(x), x) and not everything.padded
 
 
 def test_context_select():
     context = QueryContext(query_pos=torch.arange(2 * 4 * 3.0).view(2, 4, 3), reference_points=torch.arange(2 * 4 * 2 * 4.0).view(2, 4, 2, 4),
-                           memory=torch.zeros(2, 5, 3), spatial_shapes=torch.tensor([[1, 5]]), level_start_index=torch.tensor([0]))
+                           memory=torch.zeros(2, 5, 3), spatial_shapes=torch.tensor([[1, 5]]), level_start_index=torch.tensor([0]),
+                           self_attn_mask=group_self_attn_mask([2, 2]))
     index = torch.tensor([[3, 1], [0, 2]])
     picked = context.select(index)
     torch.testing.assert_close(picked.query_pos, torch.stack([context.query_pos[0, [3, 1]], context.query_pos[1, [0, 2]]]))
     torch.testing.assert_close(picked.reference_points, torch.stack([context.reference_points[0, [3, 1]], context.reference_points[1, [0, 2]]]))
-    assert picked.memory is context.memory
+    assert picked.memory is context.memory and picked.query_padding_mask is None
+    # The group mask's rows and columns follow the queries, per image: [3, 1] are in different groups.
+    assert torch.equal(picked.self_attn_mask, torch.tensor([[[False, True], [True, False]], [[False, True], [True, False]]]))
+    # A padded subset marks its padding; the attention mask then blocks padded keys but lets a padded
+    # query see itself (no fully blocked row).
+    subset = QuerySubset.of(torch.tensor([[True, True, False, True], [False, False, True, False]]))
+    picked = context.select(subset)
+    assert torch.equal(picked.query_padding_mask, ~subset.valid)
+    mask = picked.attention_mask(num_heads=2)
+    assert mask.shape == (4, 3, 3) and not mask.all(-1).any()
+    assert torch.equal(mask[2], torch.tensor([[False, True, True], [True, False, True], [True, True, False]]))
 
 
-def test_wrapped_cross_attention_processes_only_selected_queries(base, state):
-    t = copy.deepcopy(base.transformer)
-    inner = t.decoder.layers[0].cross_attn
-    index = half_index(2, 10)
-    t.decoder.layers[0].cross_attn = GatherScatterBlock(inner, index)
-    captured = []
-    t.decoder.layers[0].cross_attn.register_forward_hook(lambda m, args, out: captured.append((args, out)))
-    content, reference = random_queries(2, 10, seed=3)
+class RouteLayer(nn.Module):
+    """A QR-DETR-style whole-layer wrapper built by the decoder's ``layer_wrapper``: only the queries
+    ``choose(query)`` selects (a (B, Q) mask) pass through the layer; the rest keep their query and box."""
+
+    def __init__(self, layer, choose):
+        super().__init__()
+        self.layer, self.choose = layer, choose
+
+    def forward(self, query, context, branches=()):
+        chosen = self.choose(query)
+        subset = QuerySubset.of(chosen)
+        inner = self.layer(subset.gather(query), context.select(subset))
+        return LayerOutput(subset.scatter(query, inner.hidden), updated=chosen,
+                           extras={"passed": chosen.sum(1)})
+
+
+def as_wrapped(state_dict):
+    """A plain transformer's state dict under ``RouteLayer``'s names (the layer is ``.layer``)."""
+    return {re.sub(r"^decoder\.layers\.(\d+)\.", r"decoder.layers.\1.layer.", k): v for k, v in state_dict.items()}
+
+
+def wrapped_transformer(choose, name="plusplus", seed=0):
+    cfg = tiny_model_config(name, dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
+    cfg.transformer.decoder.layer_wrapper = lambda layer, index: RouteLayer(layer, choose)
+    return build(cfg, seed=seed).transformer
+
+
+def every_query(query):
+    return torch.ones(query.shape[:2], dtype=torch.bool)
+
+
+def test_wrapper_that_routes_every_query_equals_the_plain_layer(base, state):
+    t = wrapped_transformer(every_query)
+    t.load_state_dict(as_wrapped(base.transformer.state_dict()))
+    assert isinstance(t.decoder.layers[0], RouteLayer)  # built by the factory, not replaced afterwards
+    queries = random_decoder_queries(2, 10, seed=3, static_position=True)
     with torch.no_grad():
-        out = t.decode(content, reference, state)
-        (query_in, context), query_out = captured[0]
-        full = inner(query_in, context)
-    processed = torch.zeros(2, 10, dtype=torch.bool)
-    processed[torch.arange(2)[:, None], index] = True
-    torch.testing.assert_close(query_out[~processed], query_in[~processed], rtol=0, atol=0)  # bypassed
-    torch.testing.assert_close(query_out[processed], full[processed], rtol=0, atol=1e-5)  # as on the full set
-    assert (query_out[processed] - query_in[processed]).abs().max() > 1e-2
-    with torch.no_grad():
-        reference_out = base.transformer.decode(content, reference, state)
-    assert (out.layers[-1].hidden - reference_out.layers[-1].hidden).abs().max() > 1e-3  # the wrapper is in the path
+        routed = t.decode(queries, state)
+        plain = base.transformer.decode(queries, state)
+    assert_layers_close(routed, plain, atol=0)
+    assert routed.layers[0].extras["passed"].tolist() == [10, 10]
 
 
-def test_wrapped_layer_processes_only_selected_queries(base, state):
-    t = copy.deepcopy(base.transformer)
-    inner = t.decoder.layers[0]
-    index = half_index(2, 10, seed=1)
-    t.decoder.layers[0] = GatherScatterLayer(inner, index)
-    captured = []
-    t.decoder.layers[0].register_forward_hook(lambda m, args, out: captured.append(args))
-    content, reference = random_queries(2, 10, seed=4)
+def choose_by_image(query):
+    """Image 0: the 6 even queries; image 1: queries 1 and 4 (unequal counts: padding in image 1)."""
+    chosen = torch.zeros(query.shape[:2], dtype=torch.bool)
+    chosen[0, ::2] = True
+    chosen[1, [1, 4]] = True
+    return chosen
+
+
+def test_wrapped_layer_with_unequal_counts_and_updated_mask(base, state):
+    """Selected queries are processed as if decoded alone; bypassed ones keep their query and box
+    (``updated`` False: not refined by that layer's head); the next layer runs on all queries."""
+    t = wrapped_transformer(choose_by_image)
+    t.load_state_dict(as_wrapped(base.transformer.state_dict()))
+    with torch.no_grad():  # non-zero box heads, so refinement moves boxes
+        for head in t.decoder.box_heads:
+            head.layers[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    queries = random_decoder_queries(2, 10, seed=4, static_position=True)
     with torch.no_grad():
-        out = t.decode(content, reference, state)
-        (query_in, context, _), = captured
-        alone, _ = inner(gather_queries(query_in, index), context.select(index))
-        # Independent of select(): the selected queries decoded on their own by the unwrapped model.
-        subset = base.transformer.decode(gather_queries(content, index), gather_queries(reference, index), state)
-    processed = torch.zeros(2, 10, dtype=torch.bool)
-    processed[torch.arange(2)[:, None], index] = True
-    hidden0 = out.layers[0].hidden
-    torch.testing.assert_close(hidden0[~processed], content[~processed], rtol=0, atol=0)
-    torch.testing.assert_close(gather_queries(hidden0, index), alone, rtol=0, atol=1e-5)
-    torch.testing.assert_close(gather_queries(hidden0, index), subset.layers[0].hidden, rtol=0, atol=1e-5)
-    torch.testing.assert_close(gather_queries(out.layers[0].logits, index), subset.layers[0].logits, rtol=0, atol=1e-5)
-    assert len(out.layers) == DEC_LAYERS  # the following layer still runs on all queries
+        out = t.decode(queries, state)
+    chosen = choose_by_image(queries.content)
+    first = out.layers[0]
+    assert torch.equal(first.updated, chosen)
+    torch.testing.assert_close(first.hidden[~chosen], queries.content[~chosen], rtol=0, atol=0)
+    torch.testing.assert_close(first.boxes[~chosen], queries.reference[~chosen], rtol=0, atol=0)  # kept its box
+    torch.testing.assert_close(out.layers[1].reference[~chosen], queries.reference[~chosen], rtol=0, atol=0)
+    assert (first.boxes[chosen] - queries.reference[chosen]).abs().max() > 1e-4  # the processed ones are refined
+    layer0 = t.decoder.layers[0].layer
+    for b in range(2):  # reference: each image's chosen queries through the plain layer, alone
+        index = chosen[b].nonzero().flatten()
+        one = DecoderQueries(queries.content[b : b + 1, index], queries.reference[b : b + 1, index], queries.position[b : b + 1, index])
+        context = t.decoder.context_of(QueryStream(one.content, one.reference, one.reference, one.position), image_state(state, b))
+        with torch.no_grad():
+            alone = layer0(one.content, context).hidden
+        torch.testing.assert_close(first.hidden[b, index], alone[0], rtol=0, atol=1e-5)
+
+
+class ExitHeadLayer(nn.Module):
+    """A wrapper adding extra per-layer predictions (QR-DETR's exit heads) for a criterion."""
+
+    def __init__(self, layer, index):
+        super().__init__()
+        self.layer = layer
+        self.exit_class = nn.Linear(D_MODEL, NUM_CLASSES)
+
+    def forward(self, query, context, branches=()):
+        out = self.layer(query, context, branches)
+        exit_predictions = LayerPredictions(self.exit_class(out.hidden), context.reference_points[:, :, 0].clamp(0, 1), out.hidden,
+                                            context.reference_points[:, :, 0])
+        out.extras["exit"] = exit_predictions
+        return out
+
+
+def test_extra_layer_outputs_are_supervised_by_their_criterion(base):
+    cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
+    cfg.transformer.decoder.layer_wrapper = ExitHeadLayer
+    cfg.extra_output_criteria = L(named_routes)(exit=o2m_criterion())
+    model = build(cfg, seed=2)
+    model.eval()
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    with torch.no_grad():
+        losses, matching = model.training_losses(batch)
+        _, state, selection = model.encode_and_select(batch)
+        out = model.transformer.decode(selection.queries, state)
+    targets = targets_of(model, batch)
+    for i, layer in enumerate(out.layers):
+        extra = layer.extras["exit"]
+        expected, indices = model.extra_output_criteria["exit"](extra.logits, extra.boxes, targets, 2.0)
+        for k, v in expected.items():
+            torch.testing.assert_close(losses[f"exit/{k}_{i}"], v)
+    assert len(matching["exit"]) == DEC_LAYERS
+    losses_sum = sum(v for k, v in losses.items() if k.startswith("exit/"))
+    grads = torch.autograd.grad(sum(model.training_losses(batch)[0][k] for k in losses if k.startswith("exit/")),
+                                [layer.exit_class.weight for layer in model.transformer.decoder.layers])
+    assert losses_sum > 0 and all(g.abs().sum() > 0 for g in grads)  # the exit heads train end to end
 
 
 # --- 4. external queries -----------------------------------------------------------------------------
+# --- 4. external queries -----------------------------------------------------------------------------
 def test_external_queries(base, state):
     t = base.transformer
-    content, reference = random_queries(2, 7, seed=6)
-    other_content, _ = random_queries(2, 7, seed=7)
-    content.requires_grad_()
+    queries = random_decoder_queries(2, 7, seed=6, static_position=True)
+    other = random_decoder_queries(2, 7, seed=7, static_position=True)
+    queries.content.requires_grad_()
     for mode in ("eval", "train"):  # the ++ config has dropout 0: deterministic in both modes
         getattr(t, mode)()
-        first = t.decode(content, reference, state)
-        second = t.decode(content, reference, state)
-        assert isinstance(first, DecoderOutput) and len(first.layers) == DEC_LAYERS and first.routes == {}
+        first = t.decode(queries, state)
+        second = t.decode(queries, state)
+        assert isinstance(first, DecoderOutput) and len(first.layers) == DEC_LAYERS and first.routes == {} and first.groups == {}
         for a, b in zip(first.layers, second.layers):
             assert isinstance(a, LayerPredictions)
             assert a.logits.shape == (2, 7, NUM_CLASSES) and a.boxes.shape == (2, 7, 4)
             assert a.hidden.shape == (2, 7, D_MODEL) and a.reference.shape == (2, 7, 4)
             for field in ("hidden", "logits", "boxes", "reference"):
                 assert torch.equal(getattr(a, field), getattr(b, field)), field
-        torch.testing.assert_close(first.layers[0].reference, reference)
+        torch.testing.assert_close(first.layers[0].reference, queries.reference)
     t.eval()
     # The result depends on the given content, and the given content is not detached.
     with torch.no_grad():
-        other = t.decode(other_content, reference, state)
-    assert (other.layers[-1].logits - first.layers[-1].logits).abs().max() > 1e-4
-    (grad,) = torch.autograd.grad(first.layers[-1].logits.sum(), content)
+        other_out = t.decode(DecoderQueries(other.content, queries.reference, queries.position), state)
+    assert (other_out.layers[-1].logits - first.layers[-1].logits).abs().max() > 1e-4
+    (grad,) = torch.autograd.grad(first.layers[-1].logits.sum(), queries.content)
     assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="position"):  # static-position decoder, queries without one
+        t.decode(DecoderQueries(queries.content.detach(), queries.reference), state)
 
 
 # --- 5. per-layer outputs and matching indices -------------------------------------------------------
@@ -400,7 +605,7 @@ def test_per_layer_outputs_and_matching_indices(base, features):
 
     t = base.transformer
     with torch.no_grad():
-        out, enc, _ = t(*features)
+        out, selection, _ = t(*features)
     decoder = t.decoder
     assert len(out.layers) == DEC_LAYERS
     for i, layer in enumerate(out.layers):
@@ -411,7 +616,7 @@ def test_per_layer_outputs_and_matching_indices(base, features):
             torch.testing.assert_close(layer.boxes, (decoder.box_heads[i](layer.hidden) + inverse_sigmoid(layer.reference)).sigmoid())
         if i:
             torch.testing.assert_close(layer.reference, out.layers[i - 1].boxes)
-    torch.testing.assert_close(out.layers[0].reference, enc["boxes"])
+    torch.testing.assert_close(out.layers[0].reference, selection.queries.reference)
 
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
     targets = targets_of(base, batch)
@@ -437,9 +642,61 @@ def test_per_layer_outputs_and_matching_indices(base, features):
     assert not torch.allclose(forced["loss_bbox"], losses["loss_bbox"])
 
 
-# --- 6. inference ignores routes ---------------------------------------------------------------------
+# --- 6. the EMA teacher ------------------------------------------------------------------------------
+def test_teacher_pass_exposes_each_stage_and_its_assignment(base):
+    teacher = ModelEMA(base, decay=0.9).module
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    pass_ = teacher.detection_pass(batch)
+    targets = targets_of(base, batch)
+    assert pass_.selection.topk_indices.shape == (2, NUM_QUERIES)  # two-stage: a student can take the same proposals
+    assert len(pass_.decoder.layers) == len(pass_.matching) == DEC_LAYERS
+    for layer, indices in zip(pass_.decoder.layers, pass_.matching):
+        assert not layer.hidden.requires_grad and not layer.boxes.requires_grad
+        expected = base.criterion.matcher(layer.logits, layer.boxes, targets)
+        for (q, g), (eq, eg) in zip(indices, expected):
+            assert torch.equal(q, eq) and torch.equal(g, eg)
+    assert not pass_.selection.queries.content.requires_grad
+    assert teacher.detection_pass(synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES)).matching is None
+
+
+def test_teacher_forward_has_no_gradient_and_leaves_the_student_unchanged():
+    """A model whose group source reads the teacher runs the teacher pass on the same batch: without
+    gradient, and without touching the student's outputs or RNG stream (dropout is on here: the
+    published model has dropout 0.1, so any extra draw would change the student's losses)."""
+    cfg = tiny_model_config("plain", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
+    student = build(cfg, seed=0)
+    student.query_groups["fixed"] = FixedGroupSource(requires_teacher=False)
+    student.train()
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    torch.manual_seed(7)
+    reference = student.training_losses(batch)[0]
+    rng_after_reference = torch.get_rng_state()
+
+    student.query_groups["fixed"].requires_teacher = True
+    assert student.requires_teacher
+    with pytest.raises(RuntimeError, match="teacher"):
+        student.training_losses(batch)
+    ema = ModelEMA(student, decay=0.9)
+    student.attach_teacher(ema.module)
+    assert "teacher" not in dict(student.named_children()) and not any("teacher" in k for k in student.state_dict())
+    torch.manual_seed(7)
+    losses = student.training_losses(batch)[0]
+    assert torch.equal(torch.get_rng_state(), rng_after_reference)
+    for k in reference:
+        torch.testing.assert_close(losses[k], reference[k], rtol=0, atol=0)
+    seen = student.query_groups["fixed"].seen_teacher
+    assert seen is not None and len(seen.matching) == DEC_LAYERS
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in ema.module.parameters())
+    assert copy.deepcopy(student).teacher is None  # copying the student does not copy its teacher
+
+
+# --- 7. inference ignores training-only parts ----------------------------------------------------------
 def test_inference_ignores_routes_and_stripped_checkpoint_loads(base, features):
     model = model_with_routes(base, aux=route_cfg(OwnFFNBranch), sa=route_cfg(InstructionTokenBranch))
+    source = FixedGroupSource()
+    source.token = nn.Parameter(torch.zeros(3))  # a group source with parameters (DINO's label embedding, say)
+    model.query_groups["fixed"] = source
     route_modules = {f"{name}:{sub}": m for name, route in model.routes.items() for sub, m in route.named_modules()}
     batch = synthetic_batch(with_instances=False, size_scale=2, sizes=SMALL_IMAGE_SIZES)
 
@@ -453,6 +710,7 @@ def test_inference_ignores_routes_and_stripped_checkpoint_loads(base, features):
     with torch.no_grad(), CallCounter(route_modules) as calls:
         with_routes = model(batch)
     assert sum(calls.counts.values()) == 0, {k: v for k, v in calls.counts.items() if v}
+    assert source.calls == 0  # no query group is made at inference
     with torch.no_grad():
         expected = base(batch)
 
@@ -467,6 +725,7 @@ def test_inference_ignores_routes_and_stripped_checkpoint_loads(base, features):
 
     state_dict = model.state_dict()
     assert any(k.startswith("routes.aux.") for k in state_dict) and any(k.startswith("routes.sa.") for k in state_dict)
+    assert "query_groups.fixed.token" in state_dict
     plain = build(tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES), seed=123)
     with pytest.raises(RuntimeError, match="routes"):
         plain.load_state_dict(state_dict, strict=True)

@@ -8,13 +8,17 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import detr_plus  # noqa: F401  (compat shims before detectron2)
 import detr_plus.engine.writers as writers
+from detectron2.engine import HookBase
 from detectron2.utils.events import JSONWriter
+
+from detr_plus.modeling import SetCriterion
 
 SEED = 42
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -181,6 +185,94 @@ def test_resume_reproduces_uninterrupted_run(tiny, shapes_mini, tmp_path):
     assert a["trainer"]["hooks"]["LRScheduler"] == b["trainer"]["hooks"]["LRScheduler"]
     # Run B really resumed: it trained (and logged) iterations 3..5 only.
     assert [it for it, _ in _total_losses(run_b / "metrics.json")] == list(range(6))
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. EMA / teacher: starts from the loaded weights, Stop Update across --resume, hooks from the config
+# ----------------------------------------------------------------------------------------------
+class RecordAtStart(HookBase):
+    """A hook given in ``train.hooks``: records, before the first step of the run, the EMA's tensors,
+    the model's weights and the teacher the model holds."""
+
+    def __init__(self, box):
+        self.record = box.record  # (a dict given to a LazyCall would become a config copy)
+
+    def before_step(self):
+        if "ema" in self.record:
+            return
+        ema = self.trainer.ema
+        self.record["iter"] = self.trainer.iter
+        self.record["ema"] = {n: t.detach().clone() for n, t in ema.shadow.items()}
+        self.record["teacher_is_ema"] = self.trainer.model.teacher is ema.module
+
+
+def test_ema_starts_from_the_loaded_weights(tiny, trained, tmp_path):
+    """With ``train.init_checkpoint``, the EMA (and a teacher built on it) equals the loaded weights at
+    iteration 0, not the random initialisation; ``train.hooks`` are instantiated and run."""
+    from detectron2.config import LazyCall as L
+
+    record = {}
+    cfg = tiny.make_cfg(tmp_path, "train.max_iter=1", "train.ema.enabled=True", f"train.init_checkpoint={trained['out'] / 'model_final.pth'}")
+    cfg.train.hooks = [L(RecordAtStart)(box=SimpleNamespace(record=record))]
+    tiny.run_train(cfg)
+    loaded = _checkpoint(trained["out"] / "model_final.pth")["model"]
+    assert record["iter"] == 0 and not record["teacher_is_ema"]  # this model reads no teacher
+    assert record["ema"].keys() <= loaded.keys() and len(record["ema"]) > 100
+    for name, tensor in record["ema"].items():
+        assert torch.equal(tensor, loaded[name]), name
+
+
+def test_stop_update_at_the_first_lr_decay_survives_resume(tiny, shapes_mini, tmp_path):
+    """``stop_update_iter="first_lr_decay"``: the LR drops at iteration 4 of 8 here, so the EMA is
+    updated at iterations 0-3 only; a run resumed at iteration 6 keeps the frozen EMA its checkpoint
+    holds (not a reset from the weights) and ends with the uninterrupted run's EMA."""
+    overrides = ["train.max_iter=8", "train.checkpointer.period=3", "train.checkpointer.max_to_keep=5", "train.ema.enabled=True",
+                 "train.ema.decay=0.5", "train.ema.stop_update_iter=first_lr_decay", "lr_multiplier.warmup_length=0",
+                 "lr_multiplier.scheduler.milestones=[500]", f"train.seed={SEED}"]
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    tiny.run_train(tiny.make_cfg(run_a, *overrides))
+    a5, a_final = _checkpoint(run_a / "model_0000005.pth"), _checkpoint(run_a / "model_final.pth")
+    assert a5["ema"]["updates"] == a_final["ema"]["updates"] == 4
+    shutil.copytree(run_a, run_b)
+    (run_b / "model_final.pth").unlink()
+    (run_b / "last_checkpoint").write_text("model_0000005.pth")
+    tiny.run_train(tiny.make_cfg(run_b, *overrides), "--resume")
+    b_final = _checkpoint(run_b / "model_final.pth")
+    assert b_final["ema"]["updates"] == 4
+    for name, tensor in a5["ema"]["shadow"].items():
+        assert torch.equal(b_final["ema"]["shadow"][name], tensor), name
+        assert torch.equal(a_final["ema"]["shadow"][name], tensor), name
+    assert any(not torch.equal(b_final["model"][n], t) for n, t in b_final["ema"]["shadow"].items())  # frozen, not the weights
+
+
+def test_a_model_that_reads_a_teacher_gets_the_ema(tiny, shapes_mini, tmp_path):
+    """``requires_teacher`` on a criterion: train_net keeps the EMA even with ``train.ema.enabled``
+    False and hands ``ema.module`` to the model, which runs its pass every step."""
+    from detectron2.config import LazyCall as L
+
+    record = {}
+    cfg = tiny.make_cfg(tmp_path, "train.max_iter=2")
+    cfg.model.criterion.update(_target_=TeacherReadingCriterion)
+    cfg.train.hooks = [L(RecordAtStart)(box=SimpleNamespace(record=record))]
+    model = tiny.run_train(cfg)[0]
+    assert record["teacher_is_ema"] and model.teacher is not None and model.teacher is not model
+    assert model.criterion.teacher_passes == 2 * 2  # two steps, two decoder layers each
+
+
+class TeacherReadingCriterion(SetCriterion):
+    """A criterion that reads the teacher's per-layer assignment (as OD-DETR's matching distillation)."""
+
+    requires_teacher = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_passes = 0
+
+    def forward(self, logits, boxes, targets, num_boxes, indices=None, valid=None, context=None):
+        if isinstance(context.layer, int):
+            assert context.batch.teacher.matching[context.layer] is not None
+            self.teacher_passes += 1
+        return super().forward(logits, boxes, targets, num_boxes, indices=indices, valid=valid, context=context)
 
 
 # ----------------------------------------------------------------------------------------------

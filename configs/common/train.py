@@ -10,6 +10,8 @@ train = dict(
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,
     log_period=20,
-    # Model EMA (hook in detr_plus.engine.hooks); stop_update_iter freezes it (OD-DETR's Stop Update).
+    # Model EMA (hook in detr_plus.engine.hooks), started from the loaded weights. stop_update_iter
+    # freezes it (OD-DETR's Stop Update): None (never), an iteration, or "first_lr_decay".
     ema=dict(enabled=False, decay=0.9997, warmup_iters=0, stop_update_iter=None, eval_with_ema=False),
+    hooks=[],  # extra Detectron2 hooks (LazyCall), appended after the evaluation hook
 )

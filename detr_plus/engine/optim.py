@@ -1,4 +1,5 @@
 """AdamW parameter groups with per-module learning-rate factors (works on detectron2 v0.6 and newer)."""
+from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import torch
@@ -9,25 +10,37 @@ NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, lr_factors: Optional[Dict[str, float]] = None,
                  weight_decay_norm: float = 0.0, weight_decay_embedding: float = 0.0) -> List[Dict]:
-    """One group per trainable parameter. ``lr_factors`` maps a name fragment to an LR factor, e.g.
+    """One AdamW group per distinct (lr, weight decay), so the optimizer steps each group in one fused
+    (foreach) call. ``lr_factors`` maps a name fragment to an LR factor, e.g.
     ``{"backbone": 0.1, "sampling_offsets": 0.1}`` (Deformable DETR's recipe; LoRA-DETR adds
-    ``{"box_heads": 0.1}``); the first matching fragment wins. Norm and embedding weights use their own decay."""
+    ``{"box_heads": 0.1}``); the first matching fragment wins, and a fragment that matches no trainable
+    parameter is an error (a typo would otherwise train at the full LR). Norm and embedding weights
+    use their own decay. Each group lists its parameters' names under ``"names"``."""
     lr_factors = dict(lr_factors or {})
-    groups, seen = [], set()
+    groups: "OrderedDict[tuple, Dict]" = OrderedDict()
+    used, seen = set(), set()
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
             name = f"{module_name}.{param_name}" if module_name else param_name
-            factor = next((f for fragment, f in lr_factors.items() if fragment in name), 1.0)
+            fragment = next((f for f in lr_factors if f in name), None)
+            used.add(fragment)
             decay = weight_decay
             if isinstance(module, NORM_TYPES):
                 decay = weight_decay_norm
             elif isinstance(module, nn.Embedding):
                 decay = weight_decay_embedding
-            groups.append({"params": [param], "lr": base_lr * factor, "weight_decay": decay, "name": name})
-    return groups
+            lr = base_lr * (1.0 if fragment is None else lr_factors[fragment])
+            group = groups.setdefault((lr, decay), {"params": [], "lr": lr, "weight_decay": decay, "names": []})
+            group["params"].append(param)
+            group["names"].append(name)
+    unmatched = [f for f in lr_factors if f not in used]
+    if unmatched:
+        raise ValueError(f"optimizer.lr_factors: {unmatched} match no trainable parameter name of the model "
+                         f"(or only ones an earlier fragment already matched); remove them or fix the fragment")
+    return list(groups.values())
 
 
 def build_adamw(model: nn.Module, lr=2e-4, weight_decay=1e-4, betas=(0.9, 0.999), lr_factors=None, **group_kwargs):

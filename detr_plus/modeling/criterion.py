@@ -1,5 +1,6 @@
 """Set-prediction criterion: a matcher plus classification and box losses, for one layer's predictions."""
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -8,6 +9,19 @@ from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
 from . import losses as L
 
 CLASS_LOSSES = ("focal", "vfl_plus", "qfl")
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LossContext:
+    """What the meta-architecture tells a criterion besides the predictions: which decoder layer (or
+    "enc"), which route or group (``name``, "" for the primary queries), the ``QueryGroup`` if any,
+    and the training batch (targets, encoder state, the EMA teacher's pass when the model has one)."""
+
+    layer: Any
+    name: str = ""
+    batch: Any = None
+    group: Any = None
 
 
 class SetCriterion(nn.Module):
@@ -21,6 +35,8 @@ class SetCriterion(nn.Module):
 
     ``forward`` returns ``({"loss_class": ..., "loss_bbox": ..., "loss_giou": ...}, indices)`` with the
     weights of ``loss_weights`` applied, and the matching indices so a method can reuse them.
+    ``loss_terms`` is the same computation from given pairs, for methods whose targets come from
+    more than one assignment (OD-DETR's matching distillation, Eq. 3-4).
     """
 
     def __init__(self, matcher, loss_weights: Optional[Dict[str, float]] = None, class_loss="focal", quality="iou",
@@ -39,32 +55,71 @@ class SetCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma, self.vfl_gamma, self.qfl_gamma = focal_alpha, focal_gamma, vfl_gamma, qfl_gamma
         self.quality_class_weight = quality_class_weight
 
-    def forward(self, logits, boxes, targets: List[Dict[str, torch.Tensor]], num_boxes: float, indices=None) -> Tuple[Dict, List]:
+    def forward(self, logits, boxes, targets: List[Dict[str, torch.Tensor]], num_boxes: float, indices: Optional[Indices] = None,
+                valid: Optional[torch.Tensor] = None, context: Optional[LossContext] = None) -> Tuple[Dict, Indices]:
+        """``valid`` (B, Q): False on padded queries (never matched or supervised); ``context`` is
+        for criteria that need more than the predictions (unused here)."""
         if indices is None:
-            indices = self.matcher(logits, boxes, targets)
+            indices = self.matcher(logits, boxes, targets, valid=valid)
+        return self.loss_terms(logits, boxes, targets, num_boxes, [indices], indices, valid=valid), indices
+
+    def loss_terms(self, logits, boxes, targets, num_boxes: float, class_indices: Sequence[Indices], box_indices: Indices,
+                   box_weights: Optional[List[torch.Tensor]] = None, class_weights: Optional[Sequence[Optional[List[torch.Tensor]]]] = None,
+                   valid: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The weighted losses for given pairs.
+
+        * ``class_indices``: one or more assignments whose labels make the class targets. Several
+          assignments give a query several labels (OD-DETR Eq. 3: a second class gets its own soft
+          target); where two assignments label the same (query, class) entry, the earlier one's
+          target is kept;
+        * ``box_indices``: the pairs the L1 / GIoU losses regress, ``box_weights`` one weight per pair
+          (per image), e.g. OD-DETR's w_d (Eq. 4);
+        * ``class_weights``: per assignment, optional per-pair weights of that label's class term.
+        """
+        class_loss = self.class_loss_of(logits, boxes, targets, class_indices, class_weights)
+        if valid is not None:
+            class_loss = class_loss * valid[..., None].to(class_loss.dtype)
+        batch_idx, query_idx, gt_boxes, _ = self.pairs(box_indices, targets)
+        matched_boxes = boxes[batch_idx, query_idx]
+        l1 = L.l1_box_loss(matched_boxes, gt_boxes).sum(-1)
+        giou = L.giou_box_loss(matched_boxes, gt_boxes)
+        if box_weights is not None:
+            weight = torch.cat(list(box_weights)).to(l1.dtype) if box_weights else l1.new_zeros(0)
+            l1, giou = l1 * weight, giou * weight
+        terms = {"class": class_loss.sum() / num_boxes, "bbox": l1.sum() / num_boxes, "giou": giou.sum() / num_boxes}
+        return {f"loss_{k}": v * self.loss_weights.get(k, 0.0) for k, v in terms.items()}
+
+    @staticmethod
+    def pairs(indices: Indices, targets):
+        """Flattened (batch index, query index, GT box, GT label) of every pair."""
         batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
         query_idx = torch.cat([q for q, _ in indices])
-        gt_labels = torch.cat([t["labels"][g] for t, (_, g) in zip(targets, indices)])
         gt_boxes = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)])
-        matched_boxes = boxes[batch_idx, query_idx]
+        gt_labels = torch.cat([t["labels"][g] for t, (_, g) in zip(targets, indices)])
+        return batch_idx, query_idx, gt_boxes, gt_labels
 
+    def class_loss_of(self, logits, boxes, targets, class_indices: Sequence[Indices], class_weights=None) -> torch.Tensor:
+        """Elementwise class loss (B, Q, C) with the targets of every assignment in ``class_indices``."""
         onehot = torch.zeros_like(logits)
-        onehot[batch_idx, query_idx, gt_labels] = 1.0
+        quality = torch.zeros_like(logits) if self.class_loss != "focal" else None
+        weight = None
+        # The first assignment has priority: write the others first, so it overwrites shared entries.
+        for k in reversed(range(len(class_indices))):
+            b, q, gt_boxes, labels = self.pairs(class_indices[k], targets)
+            onehot[b, q, labels] = 1.0
+            if quality is not None:
+                quality[b, q, labels] = self.positive_quality(logits[b, q, labels], boxes[b, q], gt_boxes)
+            pair_weights = None if class_weights is None else class_weights[k]
+            if pair_weights is not None and len(b):
+                weight = torch.ones_like(logits) if weight is None else weight
+                weight[b, q, labels] = torch.cat(list(pair_weights)).to(logits.dtype)
         if self.class_loss == "focal":
-            class_loss = L.sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
+            loss = L.sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
+        elif self.class_loss == "vfl_plus":
+            loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma)
         else:
-            quality = torch.zeros_like(logits)
-            quality[batch_idx, query_idx, gt_labels] = self.positive_quality(logits[batch_idx, query_idx, gt_labels], matched_boxes, gt_boxes)
-            if self.class_loss == "vfl_plus":
-                class_loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma)
-            else:
-                class_loss = L.quality_focal_loss(logits, quality, self.qfl_gamma)
-        terms = {
-            "class": class_loss.sum() / num_boxes,
-            "bbox": L.l1_box_loss(matched_boxes, gt_boxes).sum() / num_boxes,
-            "giou": L.giou_box_loss(matched_boxes, gt_boxes).sum() / num_boxes,
-        }
-        return {f"loss_{k}": v * self.loss_weights.get(k, 0.0) for k, v in terms.items()}, indices
+            loss = L.quality_focal_loss(logits, quality, self.qfl_gamma)
+        return loss if weight is None else loss * weight
 
     @torch.no_grad()
     def positive_quality(self, matched_logits, matched_boxes, gt_boxes):

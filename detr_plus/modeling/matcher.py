@@ -1,17 +1,19 @@
 """Query-to-GT matchers: one-to-one Hungarian and one-to-many (LoRA-DETR Eq. 7 / Mr. DETR).
 
 Call signature shared by both matchers:
-    matcher(pred_logits (B, Q, C), pred_boxes (B, Q, 4) normalised cxcywh, targets)
+    matcher(pred_logits (B, Q, C), pred_boxes (B, Q, 4) normalised cxcywh, targets, valid=None)
     targets: list of B dicts with "labels" LongTensor (n,) and "boxes" (n, 4) normalised cxcywh.
+    valid: optional (B, Q) bool, False on padded queries, which are never matched.
     returns: list of B tuples (query_idx LongTensor, gt_idx LongTensor) on the inputs' device,
              sorted by query_idx (ascending).
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_iou, generalized_box_iou
+from torchvision.ops import box_iou, generalized_box_iou, generalized_box_iou_loss
 
 from ..layers.box_ops import box_cxcywh_to_xyxy
 
@@ -25,6 +27,11 @@ def _empty_pair(device) -> Tuple[torch.Tensor, torch.Tensor]:
     return e, e.clone()
 
 
+def _valid_rows(valid: Optional[torch.Tensor], b: int) -> Optional[torch.Tensor]:
+    """Indices of image b's unpadded queries, or None when nothing is padded."""
+    return None if valid is None else valid[b].nonzero().flatten()
+
+
 class HungarianMatcher:
     """One-to-one bipartite matching (DETR / Deformable-DETR).
 
@@ -32,9 +39,11 @@ class HungarianMatcher:
     focal class cost of Deformable-DETR:
       C_focal[q, j] = alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p)),
       p = sigmoid(logit[q, label_j]).
-    The cost is built per image on the inputs' device, then solved by
-    scipy.optimize.linear_sum_assignment on a CPU float32 copy. scipy returns pairs sorted by
-    query index; we keep that order. Images with zero GTs (or zero queries) give empty indices.
+    The costs of the whole batch are built in one call on the inputs' device (queries x every GT of
+    the batch) and copied to the host once; then each image's block is solved by
+    scipy.optimize.linear_sum_assignment (float32). scipy returns pairs sorted by query index; we
+    keep that order. Images with zero GTs (or zero queries) give empty indices; padded queries
+    (``valid`` False) are left out of the assignment.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
@@ -45,35 +54,68 @@ class HungarianMatcher:
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor,
-                    gt_boxes: torch.Tensor) -> torch.Tensor:
-        """(Q, C), (Q, 4), (n,), (n, 4) -> (Q, n) matching cost of one image."""
-        x = logits[:, gt_labels].float()
+    def class_cost(self, x: torch.Tensor) -> torch.Tensor:
+        """The focal class cost of logits ``x`` at the GT class (elementwise)."""
+        x = x.float()
         p = x.sigmoid()
         a, g = self.focal_alpha, self.focal_gamma
         pos = a * (1 - p).pow(g) * (-F.logsigmoid(x))   # -log p
         neg = (1 - a) * p.pow(g) * (-F.logsigmoid(-x))  # -log(1 - p)
+        return pos - neg
+
+    def cost_matrix(self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor,
+                    gt_boxes: torch.Tensor) -> torch.Tensor:
+        """(..., Q, C), (..., Q, 4), (n,), (n, 4) -> (..., Q, n) matching cost (one image, or a batch
+        against the GTs of every image)."""
         boxes, gt_boxes = boxes.float(), gt_boxes.float()
-        c_l1 = torch.cdist(boxes, gt_boxes, p=1)
-        c_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes))
-        return self.cost_class * (pos - neg) + self.cost_bbox * c_l1 + self.cost_giou * c_giou
+        c_l1 = torch.cdist(boxes, gt_boxes.expand(*boxes.shape[:-2], *gt_boxes.shape), p=1)
+        c_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes.reshape(-1, 4)), box_cxcywh_to_xyxy(gt_boxes))
+        c_giou = c_giou.view(*boxes.shape[:-1], len(gt_boxes))
+        return self.cost_class * self.class_cost(logits[..., gt_labels]) + self.cost_bbox * c_l1 + self.cost_giou * c_giou
+
+    @torch.no_grad()
+    def pair_costs(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets: List[Dict[str, torch.Tensor]],
+                   indices: Indices) -> List[torch.Tensor]:
+        """The matching cost of each given (query, GT) pair, per image (e.g. to rank two queries that
+        ended up with the same GT, OD-DETR Eq. 4)."""
+        costs = []
+        for b, (q, g) in enumerate(indices):
+            labels, gt = targets[b]["labels"][g], targets[b]["boxes"][g].float()
+            boxes = pred_boxes[b, q].float()
+            c_class = self.class_cost(pred_logits[b, q, labels])
+            c_l1 = (boxes - gt).abs().sum(-1)
+            c_giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt), reduction="none") - 1
+            costs.append(self.cost_class * c_class + self.cost_bbox * c_l1 + self.cost_giou * c_giou)
+        return costs
 
     @torch.no_grad()
     def __call__(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor,
-                 targets: List[Dict[str, torch.Tensor]]) -> Indices:
+                 targets: List[Dict[str, torch.Tensor]], valid: Optional[torch.Tensor] = None) -> Indices:
         device = pred_logits.device
-        out = []
-        for b, tgt in enumerate(targets):
-            n, nq = len(tgt["labels"]), pred_logits.shape[1]
-            if n == 0 or nq == 0:
-                out.append(_empty_pair(device))
+        sizes = [len(t["labels"]) for t in targets]
+        if sum(sizes) == 0 or pred_logits.shape[1] == 0:
+            return [_empty_pair(device) for _ in targets]
+        labels = torch.cat([t["labels"] for t in targets])
+        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        cost = self.cost_matrix(pred_logits, pred_boxes, labels, gt_boxes)
+        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # the one host copy
+        valid = None if valid is None else valid.cpu().numpy()
+        rows, cols, counts, start = [], [], [], 0
+        for b, n in enumerate(sizes):
+            block = cost[b, :, start : start + n]
+            start += n
+            candidates = np.arange(block.shape[0]) if valid is None else np.flatnonzero(valid[b])
+            if n == 0 or len(candidates) == 0:
+                counts.append(0)
                 continue
-            cost = self.cost_matrix(pred_logits[b], pred_boxes[b], tgt["labels"], tgt["boxes"])
-            cost = torch.nan_to_num(cost.cpu(), nan=1e8, posinf=1e8, neginf=-1e8)
-            rows, cols = linear_sum_assignment(cost.numpy())
-            out.append((torch.as_tensor(rows, dtype=torch.long, device=device),
-                        torch.as_tensor(cols, dtype=torch.long, device=device)))
-        return out
+            r, c = linear_sum_assignment(block[candidates])
+            rows.append(candidates[r])
+            cols.append(c)
+            counts.append(len(r))
+        if not rows:
+            return [_empty_pair(device) for _ in targets]
+        pairs = torch.as_tensor(np.stack([np.concatenate(rows), np.concatenate(cols)]), dtype=torch.long).to(device)
+        return [(p[0], p[1]) for p in pairs.split(counts, dim=1)]
 
 
 @torch.no_grad()
@@ -165,13 +207,14 @@ class OneToManyMatcher:
 
     @torch.no_grad()
     def __call__(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor,
-                 targets: List[Dict[str, torch.Tensor]]) -> Indices:
+                 targets: List[Dict[str, torch.Tensor]], valid: Optional[torch.Tensor] = None) -> Indices:
         out = []
         for b, tgt in enumerate(targets):
-            if len(tgt["labels"]) == 0 or pred_logits.shape[1] == 0:
+            rows = _valid_rows(valid, b)
+            logits, boxes = (pred_logits[b], pred_boxes[b]) if rows is None else (pred_logits[b, rows], pred_boxes[b, rows])
+            if len(tgt["labels"]) == 0 or logits.shape[0] == 0:
                 out.append(_empty_pair(pred_logits.device))
                 continue
-            m = matching_quality(pred_logits[b], pred_boxes[b], tgt["labels"], tgt["boxes"],
-                                 self.class_weight)
-            out.append(self.match_single(m))
+            q, g = self.match_single(matching_quality(logits, boxes, tgt["labels"], tgt["boxes"], self.class_weight))
+            out.append((q, g) if rows is None else (rows[q], g))
         return out

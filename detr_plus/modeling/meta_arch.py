@@ -1,5 +1,7 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,22 +12,76 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
-from .criterion import SetCriterion
+from .criterion import LossContext, SetCriterion
 from .decoder import DecoderOutput, LayerPredictions
-from .transformer import DeformableTransformer
+from .groups import QueryGroup
+from .structures import EncoderState
+from .transformer import DeformableTransformer, QuerySelection
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class DetectionPass:
+    """One pass of the primary queries with what each stage computed (an EMA teacher's forward, and
+    what matching-stability metrics read): per-layer queries, boxes and logits in ``decoder``, the
+    initial queries and (two-stage) top-k proposal indices in ``selection``, and per decoder layer the
+    Hungarian assignment to ``targets`` (when the inputs have instances)."""
+
+    image_sizes: List[Tuple[int, int]]
+    targets: Optional[List[Dict[str, torch.Tensor]]]
+    state: EncoderState
+    selection: QuerySelection
+    decoder: DecoderOutput
+    matching: Optional[List[Indices]] = None
+
+
+@dataclass
+class TrainingBatch:
+    """What query-group sources and criteria may read in a training step (``LossContext.batch``)."""
+
+    inputs: List[Dict]
+    targets: List[Dict[str, torch.Tensor]]
+    image_sizes: List[Tuple[int, int]]
+    state: EncoderState
+    selection: QuerySelection
+    teacher: Optional[DetectionPass] = None
+    num_boxes: float = 1.0
+
+
+class _Unregistered:
+    """Holds a module without making it a submodule (not in ``state_dict``, ``parameters`` or DDP);
+    a deep copy holds nothing, so copying a student does not copy its teacher."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __deepcopy__(self, memo):
+        return _Unregistered(None)
 
 
 @META_ARCH_REGISTRY.register()
 class DeformableDETR(nn.Module):
     """Backbone -> neck -> deformable transformer -> per-layer heads.
 
-    Training returns a dict of weighted losses: the primary (one-to-one) route on every decoder
+    Training returns a dict of weighted losses: the primary (one-to-one) queries on every decoder
     layer (``loss_class`` for the last layer, ``loss_class_{i}`` for layer i), the encoder's
-    two-stage proposals (``loss_class_enc``, scaled by ``enc_loss_weight``), and every training
-    route in ``routes`` (``{name}/loss_class_{i}``). Inference returns Detectron2 ``Instances`` in
-    original image coordinates: the top ``select_box_nums_for_evaluation`` of queries x classes.
+    two-stage proposals (``loss_class_enc``, scaled by ``enc_loss_weight``, with ``enc_criterion``,
+    default ``criterion``; class-agnostic targets when the transformer's proposal head is), and under
+    ``{name}/`` every training route in ``routes``, every query group that ``query_groups`` makes for
+    the batch, and every extra layer output with a criterion in ``extra_output_criteria``. Inference
+    returns Detectron2 ``Instances`` in original image coordinates: the top
+    ``select_box_nums_for_evaluation`` of queries x classes.
 
-    Evaluating a training route (default off: inference runs the primary route only):
+    Training-only extensions (none exists at inference; inference costs what the baseline costs):
+    * ``routes``: ``TrainingRoute``s, variants of the decoder layers (``detr_plus.modeling.routes``);
+    * ``query_groups``: modules called with the ``TrainingBatch``, each returning a ``QueryGroup``
+      (or None) decoded beside the primary queries;
+    * a teacher: when a criterion or group source has ``requires_teacher = True``, the trainer
+      attaches the EMA model (``attach_teacher``) and every step runs its ``detection_pass`` on the
+      same batch, without gradient, into ``TrainingBatch.teacher``.
+
+    Evaluating a training route (default off):
     * ``eval_route``: name of a route whose last-layer predictions are evaluated instead (the decoder
       then runs that one route in eval mode too), e.g. a one-to-many route;
     * ``eval_nms_threshold``: class-wise NMS at this IoU over the top ``eval_pre_nms_topk``
@@ -36,12 +92,19 @@ class DeformableDETR(nn.Module):
     def __init__(self, *, backbone, neck, position_embedding, transformer: DeformableTransformer, criterion: SetCriterion,
                  pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375), input_format="RGB",
                  size_divisibility=32, select_box_nums_for_evaluation=100, enc_loss_weight=1.0,
-                 routes: Optional[Dict[str, nn.Module]] = None, eval_route: Optional[str] = None,
-                 eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
+                 enc_criterion: Optional[nn.Module] = None, routes: Optional[Dict[str, nn.Module]] = None,
+                 query_groups: Optional[Dict[str, nn.Module]] = None, extra_output_criteria: Optional[Dict[str, nn.Module]] = None,
+                 eval_route: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
         super().__init__()
         self.backbone, self.neck, self.position_embedding = backbone, neck, position_embedding
-        self.transformer, self.criterion = transformer, criterion
+        self.transformer, self.criterion, self.enc_criterion = transformer, criterion, enc_criterion
         self.routes = nn.ModuleDict(routes or {})
+        self.query_groups = nn.ModuleDict(query_groups or {})
+        self.extra_output_criteria = nn.ModuleDict(extra_output_criteria or {})
+        names = list(self.routes) + list(self.query_groups) + list(self.extra_output_criteria)
+        clashes = sorted({n for n in names if names.count(n) > 1} | ({"enc"} & set(names)))
+        if clashes:
+            raise ValueError(f"routes, query_groups and extra_output_criteria need distinct names other than 'enc' (loss prefixes): {clashes}")
         if eval_route is not None and eval_route not in self.routes:
             raise ValueError(f"eval_route={eval_route!r} is not one of the model's routes {list(self.routes)}")
         self.eval_route, self.eval_nms_threshold, self.eval_pre_nms_topk = eval_route, eval_nms_threshold, eval_pre_nms_topk
@@ -49,10 +112,28 @@ class DeformableDETR(nn.Module):
         self.select_box_nums_for_evaluation, self.enc_loss_weight = select_box_nums_for_evaluation, enc_loss_weight
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self._teacher = _Unregistered(None)
 
     @property
     def device(self):
         return self.pixel_mean.device
+
+    # --- teacher -------------------------------------------------------------------------------
+    @property
+    def requires_teacher(self) -> bool:
+        """True when a criterion or query-group source reads the EMA teacher's pass."""
+        users = chain([self.criterion, self.enc_criterion], self.query_groups.values(), self.extra_output_criteria.values(),
+                      (route.criterion for route in self.routes.values()))
+        return any(getattr(m, "requires_teacher", False) for m in users)
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self._teacher.module
+
+    def attach_teacher(self, teacher: Optional[nn.Module]):
+        """Use ``teacher`` (a frozen model of the same config, e.g. ``ModelEMA.module``) for the teacher pass.
+        It is not a submodule: not saved, not optimized, not wrapped by DDP."""
+        self._teacher = _Unregistered(teacher)
 
     # --- inputs --------------------------------------------------------------------------------
     def preprocess_images(self, batched_inputs):
@@ -79,16 +160,49 @@ class DeformableDETR(nn.Module):
         pos = [self.position_embedding(m).to(f.dtype) for f, m in zip(features, level_masks)]
         return features, level_masks, pos
 
+    def encode_and_select(self, batched_inputs):
+        """(images, encoder state, primary query selection) of a batch."""
+        images, masks = self.preprocess_images(batched_inputs)
+        state = self.transformer.encode(*self.extract_features(images, masks))
+        return images, state, self.transformer.select_queries(state)
+
     # --- forward -------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
-        images, masks = self.preprocess_images(batched_inputs)
-        features, level_masks, pos = self.extract_features(images, masks)
-        out, enc_predictions, _ = self.transformer(features, level_masks, pos, routes=self.decoder_routes())
         if self.training:
-            targets = self.prepare_targets(batched_inputs, images.image_sizes)
-            return self.losses(out, enc_predictions, targets)
+            return self.training_losses(batched_inputs)[0]
+        images, state, selection = self.encode_and_select(batched_inputs)
+        out = self.transformer.decode(selection.queries, state, routes=self.decoder_routes())
         final = self.inference_predictions(out)
         return self.inference(final.logits, final.boxes, images.image_sizes, batched_inputs)
+
+    @torch.no_grad()
+    def detection_pass(self, batched_inputs: List[Dict], match: bool = True) -> DetectionPass:
+        """The primary queries' pass on ``batched_inputs`` (no routes, no groups, no gradient), with the
+        primary criterion's assignment of every decoder layer when ``match`` and the inputs have
+        instances. An EMA teacher's forward (OD-DETR Sec. 3); run it on a model in eval mode."""
+        images, state, selection = self.encode_and_select(batched_inputs)
+        out = self.transformer.decode(selection.queries, state)
+        targets = self.prepare_targets(batched_inputs, images.image_sizes) if "instances" in batched_inputs[0] else None
+        matching = None
+        if match and targets is not None:
+            matching = [self.criterion.matcher(p.logits, p.boxes, targets) for p in out.layers]
+        return DetectionPass(images.image_sizes, targets, state, selection, out, matching)
+
+    def training_losses(self, batched_inputs: List[Dict]) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[Indices]]]:
+        """(weighted losses, matching indices by loss prefix) of one training batch (see ``losses``)."""
+        images, state, selection = self.encode_and_select(batched_inputs)
+        targets = self.prepare_targets(batched_inputs, images.image_sizes)
+        teacher = None
+        if self.requires_teacher:
+            if self.teacher is None:
+                raise RuntimeError("this model's criteria read an EMA teacher, but none is attached: train with "
+                                   "train_net.py (it attaches the train.ema model) or call model.attach_teacher(...)")
+            teacher = self.teacher.detection_pass(batched_inputs)
+        batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
+                              self.num_boxes(targets, self.device))
+        groups = {name: group for name, source in self.query_groups.items() if (group := source(batch)) is not None}
+        out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups)
+        return self.losses(out, batch, groups)
 
     def decoder_routes(self) -> Optional[Dict[str, nn.Module]]:
         """The routes the decoder runs: all in training, none at inference (inference costs what the
@@ -115,25 +229,43 @@ class DeformableDETR(nn.Module):
             count = count / comm.get_world_size()
         return count.clamp(min=1.0).item()
 
-    def losses(self, out, enc_predictions, targets):
-        num_boxes = self.num_boxes(targets, self.device)
-        losses = {}
+    def losses(self, out: DecoderOutput, batch: TrainingBatch, groups: Optional[Dict[str, QueryGroup]] = None):
+        """(weighted losses, matching indices): "primary" (one list entry per decoder layer), "enc", and
+        one list per route, query group and extra output under its name."""
+        targets, num_boxes, groups = batch.targets, batch.num_boxes, groups or {}
+        losses: Dict[str, torch.Tensor] = {}
+        matching: Dict[str, List] = {}
 
-        def add(criterion, predictions, prefix, suffix, scale=1.0):
-            terms, _ = criterion(predictions["logits"], predictions["boxes"], targets, num_boxes)
+        def add(criterion, predictions, key, prefix, suffix, layer, scale=1.0, group=None, indices=None, targets=targets):
+            context = LossContext(layer=layer, name=key, batch=batch, group=group)
+            terms, matched = criterion(predictions["logits"], predictions["boxes"], targets, num_boxes, indices=indices,
+                                       valid=predictions.get("valid"), context=context)
             losses.update({f"{prefix}{k}{suffix}": v * scale for k, v in terms.items()})
+            matching.setdefault(key, []).append(matched)
 
         last = len(out.layers) - 1
         for i, layer in enumerate(out.layers):
-            add(self.criterion, vars(layer), "", "" if i == last else f"_{i}")
-        if enc_predictions is not None:
-            add(self.criterion, enc_predictions, "", "_enc", self.enc_loss_weight)
+            add(self.criterion, vars(layer), "primary", "", "" if i == last else f"_{i}", i)
+            for name, criterion in self.extra_output_criteria.items():
+                extra = layer.extras.get(name)
+                if isinstance(extra, LayerPredictions):
+                    add(criterion, vars(extra), name, f"{name}/", f"_{i}", i)
+        enc = batch.selection.encoder_predictions
+        if enc is not None:
+            enc_targets = targets
+            if self.transformer.enc_class_agnostic:
+                enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            add(self.enc_criterion or self.criterion, enc, "enc", "", "_enc", "enc", self.enc_loss_weight, targets=enc_targets)
         for name, layers in out.routes.items():
             route = self.routes[name]
             for i, layer in enumerate(layers):
                 if layer is not None:
-                    add(route.criterion, vars(layer), f"{name}/", f"_{i}", route.loss_scale)
-        return losses
+                    add(route.criterion, vars(layer), name, f"{name}/", f"_{i}", i, route.loss_scale)
+        for name, layers in out.groups.items():
+            group = groups[name]
+            for i, layer in enumerate(layers):
+                add(group.criterion, vars(layer), name, f"{name}/", f"_{i}", i, group.loss_scale, group, group.indices)
+        return losses, matching
 
     def inference(self, logits, boxes, image_sizes, batched_inputs):
         """Top-k over queries x classes (Deformable DETR's post-processing), boxes back to input size;

@@ -13,6 +13,7 @@ from .criterion import SetCriterion
 from .decoder import LayerBranch
 
 ROUTES_PREFIX = "routes."
+TRAINING_ONLY_PREFIXES = (ROUTES_PREFIX, "query_groups.", "extra_output_criteria.")
 
 
 class TrainingRoute(nn.Module):
@@ -41,5 +42,6 @@ class TrainingRoute(nn.Module):
 
 
 def strip_training_routes(state_dict: Dict) -> Dict:
-    """Drop every training-only parameter (``routes.*``) so the state dict loads into the baseline."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(ROUTES_PREFIX)}
+    """Drop every training-only parameter (``routes.*``, ``query_groups.*``, ``extra_output_criteria.*``)
+    so the state dict loads into the baseline."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}

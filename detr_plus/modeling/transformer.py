@@ -1,53 +1,119 @@
-"""Deformable DETR transformer: encoder, query selection (two-stage / mixed) and decoder.
+"""Deformable DETR transformer: encoder, query selection and decoder.
 
-"Deformable-DETR" and "Deformable-DETR++" (H-DETR's baseline: two-stage, box refinement, mixed
-query selection, look-forward-twice) are configurations of this one module.
+The Deformable-DETR variants the papers compare against are configurations of this one module
+(``query_init`` and the decoder's switches; README "Baselines"):
+
+* "embedding": published single-stage Deformable DETR (Zhu et al. Sec. 4.1): a learned query
+  embedding split into a static positional part and the content query, 2-d reference points from a
+  linear layer of the positional part;
+* "anchors": learned content queries and learned 4-d anchor boxes, positions from the boxes at
+  every layer (DAB-Deformable-DETR);
+* "proposals": published two-stage Deformable DETR (Sec. A.4): the top-k encoder proposals give the
+  reference boxes, and a linear layer of their sine embedding the positional part and the content;
+* "mixed": mixed query selection (DINO Sec. 3.3): reference boxes (and positional part) from the
+  top-k proposals, learned content queries (H-DETR's Deformable-DETR++).
+
+The decoder's ``query_position`` says where positions come from: "static" (the query generation's
+positional part, fixed through the decoder, as published) or "box_sine" (recomputed from each
+layer's boxes, DAB / DINO). "embedding" needs "static", "anchors" needs "box_sine"; the two-stage
+inits take either.
 """
 import math
 from dataclasses import dataclass
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers import MLP, box_sine_embedding
+from ..layers import MLP, MultiScaleDeformableAttention, box_sine_embedding
 from .decoder import DecoderOutput, DeformableDecoder
 from .encoder import DeformableEncoder
+from .groups import QueryGroup
+from .structures import DecoderQueries, EncoderState
+
+QUERY_INITS = ("embedding", "anchors", "proposals", "mixed")
+POSITION_OF_INIT = {"embedding": "static", "anchors": "box_sine"}
+TWO_STAGE_INITS = ("proposals", "mixed")
+ENC_LOSS_TOKENS = ("topk", "all")
 
 
 @dataclass
-class EncoderState:
-    memory: torch.Tensor  # (B, S, d)
-    spatial_shapes: torch.Tensor  # (L, 2)
-    level_start_index: torch.Tensor  # (L,)
-    valid_ratios: torch.Tensor  # (B, L, 2) (w, h) fraction of each level that is not padding
-    padding_mask: torch.Tensor  # (B, S) True on padding
+class QuerySelection:
+    """The primary queries and what the encoder loss reads."""
+
+    queries: DecoderQueries
+    # Two-stage only: the encoder's class logits / boxes (and validity) over the tokens its loss
+    # covers (the top-k, or every token), and the encoder positions of the selected proposals.
+    encoder_predictions: Optional[Dict[str, torch.Tensor]] = None
+    topk_indices: Optional[torch.Tensor] = None  # (B, Q)
 
 
 class DeformableTransformer(nn.Module):
+    """``enc_class_agnostic``: the encoder's proposal head predicts one foreground score (the
+    published two-stage: its encoder loss uses binary targets), and the top-k are selected by it;
+    ``enc_loss_tokens``: the encoder loss covers the "topk" selected proposals (DINO) or "all"
+    encoder tokens (the published two-stage); ``xavier_init``: the published initialisation
+    (Xavier-uniform for every matrix of the encoder, decoder layers and query generation, then the
+    deformable attention's own init)."""
+
     def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, num_classes=80, num_feature_levels=4,
-                 num_queries=300, two_stage=True, mixed_query_selection=False):
+                 num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True):
         super().__init__()
+        if query_init not in QUERY_INITS:
+            raise ValueError(f"transformer.query_init={query_init!r}: expected one of {QUERY_INITS}")
+        if enc_loss_tokens not in ENC_LOSS_TOKENS:
+            raise ValueError(f"transformer.enc_loss_tokens={enc_loss_tokens!r}: expected one of {ENC_LOSS_TOKENS}")
+        wanted = POSITION_OF_INIT.get(query_init)
+        if wanted is not None and decoder.query_position != wanted:
+            raise ValueError(f"transformer.query_init={query_init!r} needs decoder.query_position={wanted!r}, "
+                             f"got {decoder.query_position!r}")
         self.encoder, self.decoder = encoder, decoder
         d_model = decoder.d_model
-        self.num_queries, self.two_stage, self.mixed_query_selection = num_queries, two_stage, mixed_query_selection
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model).normal_())
-        if two_stage:
+        self.num_queries, self.query_init = num_queries, query_init
+        self.enc_class_agnostic, self.enc_loss_tokens = enc_class_agnostic, enc_loss_tokens
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        if self.two_stage:
             self.enc_output = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
-            self.enc_class_head = nn.Linear(d_model, num_classes)
-            nn.init.constant_(self.enc_class_head.bias, -4.59511985)
+            self.enc_class_head = nn.Linear(d_model, 1 if enc_class_agnostic else num_classes)
             self.enc_box_head = MLP(d_model, d_model, 4, 3)
+        self.static_position = decoder.query_position == "static"
+        if query_init == "embedding":
+            self.query_embedding = nn.Embedding(num_queries, 2 * d_model)  # [position | content]
+            self.reference_points = nn.Linear(d_model, 2)
+        if query_init == "proposals" or (query_init == "mixed" and self.static_position):
+            # [position | content] from the proposals' sine embedding (Deformable DETR's pos_trans).
+            self.proposal_embedding = nn.Sequential(nn.Linear(2 * d_model, 2 * d_model), nn.LayerNorm(2 * d_model))
+        if query_init in ("anchors", "mixed"):
+            self.query_content = nn.Embedding(num_queries, d_model)
+        if query_init == "anchors":
+            self.anchor_boxes = nn.Embedding(num_queries, 4)  # as logits
+        self.reset_parameters(xavier_init)
+
+    @property
+    def two_stage(self) -> bool:
+        return self.query_init in TWO_STAGE_INITS
+
+    @torch.no_grad()
+    def reset_parameters(self, xavier_init=True):
+        if xavier_init:
+            generators = [self.encoder, self.decoder.layers, getattr(self.decoder, "ref_point_head", None),
+                          getattr(self, "enc_output", None), getattr(self, "proposal_embedding", None),
+                          getattr(self, "reference_points", None)]
+            for module in filter(None, generators):
+                for p in module.parameters():
+                    if p.dim() > 1:
+                        nn.init.xavier_uniform_(p)
+            for module in self.modules():
+                if isinstance(module, MultiScaleDeformableAttention):
+                    module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+        if self.two_stage:
+            nn.init.constant_(self.enc_class_head.bias, -4.59511985)  # prior probability 0.01
             nn.init.zeros_(self.enc_box_head.layers[-1].weight)
             nn.init.zeros_(self.enc_box_head.layers[-1].bias)
-        if two_stage and not mixed_query_selection:
-            # Plain two-stage Deformable DETR: content queries come from the selected proposals.
-            self.proposal_content = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.LayerNorm(d_model))
-        else:
-            self.query_content = nn.Embedding(num_queries, d_model)
-        if not two_stage:
-            # Learnable anchor boxes (as logits), spread over the image.
-            self.anchor_boxes = nn.Embedding(num_queries, 4)
+        if self.query_init == "embedding":
+            nn.init.constant_(self.reference_points.bias, 0.0)
+        if self.query_init == "anchors":  # spread over the image
             nn.init.uniform_(self.anchor_boxes.weight[:, :2], -3.0, 3.0)
             nn.init.constant_(self.anchor_boxes.weight[:, 2:], -2.0)
 
@@ -94,13 +160,17 @@ class DeformableTransformer(nn.Module):
         memory = state.memory.masked_fill(~valid, 0.0)
         return logits, memory, valid[..., 0]
 
-    def select_queries(self, state: EncoderState):
-        """Initial content queries (B, Q, d), reference boxes (B, Q, 4) and, for two-stage, the
-        encoder's predictions for the selected proposals (for the encoder loss)."""
+    def select_queries(self, state: EncoderState) -> QuerySelection:
+        """The primary queries (``query_init``) and, for two-stage, the encoder predictions its loss reads."""
         batch = state.memory.shape[0]
-        if not self.two_stage:
+        d_model = self.decoder.d_model
+        if self.query_init == "embedding":
+            position, content = self.query_embedding.weight.split(d_model, -1)
+            reference = self.reference_points(position).sigmoid()
+            return QuerySelection(DecoderQueries(*(x[None].expand(batch, -1, -1) for x in (content, reference, position))))
+        if self.query_init == "anchors":
             reference = self.anchor_boxes.weight.sigmoid()[None].expand(batch, -1, -1)
-            return self.query_content.weight[None].expand(batch, -1, -1), reference, None
+            return QuerySelection(DecoderQueries(self.query_content.weight[None].expand(batch, -1, -1), reference))
         proposal_logits, memory, valid = self.encoder_proposals(state)
         if memory.shape[1] < self.num_queries:
             raise ValueError(f"two-stage selection needs at least num_queries={self.num_queries} encoder positions, "
@@ -108,24 +178,31 @@ class DeformableTransformer(nn.Module):
         enc_out = self.enc_output(memory)
         enc_logits = self.enc_class_head(enc_out)
         enc_boxes = self.enc_box_head(enc_out) + proposal_logits
-        scores = enc_logits.max(-1).values.masked_fill(~valid, -math.inf)
+        scores = (enc_logits[..., 0] if self.enc_class_agnostic else enc_logits.max(-1).values).masked_fill(~valid, -math.inf)
         topk = scores.topk(self.num_queries, dim=1).indices
         topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         topk_boxes = enc_boxes.gather(1, topk[..., None].expand(-1, -1, 4)).sigmoid()
         reference = topk_boxes.detach()
-        if self.mixed_query_selection:
+        position = content = None
+        if hasattr(self, "proposal_embedding"):
+            position, content = self.proposal_embedding(box_sine_embedding(reference, d_model // 2)).split(d_model, -1)
+        if self.query_init == "mixed":
             content = self.query_content.weight[None].expand(batch, -1, -1)
+        queries = DecoderQueries(content, reference, position if self.static_position else None)
+        if self.enc_loss_tokens == "topk":
+            predictions = {"logits": topk_logits, "boxes": topk_boxes}
         else:
-            content = self.proposal_content(box_sine_embedding(reference, self.decoder.d_model // 2))
-        return content, reference, {"logits": topk_logits, "boxes": topk_boxes}
+            predictions = {"logits": enc_logits, "boxes": enc_boxes.sigmoid(), "valid": valid}
+        return QuerySelection(queries, predictions, topk)
 
     # --- decoder -------------------------------------------------------------------------------
-    def decode(self, content, reference_boxes, state: EncoderState, self_attn_mask=None, routes: Optional[Mapping] = None) -> DecoderOutput:
-        """Decode any given queries (e.g. an EMA teacher's, or several groups with a mask)."""
-        return self.decoder(content, reference_boxes, state.memory, state.spatial_shapes, state.level_start_index,
-                            state.valid_ratios, state.padding_mask, self_attn_mask, routes)
+    def decode(self, queries: DecoderQueries, state: EncoderState, routes: Optional[Mapping] = None,
+               groups: Optional[Mapping[str, QueryGroup]] = None) -> DecoderOutput:
+        """Decode any given queries (the selected ones, an EMA teacher's, several query groups)."""
+        return self.decoder(queries, state, routes=routes, groups=groups)
 
-    def forward(self, features, masks, pos_embeds, routes: Optional[Mapping] = None):
+    def forward(self, features, masks, pos_embeds, routes: Optional[Mapping] = None, groups: Optional[Mapping] = None):
+        """(decoder output, query selection, encoder state)."""
         state = self.encode(features, masks, pos_embeds)
-        content, reference, enc_predictions = self.select_queries(state)
-        return self.decode(content, reference, state, routes=routes), enc_predictions, state
+        selection = self.select_queries(state)
+        return self.decode(selection.queries, state, routes=routes, groups=groups), selection, state

@@ -18,7 +18,6 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.layers import box_sine_embedding
 from detr_plus.modeling import DeformableDETR, strip_training_routes
 from detr_plus.modeling.blocks import QueryContext, SelfAttentionBlock
 from projects.mr_detr.modeling import InstructiveSelfAttentionBranch, build_mr_detr_routes
@@ -275,7 +274,7 @@ def test_route_builder():
 
 
 @pytest.mark.parametrize("name, routes, queries", [
-    ("mr_deformable_detr_r50_12ep", ["route1", "route3"], 300),
+    ("mr_deformable_detr_plusplus_r50_12ep_300q", ["route1", "route3"], 300),
     ("mr_deformable_detr_plusplus_r50_12ep", ["route1", "route3"], 900),
     ("mr_deformable_detr_plusplus_r50_12ep_route1_only", ["route1"], 900),
     ("mr_deformable_detr_plusplus_r50_12ep_route3_only", ["route3"], 900),
@@ -312,7 +311,9 @@ def test_attention_map_tool(model, tmp_path):
     route3 = decode_all_routes(model, batch, {"route3": model.routes.route3}).routes["route3"]
     decoder = model.transformer.decoder
     with torch.no_grad():
-        query_pos = decoder.ref_point_head(box_sine_embedding(route3[1].reference, decoder.d_model // 2))
+        # The ++ model's positions are static: the selected proposals' positional part at every layer.
+        _, _, selection = model.encode_and_select(batch)
+        query_pos = selection.queries.position
         context = QueryContext(query_pos=query_pos, reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
         expected = model.routes.route3.branches[1].attend(route3[0].hidden, context, decoder.layers[1].self_attn, need_weights=True)[1]
     torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)
