@@ -82,7 +82,8 @@ def default_image_size(cfg, source=(480, 640)):
 
 
 def num_classes_of(model, default=80):
-    head = getattr(getattr(model, "transformer", None), "enc_class_head", None)
+    decoder = getattr(getattr(model, "transformer", None), "decoder", None)
+    head = decoder.class_heads[0] if decoder is not None else None
     return head.out_features if isinstance(head, nn.Linear) else default
 
 
