@@ -254,9 +254,13 @@ def measure(config_file, overrides, args):
     # Training step: DetrTrainer.run_step (forward, losses, backward, grad clipping, AdamW step), as in
     # train_net.py, on the same batch every step (no data loading); no hooks (LR schedule, EMA, writers).
     model.train()
+    train_cfg = cfg.get("train", {})
     cfg.optimizer.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_cfg = cfg.get("train", {})
+    if getattr(model, "requires_teacher", False):  # as train_net.py: the EMA's frozen copy runs every step
+        from detr_plus.engine.ema import ModelEMA
+
+        model.attach_teacher(ModelEMA(model, train_cfg.get("ema", {}).get("decay", 0.9996)).module)
     amp = bool(train_cfg.get("amp", {}).get("enabled", False)) and device.type == "cuda"
     trainer = DetrTrainer(model, itertools.repeat(train_batch), optimizer, train_cfg.get("clip_grad_norm", 0.0), amp)
     if device.type == "cuda":

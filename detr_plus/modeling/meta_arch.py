@@ -47,6 +47,7 @@ class TrainingBatch:
     selection: QuerySelection
     teacher: Optional[DetectionPass] = None
     num_boxes: float = 1.0
+    transformer: Optional[DeformableTransformer] = None  # the student's (``queries_at`` builds new queries)
 
 
 class _Unregistered:
@@ -199,10 +200,22 @@ class DeformableDETR(nn.Module):
                                    "train_net.py (it attaches the train.ema model) or call model.attach_teacher(...)")
             teacher = self.teacher.detection_pass(batched_inputs)
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
-                              self.num_boxes(targets, self.device))
-        groups = {name: group for name, source in self.query_groups.items() if (group := source(batch)) is not None}
+                              self.num_boxes(targets, self.device), self.transformer)
+        groups = self.make_query_groups(batch)
         out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups)
         return self.losses(out, batch, groups)
+
+    def make_query_groups(self, batch: TrainingBatch) -> Dict[str, QueryGroup]:
+        """Every source's group(s) for the batch: a source returns a ``QueryGroup``, None, or a dict of
+        groups (one per teacher stage, say), named ``{source}_{key}``."""
+        groups = {}
+        for name, source in self.query_groups.items():
+            made = source(batch)
+            if isinstance(made, QueryGroup):
+                groups[name] = made
+            elif made is not None:
+                groups.update((f"{name}_{key}", group) for key, group in made.items())
+        return groups
 
     def decoder_routes(self) -> Optional[Dict[str, nn.Module]]:
         """The routes the decoder runs: all in training, none at inference (inference costs what the

@@ -195,6 +195,23 @@ class DeformableTransformer(nn.Module):
             predictions = {"logits": enc_logits, "boxes": enc_boxes.sigmoid(), "valid": valid}
         return QuerySelection(queries, predictions, topk)
 
+    def queries_at(self, content: torch.Tensor, boxes: torch.Tensor, slots: Optional[torch.Tensor] = None) -> DecoderQueries:
+        """Queries with the given content (B, N, d) at the given 4-d boxes (B, N, 4), with positions the
+        way this model gives its own queries positions: from the boxes (box_sine decoders, or the
+        proposal embedding's positional part in two-stage static models); the published single-stage
+        model encodes only a query slot's static position and a 2-d point, so there the query takes
+        the positional part of query ``slots`` (B, N) and the boxes' centres (OD-DETR's auxiliary
+        groups: a teacher's updated query and box become new initial queries, Sec. 3.4)."""
+        if self.query_init == "embedding":
+            if slots is None:
+                raise ValueError("the single-stage model's positions belong to query slots: give queries_at(..., slots=...)")
+            position = self.query_embedding.weight[:, : self.decoder.d_model][slots]
+            return DecoderQueries(content, boxes[..., :2], position)
+        if not self.static_position:
+            return DecoderQueries(content, boxes)
+        position, _ = self.proposal_embedding(box_sine_embedding(boxes, self.decoder.d_model // 2)).split(self.decoder.d_model, -1)
+        return DecoderQueries(content, boxes, position)
+
     # --- decoder -------------------------------------------------------------------------------
     def decode(self, queries: DecoderQueries, state: EncoderState, routes: Optional[Mapping] = None,
                groups: Optional[Mapping[str, QueryGroup]] = None) -> DecoderOutput:

@@ -1,0 +1,55 @@
+"""What OD-DETR changes in a ``DeformableDETR`` config: ``model.update(od_detr)`` and
+``train.update(od_detr_train)`` (import them under names starting with "_", which LazyConfig does not
+keep as config keys).
+
+Default: QFL (Eq. 2) as the class loss; matching distillation (Eq. 3-4, w_d 0.51 on regression);
+prediction distillation with TOOD-weight and Listen2stu (Eq. 5-6, alpha 0.25, beta 0.75); an
+auxiliary group per teacher decoder stage, 2 queries per GT, with matching distillation; the EMA
+teacher (decay 0.9996) frozen at the first LR decay (Stop Update); one decoder layer shared by all
+stages (Appendix B, Table 8). The matching-stability hook logs Fig. 1 / Fig. 5's metrics.
+"""
+from detectron2.config import LazyCall as L
+
+from detr_plus.modeling import HungarianMatcher, SetCriterion
+from projects.od_detr.modeling import MatchingDistillation, MatchingStabilityHook, build_od_detr_groups
+
+
+def qfl_criterion():
+    """The base loss: Hungarian matching (focal class cost 2, L1 5, GIoU 2), QFL 2 / L1 5 / GIoU 2."""
+    return L(SetCriterion)(
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+        class_loss="qfl",
+    )
+
+
+def md_criterion():
+    return L(MatchingDistillation)(
+        criterion=qfl_criterion(),
+        classification=True,  # Eq. 3 (multi-target QFL); False: MD on regression only
+        regression=True,  # Eq. 4; False: Table 4 row 1 (MD on classification only)
+        conditional_iou=None,  # 0.5: StageInteractor's conditional MD (Table 3)
+        box_down_weight=0.51,  # w_d on regression (Table 4 row 3); 1.0: row 2
+        class_down_weight=None,  # 0.51: w_d on classification too (row 4)
+    )
+
+
+od_detr = dict(
+    criterion=md_criterion(),
+    query_groups=L(build_od_detr_groups)(
+        criterion=md_criterion(),  # the auxiliary groups' loss: matching distillation as in the main group
+        prediction_distillation=True,
+        auxiliary_groups=True,
+        pd_mode="tood_listen2stu",  # Table 5: "naive", "tood", "tood_listen2stu", "query_prior"
+        ag_matching="md",  # Table 6: "original", "rematch", "md"
+        queries_per_gt=2,
+        pd_loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+        alpha=0.25,
+        beta=0.75,
+    ),
+)
+od_detr_ema = dict(enabled=True, decay=0.9996, warmup_iters=0, stop_update_iter="first_lr_decay", eval_with_ema=False)
+od_detr_hooks = [
+    L(MatchingStabilityHook)(dataset_name="${dataloader.test.dataset.names}", output_dir="${train.output_dir}",
+                             num_images=32, period=1000, min_size=800, max_size=1333),
+]
