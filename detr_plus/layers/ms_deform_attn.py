@@ -188,6 +188,8 @@ class MultiScaleDeformableAttention(nn.Module):
     without residual or norm (those belong to the layer).
     """
 
+    keeps_own_init = True  # the paper's offsets / weights init survives a model-wide Xavier init
+
     def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, implementation="bilinear_gather"):
         super().__init__()
         if embed_dim % num_heads:

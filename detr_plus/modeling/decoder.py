@@ -53,14 +53,18 @@ class LayerOutput:
     * ``branch_outputs``: one output per route branch (None where a route has no branch);
     * ``updated`` (B, Q) bool or None: False for a query that bypassed the whole layer; it keeps its
       reference box instead of being refined by this layer's head (QR-DETR's EEQR_F);
-    * ``extras``: further per-layer outputs (e.g. QR-DETR's exit-head predictions); a
-      ``LayerPredictions`` under a name the meta-architecture has a criterion for is supervised.
+    * ``extras``: further per-layer outputs (routing statistics, say); a ``LayerPredictions`` under a
+      name the meta-architecture has a criterion for is supervised;
+    * ``predict``: further query states (B, Q, d) that the decoder turns into ``LayerPredictions``
+      with this layer's heads and reference boxes, into ``extras`` under the same name (QR-DETR's
+      exit heads, "similar to the final prediction heads").
     """
 
     hidden: torch.Tensor
     branch_outputs: List[Optional[torch.Tensor]] = field(default_factory=list)
     updated: Optional[torch.Tensor] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+    predict: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -282,7 +286,9 @@ class DeformableDecoder(nn.Module):
             extra = {"branch_inputs": branch_inputs} if any(x is not None for x in branch_inputs) else {}
             result = layer(primary.query, context, branches, **extra)
             predictions, following = self.step(index, result.hidden, primary, result.updated)
-            predictions.valid, predictions.extras = joint.valid, result.extras
+            predictions.valid, predictions.extras = joint.valid, dict(result.extras)
+            for name, states in result.predict.items():
+                predictions.extras[name], _ = self.step(index, states, primary)
             layers.append(predictions)
             for (name, route), branch_out in zip(routes.items(), result.branch_outputs):
                 source = streams[name] or primary

@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from ..layers import MLP, MultiScaleDeformableAttention, box_sine_embedding
+from ..layers import MLP, box_sine_embedding
 from .decoder import DecoderOutput, DeformableDecoder
 from .encoder import DeformableEncoder
 from .groups import QueryGroup
@@ -54,7 +54,8 @@ class DeformableTransformer(nn.Module):
     ``enc_loss_tokens``: the encoder loss covers the "topk" selected proposals (DINO) or "all"
     encoder tokens (the published two-stage); ``xavier_init``: the published initialisation
     (Xavier-uniform for every matrix of the encoder, decoder layers and query generation, then the
-    deformable attention's own init)."""
+    own init of every module that sets ``keeps_own_init``: the deformable attention's, QR-DETR's
+    routers)."""
 
     def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, num_classes=80, num_feature_levels=4,
                  num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True):
@@ -103,8 +104,8 @@ class DeformableTransformer(nn.Module):
                 for p in module.parameters():
                     if p.dim() > 1:
                         nn.init.xavier_uniform_(p)
-            for module in self.modules():
-                if isinstance(module, MultiScaleDeformableAttention):
+            for module in self.modules():  # modules with an init of their own (the deformable attention's, ...)
+                if getattr(module, "keeps_own_init", False):
                     module.reset_parameters()
         nn.init.normal_(self.level_embed)
         if self.two_stage:

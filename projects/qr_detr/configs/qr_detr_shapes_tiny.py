@@ -1,0 +1,12 @@
+"""QR-DETR (combined scheme F -> SA -> CA) on the published single-stage Deformable DETR shrunk for CPU
+(``configs/shapes/deformable_detr_plain_tiny.py``, its baseline: same data, schedule and seed).
+One wrapper alone: ``'model.transformer.decoder.layer_wrapper.scheme=[SA]'``."""
+from ....configs.shapes.deformable_detr_plain_tiny import dataloader, lr_multiplier, model, optimizer, train
+from .models.qr_detr import qr_exit_criteria as _qr_exit_criteria
+from .models.qr_detr import qr_hooks as _qr_hooks
+from .models.qr_detr import qr_layer_wrapper as _qr_layer_wrapper
+
+model.transformer.decoder.layer_wrapper = _qr_layer_wrapper
+model.extra_output_criteria = _qr_exit_criteria
+train.hooks = _qr_hooks
+train.output_dir = "./output/qr_detr_shapes_tiny"

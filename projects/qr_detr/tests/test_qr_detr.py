@@ -1,0 +1,264 @@
+"""QR-DETR on the shared core (issue #10, "What must be shown"): each wrapper against its equation on a
+hand-built case (a per-image reference with plain indexing), all-pass routing equals the plain
+decoder exactly, all-bypass EEQR_F is the identity, the router learns through the exit heads,
+concatenation vs scattering, routing statistics, configs, and --eval-only of a QR checkpoint."""
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import detr_plus  # noqa: F401  (detectron2 compatibility patches)
+from detectron2.config import LazyConfig, instantiate
+
+from detr_plus.engine.config import apply_overrides
+from detr_plus.modeling import DecoderQueries, DeformableDecoder
+from detr_plus.modeling.decoder import DeformableDecoderLayer, QueryStream
+from detr_plus.modeling.structures import EncoderState
+from projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = REPO / "projects" / "qr_detr" / "configs"
+TINY = CONFIGS / "qr_detr_shapes_tiny.py"
+SMALL = ["model.transformer.encoder.num_layers=1", "model.transformer.num_queries=20"]
+sys.path.insert(0, str(REPO / "tests"))
+from model_utils import SMALL_IMAGE_SIZES, synthetic_batch  # noqa: E402
+
+D = 16
+
+
+def random_state(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor([[6, 5], [3, 3]])
+    start = torch.tensor([0, 30])
+    memory = torch.randn(2, 39, D, generator=gen)
+    return EncoderState(memory, shapes, start, torch.tensor([[[1.0, 1.0]] * 2, [[0.8, 0.9]] * 2]), torch.zeros(2, 39, dtype=torch.bool))
+
+
+def plain_layer(seed=0):
+    torch.manual_seed(seed)
+    layer = DeformableDecoderLayer(d_model=D, d_ffn=32, dropout=0.0, num_heads=2, num_levels=2, num_points=2)
+    return layer.eval()
+
+
+def inputs(seed=1, num=6):
+    """Queries whose feature 0 decides the routing below (>= 0: pass): image 0 passes 0, 2, 3;
+    image 1 passes only 4 (unequal counts: padding in image 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(2, num, D, generator=gen)
+    signs = torch.tensor([[1, -1, 1, 1, -1, -1], [-1, -1, -1, -1, 1, -1]], dtype=torch.float32)
+    query[..., 0] = signs * (query[..., 0].abs() + 0.1)
+    boxes = torch.cat([torch.rand(2, num, 2, generator=gen) * 0.6 + 0.2, torch.rand(2, num, 2, generator=gen) * 0.3 + 0.05], -1)
+    position = torch.randn(2, num, D, generator=gen)
+    return query, boxes, position, signs > 0
+
+
+CONTEXTS = DeformableDecoder(num_layers=1, d_model=D, num_classes=3, query_position="static", num_heads=2, num_levels=2, d_ffn=32)
+
+
+def context_for(boxes, position, state):
+    """The layer's context for (boxes, static position), built as the decoder builds it."""
+    return CONTEXTS.context_of(QueryStream(None, boxes, boxes, position), state)
+
+
+def image_state(state, b):
+    return EncoderState(state.memory[b : b + 1], state.spatial_shapes, state.level_start_index, state.valid_ratios[b : b + 1],
+                        state.padding_mask[b : b + 1])
+
+
+def routed(layer, mode, **kwargs):
+    wrapper = EEQRLayer(copy.deepcopy(layer), mode, D, **kwargs).eval()
+    with torch.no_grad():  # pass iff query[..., 0] >= 0: scores (q0, 0)
+        wrapper.router.weight.zero_()
+        wrapper.router.bias.zero_()
+        wrapper.router.weight[0, 0] = 1.0
+    return wrapper
+
+
+def per_image(passes):
+    """(image, its passing queries' indices): the reference processes each image's passing queries
+    alone, with plain indexing and no padding."""
+    return [(b, passes[b].nonzero().flatten()) for b in range(passes.shape[0])]
+
+
+@pytest.mark.parametrize("mode", ["SA", "CA", "F"])
+def test_each_wrapper_matches_its_equation(mode):
+    """Eq. 9 (SA), Eq. 10 (CA), Eq. 11 (F), each with the FFN on the routed queries (Sec. 5.4 c)."""
+    layer, state = plain_layer(), random_state()
+    query, boxes, position, passes = inputs()
+    context = context_for(boxes, position, state)
+    wrapper = routed(layer, mode)
+    with torch.no_grad():
+        out = wrapper(query, context)
+        expected = query.clone()
+        if mode == "CA":
+            expected = layer.self_attn(query, context)  # every query through SA
+        for b, idx in per_image(passes):
+            one = context_for(boxes[b : b + 1, idx], position[b : b + 1, idx], image_state(state, b))
+            q = query[b : b + 1, idx] if mode != "CA" else expected[b : b + 1, idx]
+            if mode == "SA":
+                expected[b, idx] = layer.self_attn(q, one)[0]
+            elif mode == "CA":
+                expected[b, idx] = layer.cross_attn(q, one)[0]
+            else:
+                expected[b, idx] = layer.ffn(layer.cross_attn(layer.self_attn(q, one), one), one)[0]
+        if mode == "SA":
+            expected = layer.cross_attn(expected, context)  # then every query through CA
+        if mode != "F":
+            for b, idx in per_image(passes):
+                expected[b, idx] = layer.ffn(expected[b, idx][None])[0]
+    torch.testing.assert_close(out.hidden, expected, rtol=0, atol=1e-5)
+    assert wrapper.last_passed.tolist() == [3, 1]
+    if mode == "F":
+        assert torch.equal(out.updated, passes)
+        torch.testing.assert_close(out.hidden[~passes], query[~passes], rtol=0, atol=0)  # bypassed: unchanged
+    else:
+        assert out.updated is None
+    # FFN on all queries (the printed Eq. 9-11): the bypassed ones get the FFN too.
+    all_ffn = routed(layer, mode, ffn_on="all")
+    with torch.no_grad():
+        got = all_ffn(query, context).hidden
+    assert (got[~passes] - out.hidden[~passes]).abs().max() > 1e-4
+
+
+def test_all_pass_routing_equals_the_plain_decoder_exactly():
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL + ["model.transformer.decoder.layer_wrapper.start=pass"])
+    torch.manual_seed(0)
+    qr = instantiate(cfg.model).eval()
+    base_cfg = apply_overrides(LazyConfig.load(str(REPO / "configs" / "shapes" / "deformable_detr_plain_tiny.py")), SMALL)
+    base = instantiate(base_cfg.model).eval()
+    state = {re.sub(r"decoder\.layers\.(\d+)\.layer\.", r"decoder.layers.\1.", k): v
+             for k, v in qr.state_dict().items() if ".router." not in k}
+    base.load_state_dict(state, strict=True)
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    with torch.no_grad():
+        _, s, sel = qr.encode_and_select(batch)
+        a = qr.transformer.decode(sel.queries, s)
+        b = base.transformer.decode(sel.queries, s)
+    for x, y in zip(a.layers, b.layers):
+        for field in ("hidden", "logits", "boxes", "reference"):
+            assert torch.equal(getattr(x, field), getattr(y, field)), field
+    assert [layer.last_passed.tolist() for layer in qr.transformer.decoder.layers] == [[20, 20]] * 3
+
+
+def test_all_bypass_eeqr_f_is_the_identity_on_that_layer():
+    state = random_state()
+    query, boxes, position, _ = inputs()
+    decoder = DeformableDecoder(num_layers=2, d_model=D, num_classes=3, query_position="static", num_heads=2, num_levels=2, d_ffn=32,
+                                layer_wrapper=EEQRWrapper(D, scheme=["F", None], start="bypass"))
+    with torch.no_grad():
+        for head in decoder.box_heads:  # non-zero box heads, so a refinement would move the boxes
+            head.layers[-1].weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+        out = decoder.eval()(DecoderQueries(query, boxes, position), state)
+    first = out.layers[0]
+    assert not first.updated.any()
+    torch.testing.assert_close(first.hidden, query, rtol=0, atol=0)
+    torch.testing.assert_close(first.boxes, boxes, rtol=0, atol=0)
+    torch.testing.assert_close(out.layers[1].reference, boxes, rtol=0, atol=0)  # the next layer starts from the kept boxes
+    assert decoder.layers[0].last_passed.tolist() == [0, 0]
+
+
+def test_router_learns_through_the_exit_heads_only():
+    """The pass/bypass decision carries no gradient; sigma_EE does, through the exit heads' set loss."""
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    losses, matching = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    assert {f"exit/loss_{t}_{i}" for t in ("class", "bbox", "giou") for i in range(3)} <= set(losses) and len(matching["exit"]) == 3
+    routers = [layer.router.weight for layer in model.transformer.decoder.layers]
+    primary = sum(v for k, v in losses.items() if "/" not in k)
+    exits = sum(v for k, v in losses.items() if k.startswith("exit/"))
+    assert all(g is None for g in torch.autograd.grad(primary, routers, retain_graph=True, allow_unused=True))
+    assert all(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(exits, routers))
+    model.eval()  # no exit predictions at inference
+    with torch.no_grad():
+        _, s, sel = model.encode_and_select(synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES))
+        out = model.transformer.decode(sel.queries, s)
+    assert all("exit" not in layer.extras for layer in out.layers)
+
+
+def test_concatenation_moves_the_processed_queries_first():
+    layer, state = plain_layer(), random_state()
+    query, boxes, position, passes = inputs()
+    context = context_for(boxes, position, state)
+    scatter, concat = routed(layer, "F"), routed(layer, "F", regroup="concat")
+    with torch.no_grad():
+        a, b = scatter(query, context), concat(query, context)
+    for img in range(2):
+        order = torch.cat([passes[img].nonzero().flatten(), (~passes[img]).nonzero().flatten()])
+        torch.testing.assert_close(b.hidden[img], a.hidden[img, order], rtol=0, atol=0)
+    assert b.updated is None
+
+
+def test_routing_statistics_and_png(tmp_path):
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    counts = evaluate_routing(model, [synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES)] * 2)
+    assert sorted(counts) == ["layer0_F", "layer1_SA", "layer2_CA"] and all(len(v) == 4 for v in counts.values())
+    assert counts["layer0_F"] == model.transformer.decoder.layers[0].last_passed.tolist() * 2
+    means = summary(counts)
+    assert means["layer1_SA"] == pytest.approx(sum(counts["layer1_SA"]) / 4)
+    png = plot_routing(counts, 20, str(tmp_path / "routing.png"))
+    assert Path(png).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name, scheme, regroup, ffn_on", [
+    ("qr_deformable_detr_r50_12ep", ["F", "SA", "CA"], "scatter", "routed"),
+    ("qr_deformable_detr_plusplus_r50_12ep", ["F", "SA", "CA"], "scatter", "routed"),
+    ("qr_detr_shapes_tiny", ["F", "SA", "CA"], "scatter", "routed"),
+    ("ablations/eeqr_sa", ["SA"], "scatter", "routed"),
+    ("ablations/eeqr_ca", ["CA"], "scatter", "routed"),
+    ("ablations/eeqr_f", ["F"], "scatter", "routed"),
+    ("ablations/concat", ["F", "SA", "CA"], "concat", "routed"),
+    ("ablations/ffn_all", ["F", "SA", "CA"], "scatter", "all"),
+])
+def test_configs(name, scheme, regroup, ffn_on):
+    cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
+    w = cfg.model.transformer.decoder.layer_wrapper
+    assert (list(w.scheme), w.regroup, w.ffn_on) == (scheme, regroup, ffn_on)
+    assert cfg.train.output_dir.endswith(name.split("/")[-1])
+    if name.startswith("qr_deformable_detr_r50") or name.startswith("ablations"):
+        assert cfg.model.transformer.query_init == "embedding" and cfg.model.transformer.num_queries == 300
+        assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.lr_factors.backbone == 0.1 and cfg.dataloader.train.total_batch_size == 8
+        assert cfg.train.max_iter == 12 * 14786
+    routers = instantiate(cfg.model.transformer.decoder) if "shapes" in name else None
+    if routers is not None:
+        assert [layer.mode for layer in routers.layers] == ["F", "SA", "CA"]
+    baseline = LazyConfig.load(str(CONFIGS / "ablations" / "baseline.py"))
+    assert baseline.model.transformer.decoder.layer_wrapper is None and baseline.train.max_iter == 12 * 14786
+
+
+def test_a_qr_checkpoint_evaluates_with_eval_only(tiny, train_net, shapes_mini, tmp_path):
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), tiny.model_overrides + tiny.data_overrides + [
+        f"train.output_dir={tmp_path}", "train.eval_period=0", "train.max_iter=3", "train.checkpointer.period=1000"])
+    cfg.train.hooks[0].period = 1
+    tiny.run_train(cfg)
+    assert (tmp_path / "routing_train.png").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert any("routing/layer0_F" in r for r in rows) and any("exit/loss_class_0" in r for r in rows)
+    args = tiny.make_args("--eval-only", *tiny.model_overrides, *tiny.data_overrides, f"train.output_dir={tmp_path / 'eval'}",
+                          f"train.init_checkpoint={tmp_path / 'model_final.pth'}")
+    args.config_file = str(TINY)
+    results = train_net.main(args)
+    assert 0.0 <= results["bbox"]["AP"] <= 100.0
+
+
+def test_ddp_with_blocks_that_receive_no_query(tiny, shapes_mini, tmp_path):
+    """Two gloo processes with ``find_unused_parameters=False`` (the default) while every router bypasses
+    every query: the skipped blocks still take part in the gradient all-reduce (with zeros)."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "train_net.py", "--config-file", str(TINY), "--num-gpus", "2", *tiny.model_overrides,
+           "model.transformer.decoder.layer_wrapper.start=bypass", "train.max_iter=2", "train.eval_period=0",
+           "train.checkpointer.period=1000", f"train.output_dir={tmp_path}", "dataloader.test.mapper.augmentations.min_size=64",
+           "dataloader.test.mapper.augmentations.max_size=80"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert any(r.get("routing/layer0_F") == 0 for r in rows)  # no query passed layer 0
