@@ -262,3 +262,16 @@ def test_ddp_with_blocks_that_receive_no_query(tiny, shapes_mini, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert any(r.get("routing/layer0_F") == 0 for r in rows)  # no query passed layer 0
+
+
+def test_routing_stats_tool(tiny, shapes_mini, tmp_path):
+    from projects.qr_detr.tools import routing_stats
+
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL)
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(cfg.model).state_dict()}, tmp_path / "qr.pth")
+    out = tmp_path / "routing.png"
+    counts = routing_stats.main(["--config-file", str(TINY), "--max-images", "3", "--out", str(out), *SMALL, *tiny.data_overrides,
+                                 f"train.init_checkpoint={tmp_path / 'qr.pth'}"])
+    assert sorted(counts) == ["layer0_F", "layer1_SA", "layer2_CA"] and all(len(v) == 3 for v in counts.values())
+    assert all(0 <= c <= 20 for v in counts.values() for c in v) and out.stat().st_size > 1000
