@@ -423,3 +423,25 @@ def test_parameter_sharing_is_counted_once_by_the_ema():
     assert isinstance(ema.module.transformer.decoder.layers[2], nn.Module)
     assert ema.module.transformer.decoder.layers[2] is ema.module.transformer.decoder.layers[0]
     assert set(ema.state_dict()["shadow"]) >= {n.replace("layers.0.", "layers.2.") for n in names}
+
+
+def test_queries_at_gives_new_queries_the_models_own_positions(models):
+    """``transformer.queries_at(content, boxes, slots)``: box-sine models take the boxes (positions
+    from them at every layer); two-stage static models the proposal embedding's positional half of
+    the boxes; the published single-stage model the slots' static positions and the boxes' centres."""
+    content, boxes = random_queries(2, 5, D_MODEL, seed=4)
+    dab = models["dab"].transformer.queries_at(content, boxes)
+    assert dab.position is None and torch.equal(dab.reference, boxes)
+    t = models["two_stage"].transformer
+    two = t.queries_at(content, boxes)
+    with torch.no_grad():
+        expected = t.proposal_embedding(box_sine_embedding(boxes, D_MODEL // 2))[..., :D_MODEL]
+    torch.testing.assert_close(two.position, expected)
+    torch.testing.assert_close(two.reference, boxes)
+    t = models["plain"].transformer
+    slots = torch.tensor([[0, 3, 3, 1, 2], [4, 4, 0, 1, 2]])
+    one = t.queries_at(content, boxes, slots)
+    torch.testing.assert_close(one.reference, boxes[..., :2])
+    torch.testing.assert_close(one.position, t.query_embedding.weight[slots, :D_MODEL])
+    with pytest.raises(ValueError, match="slots"):
+        t.queries_at(content, boxes)
