@@ -57,14 +57,15 @@ class LayerOutput:
       name the meta-architecture has a criterion for is supervised;
     * ``predict``: further query states (B, Q, d) that the decoder turns into ``LayerPredictions``
       with this layer's heads and reference boxes, into ``extras`` under the same name (QR-DETR's
-      exit heads, "similar to the final prediction heads").
+      exit heads, "similar to the final prediction heads"); a ``(states, class_head, box_head)``
+      tuple uses those heads instead.
     """
 
     hidden: torch.Tensor
     branch_outputs: List[Optional[torch.Tensor]] = field(default_factory=list)
     updated: Optional[torch.Tensor] = None
     extras: Dict[str, Any] = field(default_factory=dict)
-    predict: Dict[str, torch.Tensor] = field(default_factory=dict)
+    predict: Dict[str, Any] = field(default_factory=dict)
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -223,18 +224,19 @@ class DeformableDecoder(nn.Module):
             self.box_heads = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_layers))
 
     # --- one layer's predictions and the next layer's state ------------------------------------
-    def step(self, layer_index, hidden, stream: QueryStream, updated=None) -> Tuple[LayerPredictions, QueryStream]:
+    def step(self, layer_index, hidden, stream: QueryStream, updated=None, heads=None) -> Tuple[LayerPredictions, QueryStream]:
         """The layer's predictions from its output queries, and the stream's state for the next layer.
 
         With box refinement, a query with ``updated`` False keeps its box: it is predicted at its input
         box and carries it on (a 2-d reference point has no box to keep: such a query is predicted by
         the head). Without refinement every query is predicted from its fixed reference anyway."""
-        delta = self.box_heads[layer_index](hidden)
+        class_head, box_head = heads or (self.class_heads[layer_index], self.box_heads[layer_index])
+        delta = box_head(hidden)
         boxes = refine_boxes(delta, stream.reference_for_grad)
         keep = None if updated is None or not self.box_refine or stream.reference.shape[-1] != 4 else updated[..., None]
         if keep is not None:
             boxes = torch.where(keep, boxes, stream.reference_for_grad)
-        predictions = LayerPredictions(self.class_heads[layer_index](hidden), boxes, hidden, stream.reference, updated=updated)
+        predictions = LayerPredictions(class_head(hidden), boxes, hidden, stream.reference, updated=updated)
         if not self.box_refine:
             return predictions, replace(stream, query=hidden)
         # Look forward twice: the next layer's box is refined from this layer's box, whose graph reaches
@@ -288,7 +290,8 @@ class DeformableDecoder(nn.Module):
             predictions, following = self.step(index, result.hidden, primary, result.updated)
             predictions.valid, predictions.extras = joint.valid, dict(result.extras)
             for name, states in result.predict.items():
-                predictions.extras[name], _ = self.step(index, states, primary)
+                states, heads = (states[0], states[1:]) if isinstance(states, tuple) else (states, None)
+                predictions.extras[name], _ = self.step(index, states, primary, heads=heads)
             layers.append(predictions)
             for (name, route), branch_out in zip(routes.items(), result.branch_outputs):
                 source = streams[name] or primary

@@ -10,10 +10,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from detr_plus.layers import MLP
 from detr_plus.modeling import LayerOutput, QuerySubset
 
 MODES = ("SA", "CA", "F")
 STARTS = ("random", "pass", "bypass")
+EXIT_HEADS = ("shared", "own")
 REGROUPS = ("scatter", "concat")
 FFN_ON = ("routed", "all")
 
@@ -42,13 +44,17 @@ class EEQRLayer(nn.Module):
     keeps_own_init = True  # the transformer's Xavier init of the layers leaves the router's ``start`` alone
 
     def __init__(self, layer: nn.Module, mode: str, d_model: int, regroup: str = "scatter", ffn_on: str = "routed",
-                 start: str = "random"):
+                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80):
         super().__init__()
-        if mode not in MODES or regroup not in REGROUPS or ffn_on not in FFN_ON or start not in STARTS:
-            raise ValueError(f"EEQRLayer(mode={mode!r}, regroup={regroup!r}, ffn_on={ffn_on!r}, start={start!r}): expected "
-                             f"mode in {MODES}, regroup in {REGROUPS}, ffn_on in {FFN_ON}, start in {STARTS}")
+        if mode not in MODES or regroup not in REGROUPS or ffn_on not in FFN_ON or start not in STARTS or exit_heads not in EXIT_HEADS:
+            raise ValueError(f"EEQRLayer(mode={mode!r}, regroup={regroup!r}, ffn_on={ffn_on!r}, start={start!r}, "
+                             f"exit_heads={exit_heads!r}): expected mode in {MODES}, regroup in {REGROUPS}, ffn_on in "
+                             f"{FFN_ON}, start in {STARTS}, exit_heads in {EXIT_HEADS}")
         self.layer, self.mode, self.regroup, self.ffn_on, self.start = layer, mode, regroup, ffn_on, start
         self.router = nn.Linear(d_model, 2)
+        if exit_heads == "own":  # training-only heads "similar to the final prediction heads"
+            self.exit_class_head = nn.Linear(d_model, num_classes)
+            self.exit_box_head = MLP(d_model, d_model, 4, 3)
         self.last_passed = None  # (B,) queries passed per image in the last forward (routing statistics)
         self.reset_parameters()
 
@@ -57,6 +63,10 @@ class EEQRLayer(nn.Module):
         """The router's init: "random" (Xavier weights, as the paper's transformer init, zero bias), or
         zero weights with a bias that makes every query "pass" (the layer starts as the plain one) or
         "bypass"."""
+        if hasattr(self, "exit_class_head"):  # as the detection heads: prior 0.01, boxes start at the reference
+            nn.init.constant_(self.exit_class_head.bias, -4.59511985)
+            nn.init.zeros_(self.exit_box_head.layers[-1].weight)
+            nn.init.zeros_(self.exit_box_head.layers[-1].bias)
         if self.start == "random":
             nn.init.xavier_uniform_(self.router.weight)
             nn.init.zeros_(self.router.bias)
@@ -114,7 +124,9 @@ class EEQRLayer(nn.Module):
         self.last_passed = passes.sum(1).detach()
         out = LayerOutput(x, [None] * len(branches), updated, extras={"passed": passes})
         if self.training:
-            out.predict["exit"] = sigma[..., None] * x
+            exit_states = sigma[..., None] * x
+            heads = (self.exit_class_head, self.exit_box_head) if hasattr(self, "exit_class_head") else ()
+            out.predict["exit"] = (exit_states, *heads) if heads else exit_states
         return out
 
 
@@ -124,12 +136,14 @@ class EEQRWrapper:
     None in the scheme leaves that layer plain)."""
 
     def __init__(self, d_model: int, scheme: Sequence = ("F", "SA", "CA"), regroup: str = "scatter", ffn_on: str = "routed",
-                 start: str = "random"):
+                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80):
         self.d_model, self.scheme, self.regroup, self.ffn_on, self.start = d_model, list(scheme), regroup, ffn_on, start
+        self.exit_heads, self.num_classes = exit_heads, num_classes
 
     def __call__(self, layer: nn.Module, index: int) -> nn.Module:
         mode = self.scheme[index % len(self.scheme)]
-        return layer if mode is None else EEQRLayer(layer, mode, self.d_model, self.regroup, self.ffn_on, self.start)
+        return layer if mode is None else EEQRLayer(layer, mode, self.d_model, self.regroup, self.ffn_on, self.start,
+                                                    self.exit_heads, self.num_classes)
 
 
 def exit_head_criteria(criterion: nn.Module) -> dict:

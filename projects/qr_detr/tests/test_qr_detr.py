@@ -275,3 +275,29 @@ def test_routing_stats_tool(tiny, shapes_mini, tmp_path):
                                  f"train.init_checkpoint={tmp_path / 'qr.pth'}"])
     assert sorted(counts) == ["layer0_F", "layer1_SA", "layer2_CA"] and all(len(v) == 3 for v in counts.values())
     assert all(0 <= c <= 20 for v in counts.values() for c in v) and out.stat().st_size > 1000
+
+
+def test_own_exit_heads_take_the_exit_loss_off_the_detection_heads():
+    """``exit_heads="own"``: training-only heads predict the exits; the exit loss then reaches the
+    routers and those heads, not the detection heads, and inference does not run them."""
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL + ["model.transformer.decoder.layer_wrapper.exit_heads=own"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    losses, _ = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    exits = sum(v for k, v in losses.items() if k.startswith("exit/"))
+    decoder = model.transformer.decoder
+    own = [p for layer in decoder.layers for p in (*layer.exit_class_head.parameters(), *layer.exit_box_head.parameters())]
+    detection = list(decoder.class_heads.parameters()) + list(decoder.box_heads.parameters())
+    routers = [layer.router.weight for layer in decoder.layers]
+    grads = torch.autograd.grad(exits, own + detection + routers, allow_unused=True)
+    assert all(g is not None for g in grads[: len(own)]) and any(g.abs().sum() > 0 for g in grads[: len(own)])
+    assert all(g is None for g in grads[len(own): len(own) + len(detection)])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[-len(routers):])
+    model.eval()
+    calls = []
+    hooks = [layer.exit_class_head.register_forward_hook(lambda *a: calls.append(1)) for layer in decoder.layers]
+    with torch.no_grad():
+        model(synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES))
+    for h in hooks:
+        h.remove()
+    assert not calls

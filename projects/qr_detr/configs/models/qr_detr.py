@@ -19,6 +19,8 @@ qr_layer_wrapper = L(EEQRWrapper)(
     regroup="scatter",  # "concat": Table 5's ablation
     ffn_on="routed",  # "all": the FFN on every query, as printed in Eq. 9-11
     start="random",  # the routers' init; "pass": every query passes at first (the plain decoder)
+    exit_heads="shared",  # the exit heads: the layer's detection heads, or "own" (training-only heads)
+    num_classes="${..num_classes}",
 )
 qr_exit_criteria = L(exit_head_criteria)(
     criterion=L(SetCriterion)(
