@@ -17,6 +17,7 @@ MODES = ("SA", "CA", "F")
 STARTS = ("random", "pass", "bypass")
 EXIT_HEADS = ("shared", "own")
 REGROUPS = ("scatter", "concat")
+GATES = ("exit", "residual")
 FFN_ON = ("routed", "all")
 
 
@@ -35,6 +36,10 @@ class EEQRLayer(nn.Module):
     * "CA" (EEQR_CA): self-attention on all queries; the passing ones through cross-attention;
     * "F" (EEQR_F): the passing queries through the whole layer; a bypassed query keeps its query
       and its reference box (``LayerOutput.updated``).
+    ``gate``: "exit" (sigma_EE only scales the exit heads' input, as printed) or "residual" (a
+    diagnostic reading, Mixture-of-Depths style: a passing query's update by the routed block is
+    scaled by its sigma_EE, ``q + sigma_EE * (block(q) - q)``, so the main loss tells the router
+    whether the block helps that query; it changes inference too).
     ``ffn_on``: "routed" (the FFN processes only the queries the router passed, the better choice of
     Sec. 5.4 c) or "all" (every query, as printed in Eq. 9-11). ``regroup``: "scatter" (Eq. 8) or
     "concat" (Table 5's ablation: the processed queries first, then the bypassed ones, so contents
@@ -44,13 +49,15 @@ class EEQRLayer(nn.Module):
     keeps_own_init = True  # the transformer's Xavier init of the layers leaves the router's ``start`` alone
 
     def __init__(self, layer: nn.Module, mode: str, d_model: int, regroup: str = "scatter", ffn_on: str = "routed",
-                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80):
+                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80, gate: str = "exit"):
         super().__init__()
-        if mode not in MODES or regroup not in REGROUPS or ffn_on not in FFN_ON or start not in STARTS or exit_heads not in EXIT_HEADS:
-            raise ValueError(f"EEQRLayer(mode={mode!r}, regroup={regroup!r}, ffn_on={ffn_on!r}, start={start!r}, "
-                             f"exit_heads={exit_heads!r}): expected mode in {MODES}, regroup in {REGROUPS}, ffn_on in "
-                             f"{FFN_ON}, start in {STARTS}, exit_heads in {EXIT_HEADS}")
+        choices = {"mode": (mode, MODES), "regroup": (regroup, REGROUPS), "ffn_on": (ffn_on, FFN_ON),
+                   "start": (start, STARTS), "exit_heads": (exit_heads, EXIT_HEADS), "gate": (gate, GATES)}
+        wrong = {k: v for k, (v, allowed) in choices.items() if v not in allowed}
+        if wrong:
+            raise ValueError("EEQRLayer: " + ", ".join(f"{k}={v!r} (expected one of {choices[k][1]})" for k, v in wrong.items()))
         self.layer, self.mode, self.regroup, self.ffn_on, self.start = layer, mode, regroup, ffn_on, start
+        self.gate = gate
         self.router = nn.Linear(d_model, 2)
         if exit_heads == "own":  # training-only heads "similar to the final prediction heads"
             self.exit_class_head = nn.Linear(d_model, num_classes)
@@ -75,21 +82,25 @@ class EEQRLayer(nn.Module):
         self.router.bias.copy_(torch.tensor([1.0, -1.0] if self.start == "pass" else [-1.0, 1.0]))
 
     def extra_repr(self):
-        return f"mode={self.mode}, regroup={self.regroup}, ffn_on={self.ffn_on}"
+        return f"mode={self.mode}, regroup={self.regroup}, ffn_on={self.ffn_on}, gate={self.gate}"
 
     def route(self, query):
         """(passes (B, Q) bool, sigma_EE (B, Q)) of Eq. 5-6."""
         score = self.router(query)
         return score[..., 0] >= score[..., 1], score.sigmoid().max(-1).values
 
-    def through(self, block, x, context, subset: QuerySubset, passes):
+    def through(self, block, x, context, subset: QuerySubset, passes, sigma):
         """``block`` on the passing queries of ``x``, regrouped into the full set."""
         if subset.size == 0:
             # No query passes in the whole batch: the block is skipped, its parameters get a zero
             # gradient so DDP with find_unused_parameters=False still sees them used.
             params = (block if isinstance(block, nn.Module) else self.layer).parameters()
             return x + 0.0 * sum(p.sum() for p in params) if self.training else x
-        processed = subset.scatter(x, block(subset.gather(x), context.select(subset)))
+        gathered = subset.gather(x)
+        out = block(gathered, context.select(subset))
+        if self.gate == "residual":
+            out = gathered + subset.gather(sigma[..., None]) * (out - gathered)
+        processed = subset.scatter(x, out)
         if self.regroup == "scatter":
             return processed
         order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices  # passing first, then bypassed
@@ -110,17 +121,17 @@ class EEQRLayer(nn.Module):
         ffn = layer.ffn
         updated = None
         if self.mode == "SA":
-            x = layer.cross_attn(self.through(layer.self_attn, query, context, subset, passes), context)
+            x = layer.cross_attn(self.through(layer.self_attn, query, context, subset, passes, sigma), context)
         elif self.mode == "CA":
-            x = self.through(layer.cross_attn, layer.self_attn(query, context), context, subset, passes)
+            x = self.through(layer.cross_attn, layer.self_attn(query, context), context, subset, passes, sigma)
         else:
-            x = self.through(self.whole_layer, query, context, subset, passes)
+            x = self.through(self.whole_layer, query, context, subset, passes, sigma)
             if self.ffn_on == "all":
                 x = ffn(x, context)
             elif self.regroup == "scatter":
                 updated = passes
         if self.mode != "F":
-            x = self.through(ffn, x, context, subset, passes) if self.ffn_on == "routed" else ffn(x, context)
+            x = self.through(ffn, x, context, subset, passes, sigma) if self.ffn_on == "routed" else ffn(x, context)
         self.last_passed = passes.sum(1).detach()
         out = LayerOutput(x, [None] * len(branches), updated, extras={"passed": passes})
         if self.training:
@@ -136,14 +147,14 @@ class EEQRWrapper:
     None in the scheme leaves that layer plain)."""
 
     def __init__(self, d_model: int, scheme: Sequence = ("F", "SA", "CA"), regroup: str = "scatter", ffn_on: str = "routed",
-                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80):
+                 start: str = "random", exit_heads: str = "shared", num_classes: int = 80, gate: str = "exit"):
         self.d_model, self.scheme, self.regroup, self.ffn_on, self.start = d_model, list(scheme), regroup, ffn_on, start
-        self.exit_heads, self.num_classes = exit_heads, num_classes
+        self.exit_heads, self.num_classes, self.gate = exit_heads, num_classes, gate
 
     def __call__(self, layer: nn.Module, index: int) -> nn.Module:
         mode = self.scheme[index % len(self.scheme)]
         return layer if mode is None else EEQRLayer(layer, mode, self.d_model, self.regroup, self.ffn_on, self.start,
-                                                    self.exit_heads, self.num_classes)
+                                                    self.exit_heads, self.num_classes, self.gate)
 
 
 def exit_head_criteria(criterion: nn.Module) -> dict:

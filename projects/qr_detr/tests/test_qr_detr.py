@@ -15,7 +15,7 @@ import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.modeling import DecoderQueries, DeformableDecoder
+from detr_plus.modeling import DecoderQueries, DeformableDecoder, QuerySubset
 from detr_plus.modeling.decoder import DeformableDecoderLayer, QueryStream
 from detr_plus.modeling.structures import EncoderState
 from projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
@@ -301,3 +301,32 @@ def test_own_exit_heads_take_the_exit_loss_off_the_detection_heads():
     for h in hooks:
         h.remove()
     assert not calls
+
+
+@pytest.mark.parametrize("mode", ["SA", "F"])
+def test_residual_gate_scales_each_passing_querys_update_by_its_sigma(mode):
+    """gate="residual" (the diagnostic reading): a passing query moves sigma_EE of the way the routed
+    block moves it, so the main loss reaches the router; bypassed queries are as with gate="exit"."""
+    layer, state = plain_layer(), random_state()
+    query, boxes, position, passes = inputs()
+    context = context_for(boxes, position, state)
+    exit_gate, residual = routed(layer, mode, ffn_on="all"), routed(layer, mode, ffn_on="all", gate="residual")
+    sigma = torch.sigmoid(torch.stack([query[..., 0], torch.zeros_like(query[..., 0])], -1)).max(-1).values
+    with torch.no_grad():
+        if mode == "SA":  # the gated block's output, before CA and FFN on every query
+            full = exit_gate.through(layer.self_attn, query, context, QuerySubset.of(passes), passes, sigma)
+            gated = residual.through(layer.self_attn, query, context, QuerySubset.of(passes), passes, sigma)
+        else:
+            full = exit_gate.through(exit_gate.whole_layer, query, context, QuerySubset.of(passes), passes, sigma)
+            gated = residual.through(residual.whole_layer, query, context, QuerySubset.of(passes), passes, sigma)
+    expected = query + sigma[..., None] * (full - query)
+    torch.testing.assert_close(gated, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated[~passes], query[~passes], rtol=0, atol=0)
+    assert (gated[passes] - full[passes]).abs().max() > 1e-3  # sigma < 1: a real scaling
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL + ["model.transformer.decoder.layer_wrapper.gate=residual"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    losses, _ = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    primary = sum(v for k, v in losses.items() if "/" not in k)
+    routers = [layer.router.weight for layer in model.transformer.decoder.layers]
+    assert all(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(primary, routers))

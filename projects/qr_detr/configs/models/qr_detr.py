@@ -20,6 +20,7 @@ qr_layer_wrapper = L(EEQRWrapper)(
     ffn_on="routed",  # "all": the FFN on every query, as printed in Eq. 9-11
     start="random",  # the routers' init; "pass": every query passes at first (the plain decoder)
     exit_heads="shared",  # the exit heads: the layer's detection heads, or "own" (training-only heads)
+    gate="exit",  # sigma_EE scales the exit heads' input; "residual": also the routed update (a diagnostic)
     num_classes="${..num_classes}",
 )
 qr_exit_criteria = L(exit_head_criteria)(
