@@ -271,8 +271,8 @@ def test_routing_stats_tool(tiny, shapes_mini, tmp_path):
     torch.manual_seed(0)
     torch.save({"model": instantiate(cfg.model).state_dict()}, tmp_path / "qr.pth")
     out = tmp_path / "routing.png"
-    counts = routing_stats.main(["--config-file", str(TINY), "--max-images", "3", "--out", str(out), *SMALL, *tiny.data_overrides,
-                                 f"train.init_checkpoint={tmp_path / 'qr.pth'}"])
+    counts = routing_stats.main(["--config-file", str(TINY), *SMALL, *tiny.data_overrides,  # options after the overrides
+                                 f"train.init_checkpoint={tmp_path / 'qr.pth'}", "--max-images", "3", "--out", str(out)])
     assert sorted(counts) == ["layer0_F", "layer1_SA", "layer2_CA"] and all(len(v) == 3 for v in counts.values())
     assert all(0 <= c <= 20 for v in counts.values() for c in v) and out.stat().st_size > 1000
 

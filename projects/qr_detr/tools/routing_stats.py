@@ -23,8 +23,8 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--max-images", type=int, default=None, help="first N evaluation images (default: all)")
     parser.add_argument("--out", default=None, help="PNG path (default: <train.output_dir>/routing_eval.png)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="key=value config overrides")
+    args = parser.parse_intermixed_args(argv)  # options may come after the overrides, as in the usage line
     cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
     model = instantiate(cfg.model).to(resolve_device(cfg.train.get("device", "auto")))
     DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
