@@ -273,8 +273,9 @@ def test_configs(name):
     assert cfg.train.output_dir.endswith(name)
     if name.endswith("baseline"):
         assert cfg.model.criterion.class_loss == "qfl" and not instantiate(cfg.model).requires_teacher
+        assert cfg.train.ema.decay == 0.99  # as OD-DETR's tiny config, so the stability curves compare
         return
-    assert cfg.train.ema.decay == 0.9996 and cfg.train.ema.stop_update_iter == "first_lr_decay"
+    assert cfg.train.ema.decay == (0.99 if "shapes" in name else 0.9996) and cfg.train.ema.stop_update_iter == "first_lr_decay"
     assert cfg.model.criterion.box_down_weight == 0.51 and cfg.model.criterion.criterion.class_loss == "qfl"
     assert cfg.model.query_groups.queries_per_gt == 2 and (cfg.model.query_groups.alpha, cfg.model.query_groups.beta) == (0.25, 0.75)
     assert cfg.model.transformer.decoder.share_layers == ("plusplus" not in name)
