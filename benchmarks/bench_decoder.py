@@ -55,7 +55,8 @@ def force_pass_counts(model, counts, seed=0):
         def route(query, k=k):
             batch, num = query.shape[:2]
             chosen = torch.rand(batch, num, generator=gen).argsort(1)[:, :k].to(query.device)
-            passes = torch.zeros(batch, num, dtype=torch.bool, device=query.device).scatter(1, chosen, True)
+            # a tensor source, not a Python bool: fvcore's JIT trace has no aten::scatter for a bool value
+            passes = torch.zeros(batch, num, dtype=torch.bool, device=query.device).scatter(1, chosen, torch.ones_like(chosen, dtype=torch.bool))
             return passes, torch.ones(batch, num, device=query.device)
 
         layer.route = route

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -330,3 +331,37 @@ def test_residual_gate_scales_each_passing_querys_update_by_its_sigma(mode):
     primary = sum(v for k, v in losses.items() if "/" not in k)
     routers = [layer.router.weight for layer in model.transformer.decoder.layers]
     assert all(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(primary, routers))
+
+
+def test_bench_decoder_with_given_pass_counts_costs_less_than_the_plain_decoder():
+    """benchmarks/bench_decoder.py --pass-counts: every routed layer passes exactly K queries per
+    image, and the routed decoder's MACs fall below the plain one's (Table 3's saving)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_decoder
+
+    args = SimpleNamespace(device="cpu", image_size=(64, 80), repeats=1, warmup=0, pass_counts=None)
+    plain = bench_decoder.measure(str(REPO / "configs" / "shapes" / "deformable_detr_plain_tiny.py"), SMALL, args)
+    args.pass_counts = bench_decoder.parse_counts("F=5,SA=3,CA=12")
+    routed = bench_decoder.measure(str(TINY), SMALL, args)
+    assert plain["passed"] == {} and routed["passed"] == {"layer0_F": 5.0, "layer1_SA": 3.0, "layer2_CA": 12.0}
+    assert routed["decoder_gmacs"] < 0.8 * plain["decoder_gmacs"]
+
+
+def test_force_pass_eval_tool(tiny, shapes_mini, tmp_path):
+    """On a model whose routers already pass every query, forcing them to pass changes no AP; the
+    table names each routed layer."""
+    from projects.qr_detr.tools import force_pass_eval
+
+    overrides = SMALL + ["model.transformer.decoder.layer_wrapper.start=pass"]
+    cfg = apply_overrides(LazyConfig.load(str(TINY)), overrides)
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(cfg.model).state_dict()}, tmp_path / "qr.pth")
+    results = force_pass_eval.main(["--config-file", str(TINY), *overrides, *tiny.data_overrides,
+                                    f"train.init_checkpoint={tmp_path / 'qr.pth'}"])
+    assert list(results) == ["as trained", "layer0_F passes all", "layer1_SA passes all", "layer2_CA passes all",
+                             "every routed layer passes all"]
+    assert len(set(results.values())) == 1
+    layer, query = EEQRLayer(plain_layer(), "F", D), inputs()[0]  # a random router drops some queries
+    assert not layer.route(query)[0].all()
+    force_pass_eval.force_pass([layer])
+    assert layer.route(query)[0].all()
