@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Is a QR-DETR model's loss in its routing at inference? COCO AP of a checkpoint as trained, with
+one routed layer at a time forced to pass every query, and with all of them (the plain decoder
+on the trained weights).
+
+    python projects/qr_detr/tools/force_pass_eval.py --config-file CONFIG train.init_checkpoint=CKPT [key=value ...]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))  # run from a checkout
+import detr_plus  # noqa: F401,E402  (detectron2 compatibility patches)
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.evaluation import inference_on_dataset  # noqa: E402
+
+from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
+from projects.qr_detr.modeling import routed_layers  # noqa: E402
+
+
+def force_pass(layers):
+    """Routers that pass every query: zero weights, pass score above bypass."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.router.weight.zero_()
+            layer.router.bias.copy_(torch.tensor([1.0, -1.0]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("opts", nargs="*", help="key=value config overrides")
+    args = parser.parse_intermixed_args(argv)
+    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    model = instantiate(cfg.model).to(resolve_device(cfg.train.get("device", "auto"))).eval()
+    layers = routed_layers(model)
+    if not layers:
+        raise SystemExit(f"{args.config_file}: the model has no routed (EEQR) decoder layer")
+    loader = instantiate(cfg.dataloader.test)
+
+    def bbox_ap():
+        cfg.dataloader.evaluator.output_dir = None
+        with torch.no_grad():
+            return inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))["bbox"]["AP"]
+
+    checkpointer = DetectionCheckpointer(model)
+    checkpointer.load(cfg.train.init_checkpoint)
+    results = {"as trained": bbox_ap()}
+    for i, layer in layers.items():
+        checkpointer.load(cfg.train.init_checkpoint)
+        force_pass([layer])
+        results[f"layer{i}_{layer.mode} passes all"] = bbox_ap()
+    force_pass(layers.values())
+    results["every routed layer passes all"] = bbox_ap()
+    print("| routing at evaluation | bbox AP |\n|---|---|")
+    for name, ap in results.items():
+        print(f"| {name} | {ap:.1f} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
