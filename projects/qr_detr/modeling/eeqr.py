@@ -67,19 +67,23 @@ class EEQRLayer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """The router's init: "random" (Xavier weights, as the paper's transformer init, zero bias), or
-        zero weights with a bias that makes every query "pass" (the layer starts as the plain one) or
-        "bypass"."""
         if hasattr(self, "exit_class_head"):  # as the detection heads: prior 0.01, boxes start at the reference
             nn.init.constant_(self.exit_class_head.bias, -4.59511985)
             nn.init.zeros_(self.exit_box_head.layers[-1].weight)
             nn.init.zeros_(self.exit_box_head.layers[-1].bias)
-        if self.start == "random":
+        self.init_router(self.start)
+
+    @torch.no_grad()
+    def init_router(self, start: str):
+        """The router's init: "random" (Xavier weights, as the paper's transformer init, zero bias), or
+        zero weights with a bias that makes every query "pass" (the layer starts as the plain one) or
+        "bypass"."""
+        if start == "random":
             nn.init.xavier_uniform_(self.router.weight)
             nn.init.zeros_(self.router.bias)
             return
         nn.init.zeros_(self.router.weight)
-        self.router.bias.copy_(torch.tensor([1.0, -1.0] if self.start == "pass" else [-1.0, 1.0]))
+        self.router.bias.copy_(torch.tensor([1.0, -1.0] if start == "pass" else [-1.0, 1.0]))
 
     def extra_repr(self):
         return f"mode={self.mode}, regroup={self.regroup}, ffn_on={self.ffn_on}, gate={self.gate}"

@@ -6,6 +6,7 @@ on the trained weights).
     python projects/qr_detr/tools/force_pass_eval.py --config-file CONFIG train.init_checkpoint=CKPT [key=value ...]
 """
 import argparse
+import copy
 import os
 import sys
 
@@ -21,11 +22,9 @@ from projects.qr_detr.modeling import routed_layers  # noqa: E402
 
 
 def force_pass(layers):
-    """Routers that pass every query: zero weights, pass score above bypass."""
-    with torch.no_grad():
-        for layer in layers:
-            layer.router.weight.zero_()
-            layer.router.bias.copy_(torch.tensor([1.0, -1.0]))
+    """Routers that pass every query (the layers' own "pass" init)."""
+    for layer in layers:
+        layer.init_router("pass")
 
 
 def main(argv=None):
@@ -45,13 +44,13 @@ def main(argv=None):
         with torch.no_grad():
             return inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))["bbox"]["AP"]
 
-    checkpointer = DetectionCheckpointer(model)
-    checkpointer.load(cfg.train.init_checkpoint)
+    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
     results = {"as trained": bbox_ap()}
     for i, layer in layers.items():
-        checkpointer.load(cfg.train.init_checkpoint)
+        trained = copy.deepcopy(layer.router.state_dict())
         force_pass([layer])
         results[f"layer{i}_{layer.mode} passes all"] = bbox_ap()
+        layer.router.load_state_dict(trained)
     force_pass(layers.values())
     results["every routed layer passes all"] = bbox_ap()
     print("| routing at evaluation | bbox AP |\n|---|---|")
