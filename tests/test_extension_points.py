@@ -642,6 +642,29 @@ def test_per_layer_outputs_and_matching_indices(base, features):
     assert not torch.allclose(forced["loss_bbox"], losses["loss_bbox"])
 
 
+class RecordingCriterion(SetCriterion):
+    """An o2m criterion that records the one-to-one pairs the context gives it for its layer."""
+
+    seen = []
+
+    def forward(self, logits, boxes, targets, num_boxes, indices=None, valid=None, context=None):
+        RecordingCriterion.seen.append((context.layer, context.matching["primary"][context.layer]))
+        return super().forward(logits, boxes, targets, num_boxes, indices, valid, context)
+
+
+def test_route_criteria_read_their_layers_primary_matching(base):
+    """``LossContext.matching`` holds, for a route's layer i, the pairs the primary criterion matched at layer i."""
+    criterion = L(RecordingCriterion)(matcher=L(OneToManyMatcher)(topk=3))
+    model = model_with_routes(base, aux=route_cfg(OwnFFNBranch, criterion=criterion))
+    model.train()
+    RecordingCriterion.seen.clear()
+    _, matching = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    assert [layer for layer, _ in RecordingCriterion.seen] == list(range(DEC_LAYERS))
+    for layer, pairs in RecordingCriterion.seen:
+        assert pairs is matching["primary"][layer]
+        assert len(pairs[0][0]) == 2  # image 0's two GTs, one query each
+
+
 # --- 6. the EMA teacher ------------------------------------------------------------------------------
 def test_teacher_pass_exposes_each_stage_and_its_assignment(base):
     teacher = ModelEMA(base, decay=0.9).module

@@ -16,12 +16,17 @@ Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 class LossContext:
     """What the meta-architecture tells a criterion besides the predictions: which decoder layer (or
     "enc"), which route or group (``name``, "" for the primary queries), the ``QueryGroup`` if any,
-    and the training batch (targets, encoder state, the EMA teacher's pass when the model has one)."""
+    and the training batch (targets, encoder state, the EMA teacher's pass when the model has one).
+    ``matching``: the assignments computed so far in this step, by loss prefix ("primary", "enc",
+    route and group names), one entry per layer; the primary queries' come first in every layer,
+    so a route's criterion can read its layer's one-to-one pairs (LoRA-DETR's 900-query recipe
+    merges them into each branch's positives)."""
 
     layer: Any
     name: str = ""
     batch: Any = None
     group: Any = None
+    matching: Optional[Dict[str, List[Indices]]] = None
 
 
 class SetCriterion(nn.Module):

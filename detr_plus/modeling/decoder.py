@@ -297,6 +297,8 @@ class DeformableDecoder(nn.Module):
                 source = streams[name] or primary
                 routed = None
                 if branch_out is not None:
+                    if getattr(route, "detach_reference", False):
+                        source = replace(source, reference_for_grad=source.reference)
                     routed, advanced = self.step(index, branch_out, source)
                     if getattr(route, "own_stream", False):
                         streams[name] = advanced

@@ -250,7 +250,7 @@ class DeformableDETR(nn.Module):
         matching: Dict[str, List] = {}
 
         def add(criterion, predictions, key, prefix, suffix, layer, scale=1.0, group=None, indices=None, targets=targets):
-            context = LossContext(layer=layer, name=key, batch=batch, group=group)
+            context = LossContext(layer=layer, name=key, batch=batch, group=group, matching=matching)
             terms, matched = criterion(predictions["logits"], predictions["boxes"], targets, num_boxes, indices=indices,
                                        valid=predictions.get("valid"), context=context)
             losses.update({f"{prefix}{k}{suffix}": v * scale for k, v in terms.items()})

@@ -22,14 +22,18 @@ class TrainingRoute(nn.Module):
     ``own_stream``: the route's output of a layer (queries and refined boxes) is its input to the
     next layer, i.e. a full pass through the weight-shared decoder (Mr. DETR's routes); otherwise
     every layer's branch reads the primary route's state and only the primary output goes on
-    (LoRA-DETR's branches)."""
+    (LoRA-DETR's branches).
+    ``detach_reference``: the route's boxes are refined from its input reference without the
+    look-forward-twice graph, so its box losses send no gradient into the previous layer's
+    refinement (LoRA-DETR's public code refines the o2m branches from the primary route's detached
+    reference)."""
 
     def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0,
-                 own_stream: bool = False):
+                 own_stream: bool = False, detach_reference: bool = False):
         super().__init__()
         if own_stream and any(b is None for b in branches):
             raise ValueError("a route with own_stream=True needs a branch in every decoder layer (LayerBranch() shares all)")
-        self.own_stream = own_stream
+        self.own_stream, self.detach_reference = own_stream, detach_reference
         self.branches = nn.ModuleList(b if b is not None else nn.Identity() for b in branches)
         self.criterion = criterion
         self.loss_scale = loss_scale
