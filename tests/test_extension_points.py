@@ -407,6 +407,103 @@ def test_own_stream_route_is_a_full_pass_with_its_modules(base, features):
         TrainingRoute([None, OwnFFNBranch()], copy.deepcopy(base.criterion), own_stream=True)
 
 
+def test_route_with_its_own_query_selection(base):
+    """``TrainingRoute(query_selection=RouteQuerySelection)`` (Mr. DETR's Route-3): the route decodes
+    exactly what the model decodes with the route's proposal heads in place of its own (its own
+    top-k, boxes and positions; shared content queries), the primary route is unchanged, and the
+    route's selection has its own encoder loss, which trains its heads and not the primary ones."""
+    from detr_plus.modeling import RouteQuerySelection
+
+    torch.manual_seed(3)
+    num_proposal_classes = base.transformer.enc_class_head.out_features
+    selection = RouteQuerySelection(D_MODEL, num_proposal_classes)
+    with torch.no_grad():  # heads that disagree with the primary ones
+        selection.class_head.weight.normal_(0, 0.5)
+        selection.box_head.layers[-1].weight.normal_(0, 0.05)
+    route = L(TrainingRoute)(branches=[L(LayerBranch)() for _ in range(DEC_LAYERS)], criterion=o2m_criterion(),
+                             own_stream=True, query_selection=selection)
+    model = model_with_routes(base, own=route)
+    model.routes["own"].query_selection.load_state_dict(selection.state_dict())
+    swapped = copy.deepcopy(base)  # the baseline whose proposal heads are the route's
+    swapped.transformer.enc_class_head.load_state_dict(selection.class_head.state_dict())
+    swapped.transformer.enc_box_head.load_state_dict(selection.box_head.state_dict())
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    model.eval(), swapped.eval()  # no dropout; training_losses runs the training path anyway
+    losses, matching = model.training_losses(batch)
+    base_losses, _ = base.training_losses(batch)
+    swapped_losses, swapped_matching = swapped.training_losses(batch)
+    with torch.no_grad():
+        _, state, own = swapped.encode_and_select(batch)
+        _, _, primary = base.encode_and_select(batch)
+        expected = swapped.transformer.decode(own.queries, state)
+    assert not torch.equal(own.topk_indices, primary.topk_indices)
+    for k, v in base_losses.items():  # the primary route and its encoder loss are the baseline's
+        torch.testing.assert_close(losses[k], v, rtol=0, atol=1e-5, msg=k)
+    for term in ("class", "bbox", "giou"):  # the route's encoder loss is the swapped model's primary one
+        torch.testing.assert_close(losses[f"own/loss_{term}_enc"], swapped_losses[f"loss_{term}_enc"], rtol=0, atol=1e-5)
+    assert [q.tolist() for q, _ in matching["own/enc"][0]] == [q.tolist() for q, _ in swapped_matching["enc"][0]]
+    out = model.transformer.decode(*_route_start(model, batch))
+    for got, want in zip(out.routes["own"], expected.layers):
+        for field in ("logits", "boxes", "reference"):
+            torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-5, msg=field)
+    enc_loss = sum(v for k, v in losses.items() if k.startswith("own/") and k.endswith("_enc"))
+    own_heads = list(model.routes["own"].query_selection.parameters())
+    primary_heads = list(model.transformer.enc_class_head.parameters()) + list(model.transformer.enc_box_head.parameters())
+    grads = torch.autograd.grad(enc_loss, own_heads + primary_heads, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(own_heads)])
+    assert all(g is None for g in grads[len(own_heads):])
+    with pytest.raises(ValueError, match="own_stream"):
+        TrainingRoute([LayerBranch()], o2m_criterion(), query_selection=selection)
+
+
+def _route_start(model, batch):
+    """(primary queries, state, routes, groups, route_queries) of the model's training decode."""
+    with torch.no_grad():
+        _, state, primary = model.encode_and_select(batch)
+        own = model.routes["own"].query_selection(model.transformer, state)
+    return primary.queries, state, model.routes, None, {"own": own.queries}
+
+
+def test_encoder_loss_matched_on_the_anchors_without_class_cost(base):
+    """``enc_anchor_matcher=HungarianMatcher(cost_class=0)`` (Mr. DETR's public code): the encoder
+    loss's pairs are the assignment of the proposal anchors to the GTs by 5 L1 - 2 GIoU alone, found
+    here by brute force over every pair of valid tokens, and the box loss regresses the encoder's
+    predictions at exactly those tokens."""
+    from torchvision.ops import generalized_box_iou
+
+    from detr_plus.layers.box_ops import box_cxcywh_to_xyxy
+    from detr_plus.modeling import HungarianMatcher
+
+    cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
+    cfg.enc_anchor_matcher = L(HungarianMatcher)(cost_class=0.0)
+    model = build(cfg, seed=0)
+    model.load_state_dict(base.state_dict())
+    torch.manual_seed(6)
+    with torch.no_grad():  # predictions away from their anchors, so the two matchings can differ
+        model.transformer.enc_box_head.layers[-1].weight.normal_(0, 0.5)
+    by_predictions = copy.deepcopy(model)
+    by_predictions.enc_anchor_matcher = None
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    losses, matching = model.training_losses(batch)
+    targets = targets_of(model, batch)
+    with torch.no_grad():
+        _, _, selection = model.encode_and_select(batch)
+    enc = selection.encoder_predictions
+    valid = enc["valid"][0].nonzero().flatten()
+    anchors, gt = enc["anchors"][0, valid], targets[0]["boxes"]
+    cost = 5 * torch.cdist(anchors, gt, p=1) - 2 * generalized_box_iou(box_cxcywh_to_xyxy(anchors), box_cxcywh_to_xyxy(gt))
+    total = cost[:, 0, None] + cost[None, :, 1]
+    total.fill_diagonal_(float("inf"))
+    best = divmod(int(total.argmin()), len(valid))
+    queries, gts = matching["enc"][0][0]
+    assert sorted(zip(gts.tolist(), queries.tolist())) == [(0, int(valid[best[0]])), (1, int(valid[best[1]]))]
+    l1 = (enc["boxes"][0, queries] - gt[gts]).abs().sum()
+    num_boxes = 2.0
+    torch.testing.assert_close(losses["loss_bbox_enc"], model.enc_loss_weight * 5.0 * l1 / num_boxes)
+    _, default_matching = by_predictions.training_losses(batch)
+    assert default_matching["enc"][0][0][0].tolist() != queries.tolist()  # the predictions match elsewhere
+
+
 # --- 3. layer wrappers, gather / scatter, updated mask, extra outputs ----------------------------------
 def test_query_subset_round_trip_with_unequal_counts():
     """scatter(gather(Q)) puts every row back at its index; only valid rows are written; the padding

@@ -7,6 +7,6 @@ from .gather import QuerySubset
 from .groups import QueryGroup, group_attention_mask, group_self_attn_mask, pad_per_image
 from .matcher import HungarianMatcher, OneToManyMatcher
 from .meta_arch import DeformableDETR, DetectionPass, TrainingBatch
-from .routes import TrainingRoute, strip_training_routes
+from .routes import RouteQuerySelection, TrainingRoute, strip_training_routes
 from .structures import DecoderQueries, EncoderState
 from .transformer import DeformableTransformer, QuerySelection

@@ -36,6 +36,9 @@ class SetCriterion(nn.Module):
       or "qfl" (OD-DETR Eq. 2, IoU target);
     * ``quality``: the soft target of positives, "iou" (IoU with the matched GT, the o2o choice) or
       "matching_score" (M of LoRA-DETR Eq. 7, the o2m choice; uses ``quality_class_weight``);
+    * ``vfl_scale``: a factor on every VFL+ term before the sum / ``num_boxes`` (default 1; LoRA-DETR's
+      public code uses 0.25, papers/README.md). It equals a class weight times ``vfl_scale`` but keeps
+      the weights as the paper prints them; the other class losses ignore it;
     * L1 and GIoU box losses on matched pairs; every term is summed and divided by ``num_boxes``.
 
     ``forward`` returns ``({"loss_class": ..., "loss_bbox": ..., "loss_giou": ...}, indices)`` with the
@@ -45,7 +48,7 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(self, matcher, loss_weights: Optional[Dict[str, float]] = None, class_loss="focal", quality="iou",
-                 focal_alpha=0.25, focal_gamma=2.0, vfl_gamma=1.5, qfl_gamma=2.0, quality_class_weight=0.3):
+                 focal_alpha=0.25, focal_gamma=2.0, vfl_gamma=1.5, qfl_gamma=2.0, quality_class_weight=0.3, vfl_scale=1.0):
         super().__init__()
         if class_loss not in CLASS_LOSSES:
             raise ValueError(f"criterion.class_loss={class_loss!r}: expected one of {CLASS_LOSSES}")
@@ -58,7 +61,7 @@ class SetCriterion(nn.Module):
             raise ValueError(f"criterion.loss_weights has unknown keys {sorted(unknown)}; use class, bbox, giou")
         self.class_loss, self.quality = class_loss, quality
         self.focal_alpha, self.focal_gamma, self.vfl_gamma, self.qfl_gamma = focal_alpha, focal_gamma, vfl_gamma, qfl_gamma
-        self.quality_class_weight = quality_class_weight
+        self.quality_class_weight, self.vfl_scale = quality_class_weight, vfl_scale
 
     def forward(self, logits, boxes, targets: List[Dict[str, torch.Tensor]], num_boxes: float, indices: Optional[Indices] = None,
                 valid: Optional[torch.Tensor] = None, context: Optional[LossContext] = None) -> Tuple[Dict, Indices]:
@@ -121,7 +124,7 @@ class SetCriterion(nn.Module):
         if self.class_loss == "focal":
             loss = L.sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
         elif self.class_loss == "vfl_plus":
-            loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma)
+            loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma, self.vfl_scale)
         else:
             loss = L.quality_focal_loss(logits, quality, self.qfl_gamma)
         return loss if weight is None else loss * weight

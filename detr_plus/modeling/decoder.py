@@ -264,12 +264,15 @@ class DeformableDecoder(nn.Module):
 
     # --- the pass --------------------------------------------------------------------------------
     def forward(self, queries: DecoderQueries, state: EncoderState, routes: Optional[Mapping[str, nn.Module]] = None,
-                groups: Optional[Mapping[str, QueryGroup]] = None) -> DecoderOutput:
+                groups: Optional[Mapping[str, QueryGroup]] = None,
+                route_queries: Optional[Mapping[str, DecoderQueries]] = None) -> DecoderOutput:
         """Decodes the primary ``queries``, every query group (after them, masked from each other) and
         every route. A route with ``own_stream`` carries its own queries and reference boxes from layer
         to layer (starting from the primary input); the others branch at each layer from the primary
         state. Routes read only the primary queries' predictions (a stream route also carries the
-        groups' queries, masked as in the primary pass, and drops their predictions)."""
+        groups' queries, masked as in the primary pass, and drops their predictions).
+        ``route_queries`` gives a stream route its own initial queries (as many as the primary ones)
+        instead of the primary input (Mr. DETR's Route-3 with its own query selection)."""
         routes, groups = dict(routes or {}), dict(groups or {})
         sizes = [len(queries)] + [len(g.queries) for g in groups.values()]
         joint = DecoderQueries.concat([queries] + [g.queries for g in groups.values()]) if groups else queries
@@ -277,6 +280,13 @@ class DeformableDecoder(nn.Module):
         padding = None if joint.valid is None else ~joint.valid
         primary = QueryStream(joint.content, joint.reference.detach(), joint.reference, joint.position)
         streams: Dict[str, Optional[QueryStream]] = {name: None for name in routes}  # None: reads the primary state
+        for name, start in (route_queries or {}).items():
+            if not getattr(routes.get(name), "own_stream", False):
+                raise ValueError(f"route_queries[{name!r}]: only a decoded route with own_stream=True starts from its own queries")
+            if len(start) != len(queries):
+                raise ValueError(f"route_queries[{name!r}] has {len(start)} queries, the primary ones {len(queries)}")
+            start = DecoderQueries.concat([start] + [g.queries for g in groups.values()]) if groups else start
+            streams[name] = QueryStream(start.content, start.reference.detach(), start.reference, start.position)
         layers: List[LayerPredictions] = []
         out = DecoderOutput(layers=layers, routes={name: [] for name in routes})
         for index, layer in enumerate(self.layers):

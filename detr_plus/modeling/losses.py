@@ -46,12 +46,16 @@ def giou_box_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> tor
 
 
 def vfl_plus_loss(logits: torch.Tensor, quality: torch.Tensor, positive_mask: torch.Tensor,
-                  gamma: float = 1.5) -> torch.Tensor:
-    """Assignment-quality loss VFL+ (LoRA-DETR, Eq. 8).
+                  gamma: float = 1.5, scale: float = 1.0) -> torch.Tensor:
+    """Assignment-quality loss VFL+ (LoRA-DETR, Eq. 8), times ``scale``.
 
     With p = sigmoid(logits):
       positives (y = 1): -s log(p) - (1 - s) log(1 - p)   (BCE with soft target s = quality)
       negatives (y = 0): -p^gamma log(1 - p)
+
+    ``scale`` multiplies every term (default 1: Eq. 8 as printed). LoRA-DETR's public code multiplies
+    the VFL+ terms by 0.25 before the sum / GT count (papers/README.md, "More facts ... LoRA-DETR"),
+    which the paper does not print; ``scale=0.25`` reproduces it.
 
     logits, quality, positive_mask: all (N, C); quality is ignored where the mask is False.
     Returns (N, C). Computed from logits (softplus / logsigmoid), so it is stable for large |logits|.
@@ -61,7 +65,8 @@ def vfl_plus_loss(logits: torch.Tensor, quality: torch.Tensor, positive_mask: to
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     # p^gamma = exp(gamma * log sigmoid(x)); for negatives bce = -log(1 - p).
     neg_weight = torch.exp(gamma * F.logsigmoid(logits))
-    return torch.where(positive_mask, bce, neg_weight * bce)
+    loss = torch.where(positive_mask, bce, neg_weight * bce)
+    return loss if scale == 1.0 else loss * scale
 
 
 def quality_focal_loss(logits: torch.Tensor, quality_targets: torch.Tensor,

@@ -1,5 +1,5 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -48,6 +48,7 @@ class TrainingBatch:
     teacher: Optional[DetectionPass] = None
     num_boxes: float = 1.0
     transformer: Optional[DeformableTransformer] = None  # the student's (``queries_at`` builds new queries)
+    route_selections: Dict[str, QuerySelection] = field(default_factory=dict)  # routes with their own query selection
 
 
 class _Unregistered:
@@ -68,7 +69,9 @@ class DeformableDETR(nn.Module):
     Training returns a dict of weighted losses: the primary (one-to-one) queries on every decoder
     layer (``loss_class`` for the last layer, ``loss_class_{i}`` for layer i), the encoder's
     two-stage proposals (``loss_class_enc``, scaled by ``enc_loss_weight``, with ``enc_criterion``,
-    default ``criterion``; class-agnostic targets when the transformer's proposal head is), and under
+    default ``criterion``; class-agnostic targets when the transformer's proposal head is; pairs from
+    ``enc_anchor_matcher`` on the proposal anchors when given, e.g. ``HungarianMatcher(cost_class=0)``
+    as Mr. DETR's public code matches, else from the criterion's matcher on the predictions), and under
     ``{name}/`` every training route in ``routes``, every query group that ``query_groups`` makes for
     the batch, and every extra layer output with a criterion in ``extra_output_criteria``. Inference
     returns Detectron2 ``Instances`` in original image coordinates: the top
@@ -76,6 +79,8 @@ class DeformableDETR(nn.Module):
 
     Training-only extensions (none exists at inference; inference costs what the baseline costs):
     * ``routes``: ``TrainingRoute``s, variants of the decoder layers (``detr_plus.modeling.routes``);
+      a route with a ``query_selection`` starts from its own top-k proposals and gets its own encoder
+      loss (``{name}/loss_*_enc``, same criterion and weight as the primary one);
     * ``query_groups``: modules called with the ``TrainingBatch``, each returning a ``QueryGroup``
       (or None) decoded beside the primary queries;
     * a teacher: when a criterion or group source has ``requires_teacher = True``, the trainer
@@ -93,12 +98,13 @@ class DeformableDETR(nn.Module):
     def __init__(self, *, backbone, neck, position_embedding, transformer: DeformableTransformer, criterion: SetCriterion,
                  pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375), input_format="RGB",
                  size_divisibility=32, select_box_nums_for_evaluation=100, enc_loss_weight=1.0,
-                 enc_criterion: Optional[nn.Module] = None, routes: Optional[Dict[str, nn.Module]] = None,
+                 enc_criterion: Optional[nn.Module] = None, enc_anchor_matcher=None, routes: Optional[Dict[str, nn.Module]] = None,
                  query_groups: Optional[Dict[str, nn.Module]] = None, extra_output_criteria: Optional[Dict[str, nn.Module]] = None,
                  eval_route: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
         super().__init__()
         self.backbone, self.neck, self.position_embedding = backbone, neck, position_embedding
         self.transformer, self.criterion, self.enc_criterion = transformer, criterion, enc_criterion
+        self.enc_anchor_matcher = enc_anchor_matcher
         self.routes = nn.ModuleDict(routes or {})
         self.query_groups = nn.ModuleDict(query_groups or {})
         self.extra_output_criteria = nn.ModuleDict(extra_output_criteria or {})
@@ -202,7 +208,10 @@ class DeformableDETR(nn.Module):
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
                               self.num_boxes(targets, self.device), self.transformer)
         groups = self.make_query_groups(batch)
-        out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups)
+        batch.route_selections = {name: route.query_selection(self.transformer, state) for name, route in self.routes.items()
+                                  if getattr(route, "query_selection", None) is not None}
+        route_queries = {name: s.queries for name, s in batch.route_selections.items()}
+        out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups, route_queries=route_queries)
         return self.losses(out, batch, groups)
 
     def make_query_groups(self, batch: TrainingBatch) -> Dict[str, QueryGroup]:
@@ -263,12 +272,18 @@ class DeformableDETR(nn.Module):
                 extra = layer.extras.get(name)
                 if isinstance(extra, LayerPredictions):
                     add(criterion, vars(extra), name, f"{name}/", f"_{i}", i)
-        enc = batch.selection.encoder_predictions
-        if enc is not None:
-            enc_targets = targets
-            if self.transformer.enc_class_agnostic:
-                enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-            add(self.enc_criterion or self.criterion, enc, "enc", "", "_enc", "enc", self.enc_loss_weight, targets=enc_targets)
+        enc_targets = targets
+        if self.transformer.enc_class_agnostic:
+            enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+        selections = [("enc", "", batch.selection)] + [(f"{name}/enc", f"{name}/", s) for name, s in batch.route_selections.items()]
+        for key, prefix, selection in selections:
+            enc = selection.encoder_predictions
+            if enc is not None:
+                indices = None
+                if self.enc_anchor_matcher is not None:  # pairs from the proposal anchors, not the predictions
+                    indices = self.enc_anchor_matcher(enc["logits"], enc["anchors"], enc_targets, valid=enc.get("valid"))
+                add(self.enc_criterion or self.criterion, enc, key, prefix, "_enc", "enc", self.enc_loss_weight,
+                    indices=indices, targets=enc_targets)
         for name, layers in out.routes.items():
             route = self.routes[name]
             for i, layer in enumerate(layers):

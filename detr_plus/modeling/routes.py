@@ -9,8 +9,11 @@ from typing import Dict, Optional, Sequence
 
 from torch import nn
 
+from ..layers import MLP
 from .criterion import SetCriterion
 from .decoder import LayerBranch
+from .structures import EncoderState
+from .transformer import DeformableTransformer, QuerySelection, init_proposal_heads
 
 ROUTES_PREFIX = "routes."
 TRAINING_ONLY_PREFIXES = (ROUTES_PREFIX, "query_groups.", "extra_output_criteria.")
@@ -26,11 +29,17 @@ class TrainingRoute(nn.Module):
     ``detach_reference``: the route's boxes are refined from its input reference without the
     look-forward-twice graph, so its box losses send no gradient into the previous layer's
     refinement (LoRA-DETR's public code refines the o2m branches from the primary route's detached
-    reference)."""
+    reference).
+    ``query_selection``: a ``RouteQuerySelection`` (two-stage models, ``own_stream`` routes): the
+    route starts from its own top-k encoder proposals instead of the primary queries, and its
+    selection gets an encoder loss of its own (``{name}/loss_*_enc``)."""
 
     def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0,
-                 own_stream: bool = False, detach_reference: bool = False):
+                 own_stream: bool = False, detach_reference: bool = False, query_selection: Optional[nn.Module] = None):
         super().__init__()
+        if query_selection is not None and not own_stream:
+            raise ValueError("a route with its own query_selection must carry its own stream (own_stream=True)")
+        self.query_selection = query_selection
         if own_stream and any(b is None for b in branches):
             raise ValueError("a route with own_stream=True needs a branch in every decoder layer (LayerBranch() shares all)")
         self.own_stream, self.detach_reference = own_stream, detach_reference
@@ -43,6 +52,28 @@ class TrainingRoute(nn.Module):
             return None
         branch = self.branches[layer_index]
         return branch if isinstance(branch, LayerBranch) else None
+
+
+class RouteQuerySelection(nn.Module):
+    """A route's own two-stage query selection: its own encoder class and box heads score and regress
+    the shared encoder output, and its top-k proposals give the route its own reference boxes (and,
+    in static-position models, positions); the learned content queries are the primary ones
+    (Mr. DETR's Route-3, papers/README.md "Route-3 has its OWN query selection"). ``num_classes``:
+    1 for a class-agnostic proposal head, like the transformer's ``enc_class_agnostic``."""
+
+    def __init__(self, d_model: int, num_classes: int):
+        super().__init__()
+        self.class_head = nn.Linear(d_model, num_classes)
+        self.box_head = MLP(d_model, d_model, 4, 3)
+        init_proposal_heads(self.class_head, self.box_head)
+
+    def forward(self, transformer: DeformableTransformer, state: EncoderState) -> QuerySelection:
+        if not transformer.two_stage:
+            raise ValueError("RouteQuerySelection needs a two-stage transformer (query_init 'proposals' or 'mixed')")
+        if self.class_head.out_features != transformer.enc_class_head.out_features:
+            raise ValueError(f"RouteQuerySelection has {self.class_head.out_features} proposal classes, "
+                             f"the transformer's proposal head {transformer.enc_class_head.out_features}")
+        return transformer.select_queries(state, heads=(self.class_head, self.box_head))
 
 
 def strip_training_routes(state_dict: Dict) -> Dict:

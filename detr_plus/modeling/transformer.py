@@ -20,7 +20,7 @@ inits take either.
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,6 +35,14 @@ QUERY_INITS = ("embedding", "anchors", "proposals", "mixed")
 POSITION_OF_INIT = {"embedding": "static", "anchors": "box_sine"}
 TWO_STAGE_INITS = ("proposals", "mixed")
 ENC_LOSS_TOKENS = ("topk", "all")
+
+
+def init_proposal_heads(class_head: nn.Linear, box_head: MLP):
+    """The two-stage proposal heads' init: class prior probability 0.01, zero box offsets (a token's
+    box starts at its proposal)."""
+    nn.init.constant_(class_head.bias, -4.59511985)
+    nn.init.zeros_(box_head.layers[-1].weight)
+    nn.init.zeros_(box_head.layers[-1].bias)
 
 
 @dataclass
@@ -109,9 +117,7 @@ class DeformableTransformer(nn.Module):
                     module.reset_parameters()
         nn.init.normal_(self.level_embed)
         if self.two_stage:
-            nn.init.constant_(self.enc_class_head.bias, -4.59511985)  # prior probability 0.01
-            nn.init.zeros_(self.enc_box_head.layers[-1].weight)
-            nn.init.zeros_(self.enc_box_head.layers[-1].bias)
+            init_proposal_heads(self.enc_class_head, self.enc_box_head)
         if self.query_init == "embedding":
             nn.init.constant_(self.reference_points.bias, 0.0)
         if self.query_init == "anchors":  # spread over the image
@@ -161,8 +167,12 @@ class DeformableTransformer(nn.Module):
         memory = state.memory.masked_fill(~valid, 0.0)
         return logits, memory, valid[..., 0]
 
-    def select_queries(self, state: EncoderState) -> QuerySelection:
-        """The primary queries (``query_init``) and, for two-stage, the encoder predictions its loss reads."""
+    def select_queries(self, state: EncoderState, heads: Optional[Tuple[nn.Module, nn.Module]] = None) -> QuerySelection:
+        """The primary queries (``query_init``) and, for two-stage, the encoder predictions its loss reads.
+
+        ``heads``: (class head, box head) to score and regress the encoder tokens with instead of the
+        transformer's own (two-stage only): another top-k selection from the same encoder output,
+        with the same learned content queries (Mr. DETR's Route-3, ``RouteQuerySelection``)."""
         batch = state.memory.shape[0]
         d_model = self.decoder.d_model
         if self.query_init == "embedding":
@@ -176,9 +186,10 @@ class DeformableTransformer(nn.Module):
         if memory.shape[1] < self.num_queries:
             raise ValueError(f"two-stage selection needs at least num_queries={self.num_queries} encoder positions, "
                              f"got {memory.shape[1]}: use larger images or fewer queries")
+        class_head, box_head = heads or (self.enc_class_head, self.enc_box_head)
         enc_out = self.enc_output(memory)
-        enc_logits = self.enc_class_head(enc_out)
-        enc_boxes = self.enc_box_head(enc_out) + proposal_logits
+        enc_logits = class_head(enc_out)
+        enc_boxes = box_head(enc_out) + proposal_logits
         scores = (enc_logits[..., 0] if self.enc_class_agnostic else enc_logits.max(-1).values).masked_fill(~valid, -math.inf)
         topk = scores.topk(self.num_queries, dim=1).indices
         topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
@@ -190,10 +201,13 @@ class DeformableTransformer(nn.Module):
         if self.query_init == "mixed":
             content = self.query_content.weight[None].expand(batch, -1, -1)
         queries = DecoderQueries(content, reference, position if self.static_position else None)
+        # "anchors": the proposal boxes the predictions start from (an encoder loss may match on them).
         if self.enc_loss_tokens == "topk":
-            predictions = {"logits": topk_logits, "boxes": topk_boxes}
+            topk_anchors = proposal_logits.gather(1, topk[..., None].expand(-1, -1, 4)).sigmoid()
+            predictions = {"logits": topk_logits, "boxes": topk_boxes, "anchors": topk_anchors}
         else:
-            predictions = {"logits": enc_logits, "boxes": enc_boxes.sigmoid(), "valid": valid}
+            predictions = {"logits": enc_logits, "boxes": enc_boxes.sigmoid(), "valid": valid,
+                           "anchors": proposal_logits.sigmoid()}
         return QuerySelection(queries, predictions, topk)
 
     def queries_at(self, content: torch.Tensor, boxes: torch.Tensor, slots: Optional[torch.Tensor] = None) -> DecoderQueries:
@@ -215,9 +229,10 @@ class DeformableTransformer(nn.Module):
 
     # --- decoder -------------------------------------------------------------------------------
     def decode(self, queries: DecoderQueries, state: EncoderState, routes: Optional[Mapping] = None,
-               groups: Optional[Mapping[str, QueryGroup]] = None) -> DecoderOutput:
-        """Decode any given queries (the selected ones, an EMA teacher's, several query groups)."""
-        return self.decoder(queries, state, routes=routes, groups=groups)
+               groups: Optional[Mapping[str, QueryGroup]] = None, route_queries: Optional[Mapping[str, DecoderQueries]] = None) -> DecoderOutput:
+        """Decode any given queries (the selected ones, an EMA teacher's, several query groups, a
+        route's own initial queries)."""
+        return self.decoder(queries, state, routes=routes, groups=groups, route_queries=route_queries)
 
     def forward(self, features, masks, pos_embeds, routes: Optional[Mapping] = None, groups: Optional[Mapping] = None):
         """(decoder output, query selection, encoder state)."""

@@ -14,7 +14,7 @@ from torch import nn
 from detr_plus.modeling import LayerBranch
 from detr_plus.modeling.blocks import FFN, FFNBlock, QueryContext
 
-LORA_INITS = ("zero_b", "normal")
+LORA_INITS = ("zero_b", "normal", "xavier")
 
 
 class LoRAFFNBranch(LayerBranch):
@@ -26,8 +26,14 @@ class LoRAFFNBranch(LayerBranch):
     ``A_j, B_j``. Shapes: ``A1 (r, d)``, ``B1 (d_ffn, r)``, ``A2 (r, d_ffn)``, ``B2 (d, r)``, i.e.
     ``2 r (d + d_ffn)`` parameters per branch and layer (``lora_param_count``).
 
-    ``init``: "zero_b" (default; B = 0 and A as ``nn.Linear``'s Kaiming-uniform, so the branch starts
-    equal to the main FFN) or "normal" (A, B ~ N(0, 1) / sqrt(r), the other public copy of the code).
+    ``init`` (papers/README.md: "make the init configurable, default zero B"):
+      * "zero_b" (default): B = 0 and A as ``nn.Linear``'s Kaiming-uniform, so the branch starts equal
+        to the main FFN (one public copy of the code);
+      * "normal": A, B ~ N(0, 1) / sqrt(r), what the other public copy draws;
+      * "xavier": A and B both xavier-uniform, U(-sqrt(6 / (fan_in + fan_out)), +...) on each matrix,
+        non-zero B: that copy's EFFECTIVE init, since its later xavier pass over every parameter with
+        more than one dimension overwrites the N(0, 1) / sqrt(r) draw ("More facts ... LoRA-DETR").
+        (Our core's xavier pass covers the transformer only, not the routes, so "zero_b" survives it.)
     ``scaling`` is s (1.0 in the authors' code). Dropout is the shared FFN's.
     """
 
@@ -35,8 +41,6 @@ class LoRAFFNBranch(LayerBranch):
 
     def __init__(self, d_model=256, d_ffn=1024, rank=32, scaling=1.0, init="zero_b"):
         super().__init__()
-        if init not in LORA_INITS:
-            raise ValueError(f"LoRAFFNBranch init={init!r}: expected one of {LORA_INITS}")
         if rank < 1:
             raise ValueError(f"LoRAFFNBranch rank={rank}: must be >= 1")
         self.rank, self.scaling = rank, scaling
@@ -48,10 +52,15 @@ class LoRAFFNBranch(LayerBranch):
 
     @torch.no_grad()
     def reset_parameters(self, init="zero_b"):
+        if init not in LORA_INITS:
+            raise ValueError(f"LoRAFFNBranch init={init!r}: expected one of {LORA_INITS}")
         for a, b in ((self.lora_a1, self.lora_b1), (self.lora_a2, self.lora_b2)):
             if init == "zero_b":
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
                 nn.init.zeros_(b)
+            elif init == "xavier":
+                nn.init.xavier_uniform_(a)
+                nn.init.xavier_uniform_(b)
             else:
                 nn.init.normal_(a, std=1.0 / math.sqrt(self.rank))
                 nn.init.normal_(b, std=1.0 / math.sqrt(self.rank))

@@ -5,12 +5,18 @@ independent FFN, the naive Fig. 1(c)), and its own criterion: the one-to-many ma
 with the branch's k / tau / alpha, and the assignment-quality loss VFL+ (Eq. 8) with the soft
 target s = M (Eq. 7). Branch losses are averaged over the branches ("For N_aux > 1, we average the
 losses across all auxiliary branches"), i.e. ``loss_scale = 1 / N_aux``.
+
+From the authors' public code (papers/README.md, "More facts ... LoRA-DETR"): the VFL+ terms are
+multiplied by 0.25 (``vfl_scale``), the branches' boxes are refined from the primary route's
+detached reference (``detach_reference``), and the 900-query recipe adds the one-to-one positives
+to each branch's (``merge_o2o_positives``).
 """
 from numbers import Number
 from typing import Dict, Optional, Sequence, Union
 
 from detr_plus.modeling import OneToManyMatcher, OwnFFNBranch, SetCriterion, TrainingRoute
 
+from .criterion import O2OMergedCriterion
 from .lora import LoRAFFNBranch
 
 # Table 4: k of each auxiliary branch for N_aux = 1, 2, 3, 5.
@@ -21,6 +27,8 @@ TABLE4_IDENTICAL_K = {1: (6,), 2: (6, 6), 3: (6, 6, 6)}
 # top-1 query of every GT kept, positives capped at 0.25 x queries. Branch losses 2 / 5 / 2.
 DEFAULT_TAU, DEFAULT_ALPHA, DEFAULT_MAX_POSITIVE_RATIO = 0.4, 0.3, 0.25
 DEFAULT_AUX_LOSS_WEIGHTS = {"class": 2.0, "bbox": 5.0, "giou": 2.0}
+# "VFL+ terms are multiplied by 0.25 before the sum / GT count" in the authors' code (papers/README.md).
+DEFAULT_VFL_SCALE = 0.25
 
 PerBranch = Union[None, Number, Sequence[Number]]
 
@@ -40,7 +48,8 @@ def build_lora_routes(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[in
                       taus: PerBranch = None, alphas: PerBranch = None, rank: int = 32, scaling: float = 1.0,
                       init: str = "zero_b", naive: bool = False, dropout: float = 0.0, class_loss: str = "vfl_plus",
                       loss_weights: Optional[Dict[str, float]] = None, vfl_gamma: float = 1.5,
-                      max_positive_ratio: float = DEFAULT_MAX_POSITIVE_RATIO) -> Dict[str, TrainingRoute]:
+                      vfl_scale: float = DEFAULT_VFL_SCALE, max_positive_ratio: float = DEFAULT_MAX_POSITIVE_RATIO,
+                      detach_reference: bool = True, merge_o2o_positives: bool = False) -> Dict[str, TrainingRoute]:
     """``{"aux0": TrainingRoute, ...}``: one auxiliary branch per entry of ``ks``.
 
     * ``ks``: k of each branch, N_aux = len(ks) (Table 4: diverse {6}, {3,6}, {2,4,6}, {2,3,4,5,6});
@@ -48,8 +57,14 @@ def build_lora_routes(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[in
       (the "diverse tau / diverse alpha" ablation); default 0.4 / 0.3;
     * ``rank``, ``scaling``, ``init``: the LoRA modules (``LoRAFFNBranch``); ``naive=True`` gives each
       branch an independent full FFN instead (Fig. 1(c), Tables 1, 5 "w/o", 6), with ``dropout``;
-    * ``class_loss``: "vfl_plus" (Eq. 8 with s = M, gamma ``vfl_gamma``) or "focal";
-      ``loss_weights``: class / L1 / GIoU of every branch (2 / 5 / 2), each branch scaled by 1 / N_aux.
+    * ``class_loss``: "vfl_plus" (Eq. 8 with s = M, gamma ``vfl_gamma``, every term times ``vfl_scale``,
+      0.25 as in the authors' code; 1.0 is Eq. 8 as printed) or "focal";
+      ``loss_weights``: class / L1 / GIoU of every branch (2 / 5 / 2), each branch scaled by 1 / N_aux;
+    * ``detach_reference`` (default True, the authors' code): a branch's boxes are refined from the
+      primary route's detached input reference, so its box losses send no gradient into the previous
+      layer's box head through look-forward-twice (the core ``TrainingRoute`` option);
+    * ``merge_o2o_positives`` (default False; the authors' 900-query recipe): each branch's positives
+      are its one-to-many pairs united with the layer's one-to-one pairs (``O2OMergedCriterion``).
     """
     ks = [int(k) for k in ks]
     if not ks:
@@ -65,7 +80,8 @@ def build_lora_routes(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[in
         else:
             branches = [LoRAFFNBranch(d_model, d_ffn, rank, scaling, init) for _ in range(num_layers)]
         matcher = OneToManyMatcher(topk=k, threshold=tau, class_weight=alpha, max_positive_ratio=max_positive_ratio)
-        criterion = SetCriterion(matcher, weights, class_loss=class_loss, quality="matching_score",
-                                 vfl_gamma=vfl_gamma, quality_class_weight=alpha)
-        routes[f"aux{i}"] = TrainingRoute(branches, criterion, loss_scale=1.0 / n)
+        criterion_type = O2OMergedCriterion if merge_o2o_positives else SetCriterion
+        criterion = criterion_type(matcher, weights, class_loss=class_loss, quality="matching_score",
+                                   vfl_gamma=vfl_gamma, vfl_scale=vfl_scale, quality_class_weight=alpha)
+        routes[f"aux{i}"] = TrainingRoute(branches, criterion, loss_scale=1.0 / n, detach_reference=detach_reference)
     return routes

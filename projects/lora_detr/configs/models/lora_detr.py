@@ -4,6 +4,10 @@
 Default: N_aux = 3 LoRA branches with diverse k {2, 4, 6} (Table 4), rank 32, scaling 1.0, B = 0
 init; Eq. 7 with tau 0.4, alpha 0.3; VFL+ (Eq. 8, gamma 1.5) on the primary branch (s = IoU,
 weights 1 / 5 / 2) and on every branch (s = M, weights 2 / 5 / 2, averaged over the branches).
+From the authors' public code (papers/README.md, "More facts ... LoRA-DETR"): every VFL+ term x 0.25
+(``vfl_scale``), the branches refine their boxes from the primary route's detached reference
+(``routes.detach_reference``); the 900-query config also merges the one-to-one positives into each
+branch's (``routes.merge_o2o_positives``).
 """
 from detectron2.config import LazyCall as L
 
@@ -18,6 +22,7 @@ lora_detr = dict(
         class_loss="vfl_plus",  # "focal" for the focal-loss baseline (then class weight 2.0)
         quality="iou",
         vfl_gamma=1.5,
+        vfl_scale=0.25,  # the authors' code: VFL+ terms x 0.25 before the sum / GT count (1.0: Eq. 8 as printed)
     ),
     routes=L(build_lora_routes)(
         num_layers="${..transformer.decoder.num_layers}",
@@ -29,10 +34,13 @@ lora_detr = dict(
         alphas=None,  # Eq. 7 class weight: 0.3 for all, or one per branch
         rank=32,
         scaling=1.0,
-        init="zero_b",  # or "normal": A, B ~ N(0, 1) / sqrt(r)
+        init="zero_b",  # or "normal": A, B ~ N(0, 1) / sqrt(r); or "xavier": A, B xavier-uniform (the authors' effective init)
         naive=False,  # True: an independent full FFN per branch (Fig. 1(c))
         class_loss="vfl_plus",  # or "focal"
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+        vfl_scale=0.25,  # as the primary criterion's
+        detach_reference=True,  # boxes refined from the primary route's detached reference (authors' code)
+        merge_o2o_positives=False,  # True: add the layer's one-to-one pairs to each branch's (900-query recipe)
     ),
     # Off by default (inference runs the main branch only). model.eval_route=aux0
     # model.eval_nms_threshold=0.7 evaluates that branch after class-wise NMS (Table 5 "Aux. w. NMS").
