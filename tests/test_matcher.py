@@ -194,3 +194,43 @@ def test_one_to_many_call_zero_gt_and_device(device):
     assert len(q1) == len(g1) == 0
     for x in (q0, g0, q1, g1):
         assert x.dtype == torch.long and x.device.type == device
+
+
+# Rows: queries, columns: GTs. Best GT per query: q0 -> 0 (0.9), q1 -> 0 (0.5), q2 -> 1 (0.6),
+# q3 -> 1 (0.75), q4 / q5 below the threshold 0.4. Candidate counts c = (2, 2); top-1s: G0 q0, G1 q3.
+HAND_QUALITY = torch.tensor([[0.9, 0.1], [0.5, 0.2], [0.3, 0.6], [0.7, 0.75], [0.1, 0.38], [0.2, 0.3]])
+
+
+def test_one_to_many_dynamic_k_rules_on_a_hand_made_matrix():
+    """(No ratio cap: ``max_positive_ratio=1``.) Mr. DETR's public rules: G0 takes its top-2 of column 0 among all queries, {q0, q3}; G1 its
+    top-2 of column 1, {q3, q2}; q3 (M 0.75 for G1, G1's top-1) goes to G1, so q1, a candidate of G0,
+    is not taken. Our default takes G0's top-2 among its own candidates instead: {q0, q1}."""
+    authors = OneToManyMatcher(topk=3, threshold=0.4, selection="dynamic_k", max_positive_ratio=1.0)
+    q, g = authors.match_single(HAND_QUALITY)
+    assert list(zip(q.tolist(), g.tolist())) == [(0, 0), (2, 1), (3, 1)]
+    q, g = OneToManyMatcher(topk=3, threshold=0.4, max_positive_ratio=1.0).match_single(HAND_QUALITY)
+    assert list(zip(q.tolist(), g.tolist())) == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    # k = min(c, topk): with topk 1 each GT keeps its top-1 only.
+    q, g = OneToManyMatcher(topk=1, threshold=0.4, selection="dynamic_k", max_positive_ratio=1.0).match_single(HAND_QUALITY)
+    assert list(zip(q.tolist(), g.tolist())) == [(0, 0), (3, 1)]
+    # A GT without candidates still gets its top-1 (q5 is below the threshold for both GTs).
+    low = torch.tensor([[0.9, 0.1], [0.2, 0.3]])
+    q, g = OneToManyMatcher(topk=6, threshold=0.4, selection="dynamic_k", max_positive_ratio=1.0).match_single(low)
+    assert list(zip(q.tolist(), g.tolist())) == [(0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="selection"):
+        OneToManyMatcher(selection="top3")
+
+
+def test_one_to_many_fixed_cap_keeps_a_seeded_random_subset():
+    """Rule 4': at most ``max_positives`` pairs, a uniformly random subset of the uncapped ones drawn
+    from the matcher's seeded generator: the same seed gives the same subsets, and over many calls
+    every pair is sometimes dropped (not always the lowest-M ones)."""
+    full = set(zip(*(t.tolist() for t in OneToManyMatcher(topk=3, selection="dynamic_k", max_positive_ratio=1.0).match_single(HAND_QUALITY))))
+    draws = []
+    for seed in (0, 0):
+        matcher = OneToManyMatcher(topk=3, selection="dynamic_k", max_positives=2, seed=seed)
+        draws.append([tuple(zip(*(t.tolist() for t in matcher.match_single(HAND_QUALITY)))) for _ in range(30)])
+    assert draws[0] == draws[1]
+    assert all(len(d) == 2 and set(d) <= full and list(d) == sorted(d) for d in draws[0])
+    dropped = {pair for d in draws[0] for pair in full - set(d)}
+    assert dropped == full

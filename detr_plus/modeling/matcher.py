@@ -7,6 +7,7 @@ Call signature shared by both matchers:
     returns: list of B tuples (query_idx LongTensor, gt_idx LongTensor) on the inputs' device,
              sorted by query_idx (ascending).
 """
+import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -151,15 +152,46 @@ class OneToManyMatcher:
          top-1 pairs are kept first, then the rest by M descending (ties: lower query index).
     Hence every positive that is not a top-1 pair has M >= threshold. Returns, per image,
     (query_idx, gt_idx) sorted by query_idx on the inputs' device; zero GTs / queries -> empty.
+
+    Mr. DETR's public code (papers/README.md "The o2m matcher"), with ``selection="dynamic_k"`` and
+    ``max_positives``:
+      2'. a GT's candidate count c_j is the number of queries whose best GT is j with M >= threshold;
+      3'. GT j takes its top-min(c_j, topk) queries by M[:, j] among ALL queries (candidates of
+          other GTs too; the top-1 of rule 1 is its first); a query taken by several GTs keeps the
+          one with the highest M (ties: lower GT index), a rule-1 query its rule-1 GT;
+      4'. ``max_positives`` (a constant, 225 = 0.25 x 900 there) replaces rule 4: when an image has
+          more positives, a uniformly random subset of that size is kept, drawn from a generator
+          seeded with ``seed`` (reproducible runs from the same start).
     """
 
+    SELECTIONS = ("candidates", "dynamic_k")
+
     def __init__(self, topk: int = 6, threshold: float = 0.4, class_weight: float = 0.3,
-                 max_positive_ratio: float = 0.25, keep_top1: bool = True):
+                 max_positive_ratio: float = 0.25, keep_top1: bool = True, selection: str = "candidates",
+                 max_positives: Optional[int] = None, seed: int = 0):
+        if selection not in self.SELECTIONS:
+            raise ValueError(f"OneToManyMatcher.selection={selection!r}: expected one of {self.SELECTIONS}")
         self.topk = topk
         self.threshold = threshold
         self.class_weight = class_weight
         self.max_positive_ratio = max_positive_ratio
         self.keep_top1 = keep_top1
+        self.selection, self.max_positives = selection, max_positives
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def dynamic_k_pairs(self, quality: torch.Tensor, is_top1: torch.Tensor, owner: torch.Tensor):
+        """Rules 2'-3': the (query, GT, M) pairs besides the rule-1 ones."""
+        nq, n = quality.shape
+        best_m, best_gt = quality.max(dim=1)
+        candidates = torch.bincount(best_gt[best_m >= self.threshold], minlength=n)
+        k = candidates.clamp(max=self.topk)
+        order = torch.sort(quality, dim=0, descending=True, stable=True).indices  # ties: lower query index
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(nq, device=quality.device)[:, None].expand(nq, n))
+        taken = rank < k[None]
+        taken_m, taken_gt = quality.masked_fill(~taken, -math.inf).max(dim=1)
+        keep = taken.any(dim=1) & ~is_top1
+        queries = torch.arange(nq, device=quality.device)[keep]
+        return queries, taken_gt[keep], taken_m[keep]
 
     def match_single(self, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Assign from a (Q, n) matching-score matrix; returns (query_idx, gt_idx)."""
@@ -176,24 +208,33 @@ class OneToManyMatcher:
         is_top1 = owner < n
         has_top1 = torch.zeros(n, dtype=torch.long, device=device)
         has_top1[owner[is_top1]] = 1
-        # Rule 2: remaining queries are candidates of their best GT if best M >= threshold.
-        best_m, best_gt = quality.max(dim=1)
-        cand = (~is_top1) & (best_m >= self.threshold)
-        cq, cg, cm = arange_q[cand], best_gt[cand], best_m[cand]
-        # Rule 3: rank candidates within their GT by M (desc), keep topk - has_top1 of them.
-        order = torch.sort(cm, descending=True, stable=True).indices
-        order = order[torch.sort(cg[order], stable=True).indices]
-        cq, cg, cm = cq[order], cg[order], cm[order]
-        counts = torch.bincount(cg, minlength=n)
-        group_start = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(cg), device=device) - group_start[cg]
-        keep = rank < (self.topk - has_top1[cg])
-        cq, cg, cm = cq[keep], cg[keep], cm[keep]
-        # Rule 4: cap, top-1 pairs first, then by M descending.
+        if self.selection == "dynamic_k":
+            cq, cg, cm = self.dynamic_k_pairs(quality, is_top1, owner)
+        else:
+            # Rule 2: remaining queries are candidates of their best GT if best M >= threshold.
+            best_m, best_gt = quality.max(dim=1)
+            cand = (~is_top1) & (best_m >= self.threshold)
+            cq, cg, cm = arange_q[cand], best_gt[cand], best_m[cand]
+            # Rule 3: rank candidates within their GT by M (desc), keep topk - has_top1 of them.
+            order = torch.sort(cm, descending=True, stable=True).indices
+            order = order[torch.sort(cg[order], stable=True).indices]
+            cq, cg, cm = cq[order], cg[order], cm[order]
+            counts = torch.bincount(cg, minlength=n)
+            group_start = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(len(cg), device=device) - group_start[cg]
+            keep = rank < (self.topk - has_top1[cg])
+            cq, cg, cm = cq[keep], cg[keep], cm[keep]
         tq = arange_q[is_top1]
         tg = owner[is_top1]
         q_all = torch.cat([tq, cq])
         g_all = torch.cat([tg, cg])
+        if self.max_positives is not None:  # Rule 4': a random subset of fixed size
+            if len(q_all) > self.max_positives:
+                keep = torch.randperm(len(q_all), generator=self.generator)[: self.max_positives].to(device)
+                q_all, g_all = q_all[keep], g_all[keep]
+            order = torch.argsort(q_all)
+            return q_all[order], g_all[order]
+        # Rule 4: cap, top-1 pairs first, then by M descending.
         cap = max(int(self.max_positive_ratio * nq), len(tq))
         if len(q_all) > cap:
             o = torch.argsort(cq)  # query order first, so M ties go to the lower query index

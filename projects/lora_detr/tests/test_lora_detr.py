@@ -16,10 +16,12 @@ from detectron2.structures import Boxes, Instances
 
 from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.optim import build_adamw
-from detr_plus.modeling import DeformableDETR, OwnFFNBranch, strip_training_routes
+from detr_plus.modeling import DeformableDETR, OneToManyMatcher, OwnFFNBranch, strip_training_routes
 from detr_plus.modeling.blocks import FFNBlock
+from detr_plus.modeling.criterion import LossContext
 from detr_plus.modeling.matcher import matching_quality
-from projects.lora_detr.modeling import TABLE4_DIVERSE_K, LoRAFFNBranch, build_lora_routes, lora_param_count
+from projects.lora_detr.modeling import (TABLE4_DIVERSE_K, LoRAFFNBranch, O2OMergedCriterion, build_lora_routes,
+                                         lora_param_count, union_pairs)
 
 REPO = Path(__file__).resolve().parents[3]
 PROJECT_CONFIGS = REPO / "projects" / "lora_detr" / "configs"
@@ -86,7 +88,28 @@ def test_zero_b_branch_equals_main_ffn_exactly_and_follows_eq_3_4():
     torch.testing.assert_close(branch.feed_forward(query, None, block), expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(branch.feed_forward(query, None, block), block(query))
     with pytest.raises(ValueError, match="init"):
-        LoRAFFNBranch(D_MODEL, D_FFN, init="xavier")
+        LoRAFFNBranch(D_MODEL, D_FFN, init="kaiming")
+
+
+def test_xavier_init_draws_a_and_b_within_the_xavier_bounds():
+    """init="xavier" (the authors' effective init, papers/README.md): U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
+    on each of A1 (32 x 128), B1 (512 x 32), A2 (32 x 512), B2 (128 x 32); B is not zero."""
+    torch.manual_seed(0)
+    branch = LoRAFFNBranch(D_MODEL, D_FFN, rank=RANK, init="xavier")
+    bounds = {"lora_a1": math.sqrt(6 / 160), "lora_b1": math.sqrt(6 / 544), "lora_a2": math.sqrt(6 / 544),
+              "lora_b2": math.sqrt(6 / 160)}
+    assert bounds["lora_a1"] == pytest.approx(0.193649, abs=1e-6) and bounds["lora_b1"] == pytest.approx(0.105021, abs=1e-6)
+    for name, bound in bounds.items():
+        w = getattr(branch, name)
+        assert w.abs().max() <= bound
+        assert w.abs().max() > 0.99 * bound  # uniform up to the bound (thousands of draws)
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # std of U(-a, a)
+    block, query = FFNBlock(D_MODEL, D_FFN), torch.randn(2, 7, D_MODEL)
+    assert not torch.allclose(branch.feed_forward(query, None, block), block(query))  # B != 0: differs from the main FFN
+    # Through the config: the model keeps the xavier draw (the core's xavier pass does not touch routes).
+    model = build(tiny_cfg(LORA_TINY, "model.routes.init=xavier"))
+    b2 = model.routes["aux2"].branches[1].lora_b2
+    assert 0.99 * bounds["lora_b2"] < b2.abs().max() <= bounds["lora_b2"]
 
 
 def test_zero_b_branches_predict_what_the_main_branch_predicts_in_every_layer():
@@ -144,6 +167,35 @@ def test_naive_ffn_branches_leave_the_last_base_ffn_without_auxiliary_gradient()
     assert model.transformer.decoder.layers[0].ffn.ffn.linear1.weight.grad.abs().sum() > 0  # via layer 1's input
 
 
+def box_head_grad(loss, head):
+    grads = torch.autograd.grad(loss, list(head.parameters()), allow_unused=True, retain_graph=True)
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+
+def test_branch_box_losses_reach_no_earlier_box_head_with_a_detached_reference():
+    """The authors' code refines the o2m branches' boxes from the primary route's DETACHED reference
+    (papers/README.md; ``routes.detach_reference``, default True): a branch's layer-1 box loss reaches
+    box_heads[1] only, while the primary layer-1 loss reaches box_heads[0] through look-forward-twice
+    (and so does a branch's without the option). The loss values do not depend on the option."""
+    assert tiny_cfg().model.routes.detach_reference is True
+    values = {}
+    for detach in (True, False):
+        model = build(tiny_cfg(LORA_TINY, f"model.routes.detach_reference={detach}")).train()
+        assert model.transformer.decoder.look_forward_twice
+        assert all(route.detach_reference == detach for route in model.routes.values())
+        losses = model(synthetic_batch())
+        heads = model.transformer.decoder.box_heads
+        assert box_head_grad(losses["loss_bbox"] + losses["loss_giou"], heads[0]) > 0  # primary, layer 1 (the last)
+        for name in model.routes:
+            branch_box = losses[f"{name}/loss_bbox_1"] + losses[f"{name}/loss_giou_1"]
+            assert box_head_grad(branch_box, heads[1]) > 0
+            reached = box_head_grad(branch_box, heads[0])
+            assert reached == 0 if detach else reached > 0, (detach, name, reached)
+        values[detach] = {k: v.detach() for k, v in losses.items()}
+    for k in values[True]:
+        torch.testing.assert_close(values[True][k], values[False][k], rtol=0, atol=0)
+
+
 # --- Eq. 7: assignment per branch -----------------------------------------------------------------
 def random_predictions(num_queries=40, num_classes=3, seed=0):
     """Queries jittered around the GTs (many candidates above tau) and random logits."""
@@ -189,7 +241,8 @@ def test_each_branch_assigns_at_most_k_positives_per_gt_above_tau(taus, alphas):
 # --- Eq. 8: VFL+ through the criteria -------------------------------------------------------------
 def test_vfl_plus_equals_a_hand_computation_for_both_branches():
     """One image, 2 queries x 2 classes, one GT of class 1 at (0.5, 0.5, 0.4, 0.4). Query 0 has the
-    box (0.5, 0.5, 0.4, 0.2) (IoU 0.5), query 1 a far box (IoU 0)."""
+    box (0.5, 0.5, 0.4, 0.2) (IoU 0.5), query 1 a far box (IoU 0). Every VFL+ term is x 0.25 before the
+    sum / GT count, as in the authors' code (papers/README.md), in both branches; vfl_scale=1 is Eq. 8."""
     logits = torch.tensor([[[0.2, 1.0], [-1.0, 0.5]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.2], [0.2, 0.2, 0.1, 0.1]]])
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
@@ -207,18 +260,84 @@ def test_vfl_plus_equals_a_hand_computation_for_both_branches():
     terms, indices = aux(logits, boxes, targets, num_boxes=1.0)
     assert [(q.tolist(), g.tolist()) for q, g in indices] == [([0], [0])]
     s = 0.3 * sig(1.0) + 0.7 * 0.5
-    assert terms["loss_class"].item() == pytest.approx(2.0 * (positive(1.0, s) + negatives), rel=1e-5)
-    # Primary branch (the LoRA-DETR config's criterion): Hungarian, s = IoU, class weight 1.
+    assert s == pytest.approx(0.569318, abs=1e-6)
+    assert terms["loss_class"].item() == pytest.approx(2.0 * 0.25 * (positive(1.0, s) + negatives), rel=1e-5)
+    assert terms["loss_class"].item() == pytest.approx(0.795703, abs=1e-5)  # the same, evaluated
+    eq8 = build_lora_routes(1, 16, 32, ks=[6], vfl_scale=1.0)["aux0"].criterion
+    assert eq8(logits, boxes, targets, num_boxes=1.0)[0]["loss_class"].item() == pytest.approx(4 * 0.795703, abs=4e-5)
+    # Primary branch (the LoRA-DETR config's criterion): Hungarian, s = IoU, class weight 1; the box
+    # losses are not scaled (L1 |0.2 - 0.4| x 5 = 1.0).
     primary = instantiate(tiny_cfg().model.criterion)
     terms, indices = primary(logits, boxes, targets, num_boxes=1.0)
     assert [(q.tolist(), g.tolist()) for q, g in indices] == [([0], [0])]
-    assert terms["loss_class"].item() == pytest.approx(1.0 * (positive(1.0, 0.5) + negatives), rel=1e-5)
+    assert terms["loss_class"].item() == pytest.approx(1.0 * 0.25 * (positive(1.0, 0.5) + negatives), rel=1e-5)
+    assert terms["loss_class"].item() == pytest.approx(0.415181, abs=1e-5)
+    assert terms["loss_bbox"].item() == pytest.approx(1.0, rel=1e-6)
     # Focal loss stays selectable: alpha 0.25, gamma 2.
     focal = build_lora_routes(1, 16, 32, ks=[6], class_loss="focal")["aux0"].criterion
     terms, _ = focal(logits, boxes, targets, num_boxes=1.0)
     fl_pos = 0.25 * (1 - sig(1.0)) ** 2 * -math.log(sig(1.0))
     fl_neg = sum(0.75 * sig(x) ** 2 * -math.log(1 - sig(x)) for x in (0.2, -1.0, 0.5))
     assert terms["loss_class"].item() == pytest.approx(2.0 * (fl_pos + fl_neg), rel=1e-5)
+
+
+# --- the 900-query recipe: o2o positives merged into each branch's --------------------------------
+def pairs_of(indices):
+    return [list(zip(q.tolist(), g.tolist())) for q, g in indices]
+
+
+def test_o2o_positives_are_merged_into_the_branch_positives_once():
+    """Two images, 5 queries x 3 classes, all logits 0 (p = 0.5, so M = 0.15 + 0.7 IoU).
+    Image 0: GT0 (0.3, 0.3, 0.2, 0.2) class 0, GT1 (0.7, 0.7, 0.2, 0.2) class 1; q0 = GT0, q1 = GT0
+    shifted by 0.02 (IoU 0.818, M 0.72), q2 = GT1, q3 and q4 far. Image 1: GT0 (0.5, 0.5, 0.4, 0.4)
+    class 2; q1 = GT0, the others far. One-to-many (k 6, tau 0.4): {(0,0), (1,0), (2,1)} and {(1,0)}.
+    The layer's one-to-one pairs (hand-made): {(0,0), (3,1)} and {(4,0)}: (0,0) is already there."""
+    far = [0.1, 0.9, 0.1, 0.1]
+    boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.32, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], far, [0.9, 0.1, 0.1, 0.1]],
+                          [far, [0.5, 0.5, 0.4, 0.4], far, far, [0.1, 0.1, 0.1, 0.1]]])
+    logits = torch.zeros(2, 5, 3)
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    o2o = [(torch.tensor([0, 3]), torch.tensor([0, 1])), (torch.tensor([4]), torch.tensor([0]))]
+    matcher = OneToManyMatcher(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=1.0)
+    assert pairs_of(matcher(logits, boxes, targets)) == [[(0, 0), (1, 0), (2, 1)], [(1, 0)]]
+    weights = {"class": 2.0, "bbox": 5.0, "giou": 2.0}
+    merged = O2OMergedCriterion(matcher, weights, class_loss="vfl_plus", quality="matching_score", vfl_scale=0.25)
+    context = LossContext(layer=0, name="aux0", matching={"primary": [o2o]})
+    terms, indices = merged(logits, boxes, targets, num_boxes=3.0, context=context)
+    assert pairs_of(indices) == [[(0, 0), (1, 0), (2, 1), (3, 1)], [(1, 0), (4, 0)]]
+    # L1 of the merged pairs: q1 0.02, q3 vs GT1 0.6 + 0.2 + 0.1 + 0.1, image 1's q4 0.4 + 0.4 + 0.3 + 0.3.
+    assert terms["loss_bbox"].item() == pytest.approx(5.0 * (0.02 + 1.0 + 1.4) / 3, rel=1e-5)
+    # At p = 0.5 a positive's BCE is log 2 whatever s, a negative's 0.5^1.5 log 2: 6 positives, 24 negatives.
+    assert terms["loss_class"].item() == pytest.approx(2.0 * 0.25 * (6 + 24 * 0.5 ** 1.5) * math.log(2) / 3, rel=1e-5)
+    # The union itself: no (query, gt) pair twice; a query may get a second GT (both regressed).
+    union, added = union_pairs([(torch.tensor([1, 4]), torch.tensor([0, 0]))], [(torch.tensor([1, 2, 4]), torch.tensor([1, 0, 0]))])
+    assert pairs_of(union) == [[(1, 0), (1, 1), (2, 0), (4, 0)]] and pairs_of(added) == [[(1, 1), (2, 0)]]
+    # Given pairs are used as they are; without the layer's one-to-one pairs it refuses.
+    assert pairs_of(merged(logits, boxes, targets, 3.0, indices=o2o, context=context)[1]) == pairs_of(o2o)
+    with pytest.raises(ValueError, match="primary"):
+        merged(logits, boxes, targets, num_boxes=3.0)
+
+
+def test_the_plusplus_config_merges_each_layers_o2o_pairs_into_every_branch():
+    """Through the model: with ``routes.merge_o2o_positives`` each branch's pairs in layer i are exactly its
+    one-to-many pairs (the same model without the option) united with the primary pairs of layer i."""
+    assert LazyConfig.load(str(PROJECT_CONFIGS / "lora_deformable_detr_plusplus_r50_12ep.py")).model.routes.merge_o2o_positives
+    assert not tiny_cfg().model.routes.merge_o2o_positives
+    matching = {}
+    for merge in (False, True):
+        model = build(tiny_cfg(LORA_TINY, f"model.routes.merge_o2o_positives={merge}")).train()
+        assert all(isinstance(route.criterion, O2OMergedCriterion) == merge for route in model.routes.values())
+        matching[merge] = model.training_losses(synthetic_batch())[1]
+    added = 0
+    for name in model.routes:
+        for layer in range(NUM_LAYERS):
+            primary = matching[True]["primary"][layer]
+            assert pairs_of(primary) == pairs_of(matching[False]["primary"][layer])
+            union, extra = union_pairs(matching[False][name][layer], primary)
+            assert pairs_of(matching[True][name][layer]) == pairs_of(union)
+            added += sum(len(q) for q, _ in extra)
+    assert added > 0  # some one-to-one pair was no one-to-many positive: the merge added it
 
 
 # --- parameters (Tables 1, 2, 6) ----------------------------------------------------------------
