@@ -326,7 +326,8 @@ def test_the_plusplus_config_merges_each_layers_o2o_pairs_into_every_branch():
     assert not tiny_cfg().model.routes.merge_o2o_positives
     matching = {}
     for merge in (False, True):
-        model = build(tiny_cfg(LORA_TINY, f"model.routes.merge_o2o_positives={merge}")).train()
+        # init "normal": the branches predict other boxes than the primary queries, so their pairs differ.
+        model = build(tiny_cfg(LORA_TINY, f"model.routes.merge_o2o_positives={merge}", "model.routes.init=normal")).train()
         assert all(isinstance(route.criterion, O2OMergedCriterion) == merge for route in model.routes.values())
         matching[merge] = model.training_losses(synthetic_batch())[1]
     added = 0
@@ -450,29 +451,57 @@ EXPECTED_ROUTES = {  # file stem: (ks, rank, naive)
 FULLY_INSTANTIATED = {"lora_deformable_detr_r50_12ep", "lora_deformable_detr_plusplus_r50_12ep", "aux_nms_eval"}
 
 
+SHAPES = {"lora_detr_shapes_tiny", "lora_detr_shapes_tiny_vfl_plus_baseline"}
+# The authors' LR factors (papers/README.md): "sampling offsets train at the full LR (only the box head
+# is x0.1)"; the COCO backbone stays at x0.1, the shapes backbone trains from scratch at the full LR.
+COCO_LR_FACTORS, SHAPES_LR_FACTORS = {"backbone": 0.1, "box_heads": 0.1}, {"box_heads": 0.1}
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: Path(p).stem)
 def test_config_loads_and_instantiates(path):
     stem = Path(path).stem
     cfg = LazyConfig.load(path)
     assert set(cfg) == {"dataloader", "lr_multiplier", "model", "optimizer", "train"}
-    assert cfg.optimizer.lr_factors.box_heads == 0.1 and cfg.train.clip_grad_norm == 0.1
+    assert dict(cfg.optimizer.lr_factors) == (SHAPES_LR_FACTORS if stem in SHAPES else COCO_LR_FACTORS)
+    assert cfg.train.clip_grad_norm == 0.1
+    assert cfg.train.output_dir.endswith(stem)
+    criterion = instantiate(cfg.model.criterion)
+    assert criterion.class_loss == ("focal" if stem == "focal" else "vfl_plus") and criterion.quality == "iou"
+    assert criterion.vfl_scale == 0.25  # the authors' VFL+ x 0.25 (unused by the focal ablation)
+    if stem == "lora_detr_shapes_tiny_vfl_plus_baseline":  # N_aux = 0: the LoRA config without its branches
+        assert cfg.model.routes is None and not build(tiny_cfg(path)).routes
+        return
     ks, rank, naive = EXPECTED_ROUTES[stem]
     assert (list(cfg.model.routes.ks), cfg.model.routes.rank, cfg.model.routes.naive) == (ks, rank, naive)
-    assert cfg.train.output_dir.endswith(stem)
+    assert cfg.model.routes.vfl_scale == 0.25 and cfg.model.routes.detach_reference is True
+    assert cfg.model.routes.merge_o2o_positives == (stem == "lora_deformable_detr_plusplus_r50_12ep")
     routes = instantiate(cfg.model.routes)
     assert len(routes) == len(ks)
     branch_type = OwnFFNBranch if naive else LoRAFFNBranch
     assert all(isinstance(b, branch_type) for route in routes.values() for b in route.branches)
-    criterion = instantiate(cfg.model.criterion)
-    assert criterion.class_loss == ("focal" if stem == "focal" else "vfl_plus") and criterion.quality == "iou"
+    assert all(route.detach_reference and route.criterion.vfl_scale == 0.25 for route in routes.values())
     if stem in FULLY_INSTANTIATED:
         model = instantiate(cfg.model)
         assert isinstance(model, DeformableDETR) and model.eval_route == cfg.model.get("eval_route")
+        cfg.optimizer.model = model
+        assert_lr_factors(model, instantiate(cfg.optimizer), cfg.optimizer.lr, backbone=0.1)
     if stem == "lora_detr_shapes_tiny":
         cfg = tiny_cfg()
         cfg.optimizer.model = model = instantiate(cfg.model)
-        groups = {name: g["lr"] for g in instantiate(cfg.optimizer).param_groups for name in g["names"]}
-        assert groups["transformer.decoder.box_heads.0.layers.0.weight"] == pytest.approx(0.1 * cfg.optimizer.lr)
-        assert groups["routes.aux0.branches.0.lora_a1"] == pytest.approx(cfg.optimizer.lr)
-        assert sum(p.numel() for p in model.parameters()) == sum(
-            p.numel() for name in groups for p in [model.get_parameter(name)])
+        assert_lr_factors(model, instantiate(cfg.optimizer), cfg.optimizer.lr, backbone=1.0)
+
+
+def assert_lr_factors(model, optimizer, lr, backbone):
+    """Box heads at x0.1, sampling offsets and LoRA at the full LR, the (trained) backbone at ``backbone``;
+    every trainable parameter in one group."""
+    groups = {name: g["lr"] for g in optimizer.param_groups for name in g["names"]}
+    assert groups.keys() == {name for name, p in model.named_parameters() if p.requires_grad}
+    factors = {name: value / lr for name, value in groups.items()}
+    offsets = [name for name in factors if "sampling_offsets" in name]
+    assert offsets and all(factors[name] == pytest.approx(1.0) for name in offsets)
+    assert factors["transformer.decoder.box_heads.0.layers.0.weight"] == pytest.approx(0.1)
+    assert factors["routes.aux0.branches.0.lora_a1"] == pytest.approx(1.0)
+    trained_backbone = [name for name in factors if name.startswith("backbone.")]
+    assert trained_backbone and all(factors[name] == pytest.approx(backbone) for name in trained_backbone)
+    others = [name for name in factors if "box_heads" not in name and not name.startswith("backbone.")]
+    assert all(factors[name] == pytest.approx(1.0) for name in others)
