@@ -1,7 +1,7 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +178,9 @@ class DeformableDETR(nn.Module):
         if self.training:
             return self.training_losses(batched_inputs)[0]
         images, state, selection = self.encode_and_select(batched_inputs)
-        out = self.transformer.decode(selection.queries, state, routes=self.decoder_routes())
+        routes = self.decoder_routes()
+        starts = {name: s.queries for name, s in self.route_selections(state, routes or {}).items()}
+        out = self.transformer.decode(selection.queries, state, routes=routes, route_queries=starts)
         final = self.inference_predictions(out)
         return self.inference(final.logits, final.boxes, images.image_sizes, batched_inputs)
 
@@ -208,11 +210,15 @@ class DeformableDETR(nn.Module):
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
                               self.num_boxes(targets, self.device), self.transformer)
         groups = self.make_query_groups(batch)
-        batch.route_selections = {name: route.query_selection(self.transformer, state) for name, route in self.routes.items()
-                                  if getattr(route, "query_selection", None) is not None}
+        batch.route_selections = self.route_selections(state, self.routes)
         route_queries = {name: s.queries for name, s in batch.route_selections.items()}
         out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups, route_queries=route_queries)
         return self.losses(out, batch, groups)
+
+    def route_selections(self, state: EncoderState, routes: Mapping[str, nn.Module]) -> Dict[str, QuerySelection]:
+        """The own query selection of every route in ``routes`` that has one (``TrainingRoute.query_selection``)."""
+        return {name: route.query_selection(self.transformer, state) for name, route in routes.items()
+                if getattr(route, "query_selection", None) is not None}
 
     def make_query_groups(self, batch: TrainingBatch) -> Dict[str, QueryGroup]:
         """Every source's group(s) for the batch: a source returns a ``QueryGroup``, None, or a dict of

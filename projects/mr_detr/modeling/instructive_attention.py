@@ -26,8 +26,10 @@ class InstructiveSelfAttentionBranch(LayerBranch):
 
     def __init__(self, d_model: int = 256, num_tokens: int = 10, num_unprompted_queries: int = 0):
         super().__init__()
-        self.token_content = nn.Parameter(torch.empty(num_tokens, d_model).normal_())
-        self.token_pos = nn.Parameter(torch.empty(num_tokens, d_model).normal_())
+        # Xavier-uniform like every other matrix (the authors' code re-initialises every parameter with
+        # more than one dimension so): small tokens, not N(0, 1) ones that would dominate the keys.
+        self.token_content = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_tokens, d_model)))
+        self.token_pos = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_tokens, d_model)))
         self.norm = nn.LayerNorm(d_model)
         self.num_unprompted_queries = num_unprompted_queries
 

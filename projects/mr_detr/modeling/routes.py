@@ -10,7 +10,7 @@ papers/README.md, Mr. DETR facts).
 """
 from typing import Dict, Optional, Sequence
 
-from detr_plus.modeling import LayerBranch, OneToManyMatcher, OwnFFNBranch, SetCriterion, TrainingRoute
+from detr_plus.modeling import LayerBranch, OneToManyMatcher, OwnFFNBranch, RouteQuerySelection, SetCriterion, TrainingRoute
 
 from .instructive_attention import InstructiveSelfAttentionBranch
 
@@ -20,7 +20,8 @@ ROUTE_NAMES = ("route1", "route3", "share_all")
 def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
                          num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
-                         own_streams: bool = True, loss_scale: float = 1.0) -> Dict[str, TrainingRoute]:
+                         own_streams: bool = True, loss_scale: float = 1.0,
+                         route3_proposal_classes: Optional[int] = None) -> Dict[str, TrainingRoute]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
@@ -34,6 +35,12 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
     object queries and subsequent network layers"). ``False`` branches every layer from the primary
     route's state instead (kept as an ablation). ``loss_scale`` multiplies every route's losses
     (1 in the paper: the same weights on every route).
+
+    ``route3_proposal_classes`` (two-stage models): Route-3 gets its own query selection
+    (``RouteQuerySelection`` with that many proposal classes, 1 for a class-agnostic proposal head):
+    its own encoder heads, top-k proposals, reference boxes and positions, and its own encoder loss;
+    the content queries stay shared (papers/README.md: "Route-3 has its OWN query selection").
+    None: Route-3 starts from the primary queries.
     """
     unknown = [name for name in routes if name not in ROUTE_NAMES]
     if unknown or len(set(routes)) != len(routes):
@@ -46,5 +53,14 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
         "share_all": LayerBranch,
     }
-    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams)
+    if route3_proposal_classes is not None and not own_streams:
+        raise ValueError("Route-3's own query selection starts its own stream: needs own_streams=True")
+
+    def selection_of(name):
+        if name != "route3" or route3_proposal_classes is None:
+            return None
+        return RouteQuerySelection(d_model, route3_proposal_classes)
+
+    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams,
+                                query_selection=selection_of(name))
             for name in routes}

@@ -62,10 +62,11 @@ def images(with_instances=True):
 
 def decode_all_routes(model, batch, routes=None):
     """The decoder output with every route of ``routes`` (default: the model's) run."""
-    images_, masks = model.preprocess_images(batch)
-    features, level_masks, pos = model.extract_features(images_, masks)
+    routes = model.routes if routes is None else routes
     with torch.no_grad():
-        return model.transformer(features, level_masks, pos, routes=model.routes if routes is None else routes)[0]
+        _, state, selection = model.encode_and_select(batch)
+        starts = {name: s.queries for name, s in model.route_selections(state, routes).items()}
+        return model.transformer.decode(selection.queries, state, routes=routes, route_queries=starts)
 
 
 def with_moving_boxes(model):
@@ -92,6 +93,7 @@ def train_losses(model):
 def test_training_step_has_every_route_loss_on_every_layer(model, train_losses):
     expected = {f"loss_{t}{s}" for t in ("class", "bbox", "giou") for s in ["", "_enc"] + [f"_{i}" for i in range(NUM_LAYERS - 1)]}
     expected |= {f"{r}/loss_{t}_{i}" for r in ("route1", "route3") for t in ("class", "bbox", "giou") for i in range(NUM_LAYERS)}
+    expected |= {f"route3/loss_{t}_enc" for t in ("class", "bbox", "giou")}  # Route-3's own selection; Route-1 has none
     assert set(train_losses) == expected
     assert all(torch.isfinite(v) and v > 0 for v in train_losses.values())
     assert model.enc_loss_weight == 3.0 and type(model) is DeformableDETR
@@ -113,9 +115,12 @@ def test_route_gradients(model, train_losses):
         got[group] = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
     route1 = {n for n in names if n.startswith("routes.route1.")}
     route3 = {n for n in names if n.startswith("routes.route3.")}
-    assert len(route1) == 4 * NUM_LAYERS and len(route3) == 4 * NUM_LAYERS  # linear1/2 w+b; tokens x2 + norm w+b
+    # linear1/2 w+b; tokens x2 + norm w+b, and Route-3's proposal heads (class w+b, 3-layer box MLP w+b)
+    assert len(route1) == 4 * NUM_LAYERS and len(route3) == 4 * NUM_LAYERS + 8
     assert route1 <= got["route1"] and not route1 & (got["primary"] | got["route3"])
-    assert route3 <= got["route3"] and not route3 & (got["primary"] | got["route1"])
+    # (the proposal box head's last layer starts at zero, so its first layers get no gradient yet)
+    behind_zero_init = {n for n in route3 if ".box_head.layers.0." in n or ".box_head.layers.1." in n}
+    assert route3 - behind_zero_init <= got["route3"] and not route3 & (got["primary"] | got["route1"])
     shared = {"neck.convs.0.0.weight"}
     for i in range(NUM_LAYERS):
         layer = f"transformer.decoder.layers.{i}."
@@ -134,16 +139,43 @@ def test_route_gradients(model, train_losses):
 def test_routes_carry_their_own_query_stream(own_streams):
     """Default: a route's layer input is its own previous output and refined boxes (all routes start
     from the shared queries and boxes); the ablation ``own_streams=False`` branches from the primary state."""
-    model = with_moving_boxes(build(f"model.routes.own_streams={own_streams}").eval())
+    own_selection = [] if own_streams else ["model.routes.route3_proposal_classes=null"]
+    model = with_moving_boxes(build(f"model.routes.own_streams={own_streams}", *own_selection).eval())
     out = decode_all_routes(model, images(with_instances=False))
     primary = out.layers
     for name in ("route1", "route3"):
         route = out.routes[name]
-        assert torch.equal(route[0].reference, primary[0].reference)  # the shared start
+        if name == "route1" or not own_streams:  # Route-3 has its own start (next test)
+            assert torch.equal(route[0].reference, primary[0].reference)  # the shared start
         expected = route[0].boxes if own_streams else primary[0].boxes
         other = primary[0].boxes if own_streams else route[0].boxes
         torch.testing.assert_close(route[1].reference, expected, rtol=0, atol=0)
         assert (route[1].reference - other).abs().max() > 1e-4
+
+
+def test_route3_starts_from_its_own_query_selection():
+    """Route-3's first layer reads its own top-k proposals (its own heads: other boxes, hence other
+    positions) with the shared learned content queries; Route-1 reads the primary selection. The
+    instruction tokens are Xavier-uniform like the other matrices (|x| <= sqrt(6 / (T + d)))."""
+    model = build().eval()
+    route3 = model.routes["route3"]
+    with torch.no_grad():  # proposal heads unlike the primary ones
+        route3.query_selection.class_head.weight.normal_(0, 0.5)
+    batch = images(with_instances=False)
+    with torch.no_grad():
+        _, state, primary = model.encode_and_select(batch)
+        own = route3.query_selection(model.transformer, state)
+    assert not torch.equal(own.topk_indices, primary.topk_indices)
+    torch.testing.assert_close(own.queries.content, primary.queries.content, rtol=0, atol=0)
+    assert not torch.allclose(own.queries.position, primary.queries.position)
+    out = decode_all_routes(model, batch)
+    torch.testing.assert_close(out.routes["route3"][0].reference, own.queries.reference, rtol=0, atol=0)
+    torch.testing.assert_close(out.routes["route1"][0].reference, primary.queries.reference, rtol=0, atol=0)
+    d_model = model.transformer.decoder.d_model
+    bound = (6 / (NUM_TOKENS + d_model)) ** 0.5
+    for branch in route3.branches:
+        for tokens in (branch.token_content, branch.token_pos):
+            assert tokens.abs().max() <= bound and tokens.std() > bound / 3  # uniform on [-bound, bound]
 
 
 def test_routes_together_predict_what_each_predicts_alone():
@@ -311,10 +343,36 @@ def test_attention_map_tool(model, tmp_path):
     route3 = decode_all_routes(model, batch, {"route3": model.routes.route3}).routes["route3"]
     decoder = model.transformer.decoder
     with torch.no_grad():
-        # The ++ model's positions are static: the selected proposals' positional part at every layer.
-        _, _, selection = model.encode_and_select(batch)
-        query_pos = selection.queries.position
+        # The ++ model's positions are static: Route-3's own selected proposals' positional part at every layer.
+        _, state, _ = model.encode_and_select(batch)
+        query_pos = model.routes.route3.query_selection(model.transformer, state).queries.position
         context = QueryContext(query_pos=query_pos, reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
         expected = model.routes.route3.branches[1].attend(route3[0].hidden, context, decoder.layers[1].self_attn, need_weights=True)[1]
     torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)
     assert "self_attention" not in vars(model.routes.route3.branches[1]) and model.eval_route is None  # restored
+
+
+def test_coco_config_has_the_authors_recipe():
+    """papers/README.md, Mr. DETR's Deformable-DETR++ 12 ep: AdamW lr 1e-4 with only the backbone at
+    x0.1 (sampling offsets at the full LR), weight decay 1e-4, clip 0.1, LR drop at epoch 11 of 12
+    (7500 iterations each at batch 16), no warm-up; encoder losses x3 matched on the anchors without
+    a class cost; Route-3 with its own class-agnostic selection."""
+    cfg = LazyConfig.load(str(CONFIGS / "mr_deformable_detr_plusplus_r50_12ep.py"))
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, dict(cfg.optimizer.lr_factors)) == (1e-4, 1e-4, {"backbone": 0.1})
+    assert cfg.train.clip_grad_norm == 0.1 and cfg.dataloader.train.total_batch_size == 16
+    assert cfg.lr_multiplier.warmup_length == 0.0
+    scheduler = cfg.lr_multiplier.scheduler
+    assert (scheduler.num_updates, list(scheduler.milestones), list(scheduler["values"])) == (90000, [82500], [1.0, 0.1])
+    assert (cfg.model.enc_loss_weight, cfg.model.enc_anchor_matcher.cost_class) == (3.0, 0.0)
+    assert (cfg.model.enc_anchor_matcher.cost_bbox, cfg.model.enc_anchor_matcher.cost_giou) == (5.0, 2.0)
+    assert cfg.model.routes.route3_proposal_classes == 1 and cfg.model.transformer.enc_class_agnostic
+    model = build(config=CONFIGS / "mr_deformable_detr_plusplus_r50_12ep.py")
+    cfg.optimizer.model = model
+    lrs = {}
+    for group in instantiate(cfg.optimizer).param_groups:
+        for p in group["params"]:
+            lrs[id(p)] = group["lr"]
+    by_name = {n: lrs[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    assert {lr for n, lr in by_name.items() if n.startswith("backbone.")} == {1e-5}
+    assert {lr for n, lr in by_name.items() if not n.startswith("backbone.")} == {1e-4}
+    assert any("sampling_offsets" in n for n in by_name)

@@ -2,11 +2,12 @@
 (import it under a name starting with "_", which LazyConfig does not keep as a config key).
 
 Default: Route-1 + Route-3 next to the primary Route-2 (project page route ablation, last row),
-10 instruction tokens per decoder layer, o2m matcher and loss weights of papers/README.md.
+10 instruction tokens per decoder layer, Route-3's own query selection, o2m matcher, loss weights
+and encoder losses of papers/README.md (facts from the authors' code).
 """
 from detectron2.config import LazyCall as L
 
-from detr_plus.modeling import OneToManyMatcher, SetCriterion
+from detr_plus.modeling import HungarianMatcher, OneToManyMatcher, SetCriterion
 from projects.mr_detr.modeling import build_mr_detr_routes
 
 mr_detr = dict(
@@ -20,15 +21,23 @@ mr_detr = dict(
         num_unprompted_queries=0,  # no mask between instruction tokens and object queries
         own_streams=True,  # each route carries its own queries and boxes through all decoder layers
         loss_scale=1.0,  # every route's losses x this (the paper: same weights on every route)
+        # Route-3's own top-k selection (its own class-agnostic proposal head: 1 class, as the ++
+        # model's); None starts Route-3 from the primary queries (our reading before issue #11).
+        route3_proposal_classes=1,
         criterion=L(SetCriterion)(
-            # quality = 0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, cap 0.25 x Q
+            # quality = 0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, cap 0.25 x Q.
+            # The authors' exact rules: selection="dynamic_k", max_positives=225 (seeded, random).
             matcher=L(OneToManyMatcher)(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25),
             loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},  # every layer of every route
             class_loss="focal",
         ),
     ),
-    # papers/README.md "encoder (two-stage) losses x3": read as the (Hungarian) encoder loss x3.
+    # papers/README.md: "Encoder losses: two, one for the primary selection and one for Route-3's
+    # selection, each weighted x3 ... class-agnostic, computed over all encoder tokens, matched to the
+    # GT by Hungarian matching on the anchors with no class cost" (the ++ model's encoder loss is
+    # already class-agnostic over all tokens). enc_anchor_matcher=None matches on the predictions.
     enc_loss_weight=3.0,
+    enc_anchor_matcher=L(HungarianMatcher)(cost_class=0.0, cost_bbox=5.0, cost_giou=2.0),
     # Evaluation of an auxiliary route (project page ablation, "o2m" / "w/ NMS" columns), off by
     # default: inference runs the primary route only. E.g. model.eval_route=route1
     # model.eval_nms_threshold=0.7 evaluates Route-1's last-layer predictions after class-wise NMS.
