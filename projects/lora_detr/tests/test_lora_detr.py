@@ -468,6 +468,10 @@ def test_config_loads_and_instantiates(path):
     criterion = instantiate(cfg.model.criterion)
     assert criterion.class_loss == ("focal" if stem == "focal" else "vfl_plus") and criterion.quality == "iou"
     assert criterion.vfl_scale == 0.25  # the authors' VFL+ x 0.25 (unused by the focal ablation)
+    # "The encoder loss is focal 2/5/2 with the encoder-proposal matching of MS-DETR"
+    enc = instantiate(cfg.model.enc_criterion)
+    assert (enc.class_loss, enc.loss_weights) == ("focal", {"class": 2.0, "bbox": 5.0, "giou": 2.0})
+    assert (enc.matcher.cost_class, enc.matcher.cost_bbox, enc.matcher.cost_giou) == (2.0, 5.0, 2.0)
     if stem == "lora_detr_shapes_tiny_vfl_plus_baseline":  # N_aux = 0: the LoRA config without its branches
         assert cfg.model.routes is None and not build(tiny_cfg(path)).routes
         return

@@ -7,7 +7,7 @@ weights 1 / 5 / 2) and on every branch (s = M, weights 2 / 5 / 2, averaged over 
 From the authors' public code (papers/README.md, "More facts ... LoRA-DETR"): every VFL+ term x 0.25
 (``vfl_scale``), the branches refine their boxes from the primary route's detached reference
 (``routes.detach_reference``); the 900-query config also merges the one-to-one positives into each
-branch's (``routes.merge_o2o_positives``).
+branch's (``routes.merge_o2o_positives``); the encoder loss is focal 2 / 5 / 2 (``enc_criterion``).
 """
 from detectron2.config import LazyCall as L
 
@@ -23,6 +23,13 @@ lora_detr = dict(
         quality="iou",
         vfl_gamma=1.5,
         vfl_scale=0.25,  # the authors' code: VFL+ terms x 0.25 before the sum / GT count (1.0: Eq. 8 as printed)
+    ),
+    # papers/README.md: "The encoder loss is focal 2/5/2 with the encoder-proposal matching of MS-DETR"
+    # (Hungarian on the encoder's predictions with the baseline's costs), not the primary VFL+ loss.
+    enc_criterion=L(SetCriterion)(
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
+        class_loss="focal",
     ),
     routes=L(build_lora_routes)(
         num_layers="${..transformer.decoder.num_layers}",
