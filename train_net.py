@@ -15,6 +15,9 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from detr_plus.data import check_dataset_available
+from detr_plus.data.loader import ReportingTestLoader
+from detr_plus.data.custom import register_config_datasets
+from detr_plus.engine.checkpoint import check_checkpoint_matches
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.engine.hooks import EMAHook, resolve_stop_update_iter, unwrap
@@ -39,7 +42,7 @@ def do_test(cfg, model, ema=None):
         return {}
     evaluator = build_evaluator(cfg)
     evaluated = ema.module if ema is not None and cfg.train.ema.get("eval_with_ema", False) else unwrap(model)
-    results = inference_on_dataset(evaluated, instantiate(cfg.dataloader.test), evaluator)
+    results = inference_on_dataset(evaluated, ReportingTestLoader(instantiate(cfg.dataloader.test)), evaluator)
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -122,7 +125,7 @@ def report(cfg, model, results):
         name = cfg.dataloader.evaluator.dataset_name
         mapper = instantiate(cfg.dataloader.test.mapper)
         png = draw_detections(unwrap(model), DatasetCatalog.get(name), mapper, MetadataCatalog.get(name), os.path.join(out, "detections.png"))
-        lines.append(f"  detections on {name}: {png}")
+        lines.append(f"  detections on {name}: {png or 'none drawn (no readable image)'}")
     if results:
         lines.append(f"  bbox AP: {results.get('bbox', {}).get('AP', float('nan')):.2f}")
     lines.append(f"  checkpoints, metrics.json, TensorBoard events: {out}")
@@ -146,9 +149,12 @@ def checkpoint_ema(cfg, model, checkpoint):
 def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides(cfg, args.opts)
+    register_config_datasets(cfg)  # a config's ``data`` section: your own COCO-format files
     default_setup(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
+        if cfg.train.init_checkpoint and not args.resume:
+            check_checkpoint_matches(model, cfg.train.init_checkpoint)
         # save_dir: --resume evaluates the last checkpoint of train.output_dir (not ./last_checkpoint).
         checkpoint = DetectionCheckpointer(model, cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
         results = do_test(cfg, model, checkpoint_ema(cfg, model, checkpoint))

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import detr_plus  # noqa: F401  (compat shims before detectron2)
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -190,6 +191,8 @@ def _write_coco(tmp_path, annotations, n_images=2):
         "annotations": annotations,
         "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}],
     }
+    for image in data["images"]:
+        Image.new("RGB", (image["width"], image["height"])).save(image_root / image["file_name"])
     jf = tmp_path / "ann.json"
     jf.write_text(json.dumps(data))
     return str(jf), str(image_root)
@@ -204,14 +207,14 @@ def test_degenerate_boxes_dropped(tmp_path, registered):
     jf, root = _write_coco(tmp_path, anns, n_images=2)
     registered.append("t_degenerate")
     D.register_coco_dataset("t_degenerate", jf, root)
-    with capture_log("detr_plus.data.datasets") as recs:
+    with capture_log("detr_plus.data.checks") as recs:
         dicts = DatasetCatalog.get("t_degenerate")
     assert len(dicts) == 2  # image without annotations kept
     assert [a["id"] for a in dicts[0]["annotations"]] == [11]
     assert dicts[0]["annotations"][0]["category_id"] == 1  # contiguous id of category 3
     assert dicts[1]["annotations"] == []
     msg = "\n".join(r.getMessage() for r in recs)
-    assert "Dropped 2 annotation" in msg and "id=10" in msg and "im0.jpg" in msg
+    assert "2 annotation(s) dropped: zero / negative box width or height" in msg and "id=10 " in msg and "im0.jpg" in msg
 
 
 def test_unknown_category_raises(tmp_path, registered):

@@ -14,10 +14,13 @@ dataloader.train = L(ResumableTrainLoader)(
     total_batch_size=16,
     num_workers=4,
     seed=42,
+    max_unreadable_fraction=0.01,  # unreadable images are skipped; more than 1% of the set stops the run
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
-    mapper=L(DetrDatasetMapper)(is_train=False, augmentations=L(build_detr_test_augmentation)(), image_format="RGB"),
+    # an unreadable image is evaluated as a black one (its objects missed) and reported
+    mapper=L(DetrDatasetMapper)(is_train=False, augmentations=L(build_detr_test_augmentation)(), image_format="RGB",
+                                unreadable="blank"),
     num_workers=4,
 )
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", output_dir=None, use_fast_impl=HAS_D2_EXTENSION)

@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from . import shapes
+from .checks import check_image_files, check_unique_image_ids, clean_annotations
 
 __all__ = [
     "register_all",
@@ -111,18 +112,21 @@ def _explain_unknown_category(json_file: str) -> Optional[str]:
 
 
 def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[dict]:
-    """``detectron2.data.datasets.load_coco_json`` plus validation.
+    """``detectron2.data.datasets.load_coco_json`` plus the checks of ``detr_plus.data.checks``.
 
     * missing json / image directory -> ``FileNotFoundError`` with setup instructions;
+    * duplicate image ids -> ``ValueError`` naming the id and both files;
     * an annotation whose ``category_id`` is not among the json's categories -> ``ValueError``
       naming the json file, the image file and the annotation id;
-    * annotations with zero/negative box width or height are dropped (a warning reports the
-      count and the first offender);
+    * non-finite, zero / negative-size and wholly-outside boxes are dropped, partly-outside boxes
+      clipped (one warning per kind: count and first offender);
+    * missing image files -> ``FileNotFoundError`` with how many and the first few;
     * images without annotations are kept (DETR trains on them).
 
     Each annotation keeps its json ``id`` (key ``"id"``).
     """
     _check_files(dataset_name or json_file, json_file, image_root)
+    check_unique_image_ids(json_file)
     try:
         dicts = load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=["id"])
     except KeyError as e:
@@ -130,28 +134,8 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
         if msg is None:
             raise
         raise ValueError(msg) from e
-
-    dropped = 0
-    first = None
-    for record in dicts:
-        annos = record.get("annotations", [])
-        kept = []
-        for obj in annos:
-            bbox = obj.get("bbox")
-            if bbox is not None and len(bbox) == 4 and (bbox[2] <= 0 or bbox[3] <= 0):
-                dropped += 1
-                if first is None:
-                    first = (obj.get("id"), record["file_name"], list(bbox))
-                continue
-            kept.append(obj)
-        if len(kept) != len(annos):
-            record["annotations"] = kept
-    if dropped:
-        logger.warning(
-            "Dropped %d annotation(s) with non-positive box width/height from '%s' "
-            "(first: annotation id=%s in '%s', bbox=%s).",
-            dropped, json_file, first[0], first[1], first[2],
-        )
+    clean_annotations(dicts, json_file)
+    check_image_files(dicts, dataset_name or json_file)
     return dicts
 
 

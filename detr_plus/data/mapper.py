@@ -21,6 +21,8 @@ __all__ = [
     "build_detr_test_augmentation",
     "read_image_checked",
     "DETR_MIN_SIZES",
+    "IMAGE_ERRORS",
+    "UnreadableImageError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,14 +109,27 @@ def build_detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> L
     return [T.ResizeShortestEdge([int(min_size)], max_size=max_size, sample_style="choice")]
 
 
+class UnreadableImageError(RuntimeError):
+    """An image file that exists but cannot be decoded (``file_name`` names it)."""
+
+    def __init__(self, message: str, file_name: str):
+        super().__init__(message)
+        self.file_name = file_name
+
+
+#: What a missing or undecodable image raises: the loader skips it in training, the test mapper blanks it.
+IMAGE_ERRORS = (UnreadableImageError, FileNotFoundError)
+
+
 def read_image_checked(file_name: str, image_format: str = "RGB") -> np.ndarray:
-    """``detectron2.data.detection_utils.read_image`` with errors that name the file."""
+    """``detectron2.data.detection_utils.read_image`` with errors that name the file:
+    ``FileNotFoundError`` or ``UnreadableImageError``."""
     try:
         return utils.read_image(file_name, format=image_format)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Image file not found: {file_name}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise RuntimeError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
+        raise UnreadableImageError(f"Cannot read image {file_name}: {type(e).__name__}: {e}", file_name) from e
 
 
 class DetrDatasetMapper:
@@ -125,9 +140,17 @@ class DetrDatasetMapper:
     training, ``"instances"`` (``gt_boxes``: XYXY absolute boxes in the augmented image,
     ``gt_classes``), with crowd annotations removed and boxes emptied by cropping filtered out.
     Images with no annotations give empty ``Instances``.
+
+    ``unreadable``: what a missing or undecodable image does: "raise" (``IMAGE_ERRORS``; the training
+    loader then skips it) or, in test mode, "blank": a black image of the record's height x width with
+    ``"unreadable"`` set to the error, logged, so evaluation goes on and counts its objects as missed.
     """
 
-    def __init__(self, is_train: bool, augmentations: Sequence[T.Augmentation], image_format: str = "RGB"):
+    def __init__(self, is_train: bool, augmentations: Sequence[T.Augmentation], image_format: str = "RGB",
+                 unreadable: str = "raise"):
+        if unreadable not in ("raise", "blank") or (is_train and unreadable == "blank"):
+            raise ValueError(f"DetrDatasetMapper(unreadable={unreadable!r}): 'raise', or 'blank' in test mode")
+        self.unreadable = unreadable
         self.is_train = bool(is_train)
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
@@ -137,7 +160,14 @@ class DetrDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         file_name = dataset_dict["file_name"]
-        image = read_image_checked(file_name, self.image_format)
+        try:
+            image = read_image_checked(file_name, self.image_format)
+        except IMAGE_ERRORS as e:
+            if self.unreadable == "raise" or "height" not in dataset_dict or "width" not in dataset_dict:
+                raise
+            logger.warning(f"{e}: evaluated as a black image (its objects count as missed)")
+            dataset_dict["unreadable"] = str(e)
+            image = np.zeros((dataset_dict["height"], dataset_dict["width"], 3), dtype=np.uint8)
         utils.check_image_size(dataset_dict, image)  # also fills in missing height/width
 
         aug_input = T.AugInput(image)

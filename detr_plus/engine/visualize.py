@@ -32,23 +32,34 @@ def plot_training_curves(metrics_json, out_png):
 
 
 def draw_detections(model, dataset_dicts, mapper, metadata, out_png, score_threshold=0.3, max_images=4):
-    """Run ``model`` on a few images and tile Detectron2 ``Visualizer`` drawings into one PNG."""
+    """Run ``model`` on the first ``max_images`` readable images and tile Detectron2 ``Visualizer``
+    drawings into one PNG (None when no image could be read)."""
     import torch
     from detectron2.utils.visualizer import Visualizer
-    from PIL import Image
+
+    from ..data.mapper import IMAGE_ERRORS, read_image_checked
 
     tiles = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for record in dataset_dicts[:max_images]:
+        for record in dataset_dicts:
+            if len(tiles) == max_images:
+                break
+            try:
+                image = read_image_checked(record["file_name"], "RGB")
+            except IMAGE_ERRORS:  # reported by the evaluation already
+                continue
             inputs = mapper(dict(record))
             instances = model([inputs])[0]["instances"].to("cpu")
             instances = instances[instances.scores >= score_threshold]
-            image = np.asarray(Image.open(record["file_name"]).convert("RGB"))
             tiles.append(Visualizer(image, metadata, scale=2.0).draw_instance_predictions(instances).get_image())
     model.train(was_training)
+    if not tiles:
+        return None
     height = max(t.shape[0] for t in tiles)
     tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 4), (0, 0)), constant_values=255) for t in tiles]
+    from PIL import Image
+
     Image.fromarray(np.concatenate(tiles, 1)).save(out_png)
     return out_png

@@ -1,0 +1,38 @@
+"""Checks of a checkpoint against the model it is loaded into: Detectron2's checkpointer only warns
+about (and skips) parameters whose shapes differ, which would evaluate a half-random model."""
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+
+CLASS_HEAD_SUFFIX = "class_heads.0.weight"
+
+
+def checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The model weights of a Detectron2 checkpoint file (``{"model": ...}``) or of a bare state dict."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+
+
+def check_checkpoint_matches(model: nn.Module, path: str) -> None:
+    """``ValueError`` naming the parameters of checkpoint ``path`` whose shapes differ from ``model``'s;
+    when the class heads differ, the message leads with both class counts (a checkpoint trained on
+    other classes than the dataset's). A path that is not a local file (a URL) is left to the checkpointer."""
+    if not os.path.isfile(path):
+        return
+    state = checkpoint_state_dict(path)
+    own = model.state_dict()
+    mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                  if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
+    if not mismatched:
+        return
+    lines = [f"  {k}: checkpoint {a}, model {b}" for k, (a, b) in sorted(mismatched.items())]
+    heads = [k for k in mismatched if k.endswith(CLASS_HEAD_SUFFIX)]
+    lead = ""
+    if heads:
+        theirs, ours = mismatched[heads[0]][0][0], mismatched[heads[0]][1][0]
+        lead = (f"the checkpoint predicts {theirs} classes, the model {ours} (model.transformer.num_classes, "
+                f"from data.num_classes / the dataset's categories); ")
+    raise ValueError(f"Checkpoint '{path}' does not match the config: {lead}{len(mismatched)} parameter(s) differ in shape:\n"
+                     + "\n".join(lines))
