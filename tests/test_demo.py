@@ -1,0 +1,119 @@
+"""tools/demo.py (issue #14): detections on your own images as PNG + JSON, equal to the model's own
+``Instances``; unreadable files skipped and reported; any method's checkpoint in its baseline's config;
+a checkpoint that does not match the config named key by key."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from PIL import Image
+
+from conftest import REPO, TINY_CONFIG
+from detr_plus.data.shapes import SHAPES_CLASSES
+from detr_plus.engine.config import apply_overrides
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+MR_CONFIG = str(REPO / "projects" / "mr_detr" / "configs" / "mr_detr_shapes_tiny.py")
+SMALL = ["model.transformer.encoder.num_layers=1", "model.transformer.decoder.num_layers=2", "model.transformer.num_queries=30"]
+_spec = importlib.util.spec_from_file_location("demo", REPO / "tools" / "demo.py")
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+
+def small_model(config, seed=0):
+    torch.manual_seed(seed)
+    model = instantiate(apply_overrides(LazyConfig.load(config), SMALL).model)
+    with torch.no_grad():  # spread the scores (the init gives every class probability 0.01)
+        for head in model.transformer.decoder.class_heads:
+            head.weight.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo_images")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.png": (96, 128), "b.jpg": (120, 90), "c.png": (64, 64)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mr_checkpoint(tmp_path_factory):
+    """A Mr. DETR checkpoint (training routes included) of the small model."""
+    path = tmp_path_factory.mktemp("ckpt") / "mr.pth"
+    model = small_model(MR_CONFIG)
+    torch.save({"model": model.state_dict()}, path)
+    return path, model
+
+
+def run_demo(config, inputs, out, checkpoint, *extra):
+    return demo.main(["--config-file", config, "--input", *map(str, inputs), "--output", str(out), *extra,
+                      *SMALL, f"train.init_checkpoint={checkpoint}"])
+
+
+def test_json_equals_the_models_instances(images, mr_checkpoint, tmp_path):
+    """Boxes (original pixels, XYXY), scores and classes of every detection above the threshold are
+    those of the model's own output for the image, in the same order; the PNG has the image's size."""
+    checkpoint, model = mr_checkpoint
+    cfg = LazyConfig.load(TINY_CONFIG)
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    path = images / "b.jpg"
+    with torch.no_grad():
+        instances = model([mapper({"file_name": str(path), "image_id": 0})])[0]["instances"]
+    threshold = float(instances.scores.median())
+    written, skipped = run_demo(TINY_CONFIG, [path], tmp_path, checkpoint, "--confidence-threshold", str(threshold))
+    assert skipped == [] and written == [str(tmp_path / "b")]
+    result = json.load(open(tmp_path / "b.json"))
+    keep = instances.scores >= threshold
+    assert 0 < keep.sum() < len(instances) and (result["height"], result["width"]) == (120, 90)
+    found = result["detections"]
+    torch.testing.assert_close(torch.tensor([d["box_xyxy"] for d in found]), instances.pred_boxes.tensor[keep])
+    torch.testing.assert_close(torch.tensor([d["score"] for d in found]), instances.scores[keep])
+    assert [d["class_id"] for d in found] == instances.pred_classes[keep].tolist()
+    assert [d["class_name"] for d in found] == [SHAPES_CLASSES[c] for c in instances.pred_classes[keep].tolist()]
+    assert Image.open(tmp_path / "b.png").size == (90, 120)
+
+
+def test_a_folder_with_bad_files_processes_the_others(images, mr_checkpoint, tmp_path):
+    checkpoint, _ = mr_checkpoint
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in os.listdir(images):
+        os.symlink(images / name, folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really" * 4)
+    (folder / "notes.txt").write_text("not an image")
+    written, skipped = run_demo(TINY_CONFIG, [folder], tmp_path / "out", checkpoint)
+    assert sorted(os.path.basename(w) for w in written) == ["a", "b", "c"]
+    assert sorted(os.path.basename(s) for s in skipped) == ["broken.png", "notes.txt"]
+    for name, size in (("a", (128, 96)), ("c", (64, 64))):
+        assert Image.open(tmp_path / "out" / f"{name}.png").size == size
+
+
+def test_a_methods_checkpoint_runs_in_its_own_and_the_baseline_config(images, mr_checkpoint, tmp_path):
+    """Inference ignores training routes: Mr. DETR's checkpoint gives the same detections in its own
+    config and in the baseline's (which has no routes)."""
+    checkpoint, _ = mr_checkpoint
+    run_demo(MR_CONFIG, [images / "a.png"], tmp_path / "mr", checkpoint, "--confidence-threshold", "0.0")
+    run_demo(TINY_CONFIG, [images / "a.png"], tmp_path / "base", checkpoint, "--confidence-threshold", "0.0")
+    assert json.load(open(tmp_path / "mr" / "a.json")) == json.load(open(tmp_path / "base" / "a.json"))
+    # --eval-route runs a training route instead (its own query stream and predictions)
+    run_demo(MR_CONFIG, [images / "a.png"], tmp_path / "route1", checkpoint, "--confidence-threshold", "0.0", "--eval-route", "route1")
+    assert json.load(open(tmp_path / "route1" / "a.json")) != json.load(open(tmp_path / "mr" / "a.json"))
+
+
+def test_a_checkpoint_of_another_model_names_the_mismatching_keys(images, tmp_path):
+    model = small_model(TINY_CONFIG)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("transformer.decoder.layers.1.")}
+    state["transformer.query_content.weight"] = torch.zeros(50, 128)
+    torch.save({"model": state}, tmp_path / "other.pth")
+    with pytest.raises(ValueError) as error:
+        run_demo(TINY_CONFIG, [images / "a.png"], tmp_path / "out", tmp_path / "other.pth")
+    message = str(error.value)
+    assert "transformer.query_content.weight: checkpoint (50, 128), model (30, 128)" in message
+    assert "transformer.decoder.layers.1.ffn.norm.weight: not in the checkpoint" in message
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        run_demo(TINY_CONFIG, [tmp_path / "nothing*.png"], tmp_path / "out", tmp_path / "other.pth")

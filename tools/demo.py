@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Run a trained checkpoint on your own images (Detectron2's ``demo/demo.py`` for detr_plus):
+
+    python tools/demo.py --config-file CONFIG --input IMG|DIR|GLOB ... [--output DIR]
+        [--confidence-threshold 0.5] [--eval-route NAME] train.init_checkpoint=CKPT [key=value ...]
+
+Per image it writes ``DIR/<name>.png`` (the detections drawn by Detectron2's ``Visualizer``, class
+names from the dataset metadata or the checkpoint's ``config.yaml``) and ``DIR/<name>.json`` (boxes
+XYXY in original image pixels, scores, class ids and names), and prints a one-line summary. The
+model runs in eval mode on the config's device with the config's test-time resize; a method's
+training routes and teachers are not run. Unreadable or non-image files are reported and skipped.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detr_plus.data.custom import register_config_datasets  # noqa: E402
+from detr_plus.data.mapper import IMAGE_ERRORS, read_image_checked  # noqa: E402
+from detr_plus.engine.checkpoint import check_checkpoint_matches, checkpoint_state_dict  # noqa: E402
+from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", default="./output/demo", help="folder for the PNG and JSON files")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--eval-route", default=None, help="a training route to run instead of the primary one")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def expand_inputs(inputs):
+    """Files in the order given: a folder gives its files (sorted), a pattern its matches (sorted)."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += sorted(os.path.join(item, f) for f in os.listdir(item) if os.path.isfile(os.path.join(item, f)))
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise FileNotFoundError(f"--input {item!r}: no such file or folder, and no file matches it as a pattern")
+            files += [m for m in matches if os.path.isfile(m)]
+    return files
+
+
+def class_names(cfg, checkpoint):
+    """The test dataset's class names, else those of the ``config.yaml`` saved beside the checkpoint."""
+    names = MetadataCatalog.get(cfg.dataloader.test.dataset.names).get("thing_classes")
+    saved = os.path.join(os.path.dirname(checkpoint), "config.yaml")
+    if names is None and os.path.isfile(saved):
+        saved_cfg = LazyConfig.load(saved)
+        register_config_datasets(saved_cfg)
+        names = MetadataCatalog.get(saved_cfg.dataloader.test.dataset.names).get("thing_classes")
+    return names
+
+
+def build_predictor(args):
+    """(model in eval mode with the checkpoint's weights, test mapper, metadata) of the config."""
+    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    register_config_datasets(cfg)
+    checkpoint = cfg.train.init_checkpoint
+    if not checkpoint or not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"train.init_checkpoint={checkpoint!r}: give the checkpoint file to run, "
+                                "e.g. train.init_checkpoint=output/shapes_deformable_detr_tiny/model_final.pth")
+    if args.eval_route is not None:
+        cfg.model.eval_route = args.eval_route
+    model = instantiate(cfg.model)
+    check_checkpoint_matches(model, checkpoint, require_all=True)
+    model.load_state_dict(checkpoint_state_dict(checkpoint), strict=False)  # training-only keys may be absent / extra
+    model.to(resolve_device(cfg.train.get("device", "auto"))).eval()
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    mapper.unreadable = "raise"  # report and skip, not evaluate a black image
+    names = class_names(cfg, checkpoint)
+    metadata = MetadataCatalog.get("__demo__")
+    metadata.thing_classes = list(names) if names else [str(i) for i in range(model.transformer.decoder.class_heads[0].out_features)]
+    return model, mapper, metadata
+
+
+def detections(instances, names):
+    return [{"box_xyxy": [float(v) for v in box], "score": float(score), "class_id": int(c),
+             "class_name": names[int(c)]}
+            for box, score, c in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())]
+
+
+@torch.no_grad()
+def main(argv=None):
+    args = parse_args(argv)
+    files = expand_inputs(args.input)
+    model, mapper, metadata = build_predictor(args)
+    os.makedirs(args.output, exist_ok=True)
+    written, skipped = [], []
+    for path in tqdm(files, desc="demo", disable=len(files) < 4):
+        try:
+            inputs = mapper({"file_name": path, "image_id": 0})
+            image = read_image_checked(path, "RGB")
+        except IMAGE_ERRORS as e:
+            skipped.append(path)
+            tqdm.write(f"skipped {path}: {e}")
+            continue
+        instances = model([inputs])[0]["instances"].to("cpu")
+        instances = instances[instances.scores >= args.confidence_threshold]
+        stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+        Visualizer(image, metadata, scale=1.0).draw_instance_predictions(instances).save(stem + ".png")
+        found = detections(instances, metadata.thing_classes)
+        with open(stem + ".json", "w") as f:
+            json.dump({"file_name": path, "height": image.shape[0], "width": image.shape[1], "detections": found}, f, indent=1)
+        counts = {}
+        for d in found:
+            counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
+        tqdm.write(f"{path}: {len(found)} detections >= {args.confidence_threshold} "
+                   f"({', '.join(f'{n} {c}' for c, n in counts.items()) or 'none'}) -> {stem}.png, {stem}.json")
+        written.append(stem)
+    print(f"Wrote {len(written)} PNG + JSON pairs to {os.path.abspath(args.output)}"
+          + (f"; skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}" if skipped else ""))
+    return written, skipped
+
+
+if __name__ == "__main__":
+    main()
