@@ -74,11 +74,34 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("auto") == "cpu"
 
 
-def test_train_device_cpu_is_respected(tiny, train_net):
-    cfg = apply_overrides(LazyConfig.load(tiny.config), tiny.model_overrides + ["train.device=cpu"])
+def _record_model_moves(monkeypatch):
+    """Where ``nn.Module.to`` is asked to move a module: the device of every call, in order. The
+    module stays where it is (this host may have no GPU), so a "cuda" request is recorded, not done."""
+    moves = []
+
+    def to(self, *args, **kwargs):
+        device = kwargs.get("device", args[0] if args else None)
+        moves.append(torch.device(device).type if isinstance(device, (str, torch.device)) else device)
+        return self
+
+    monkeypatch.setattr(nn.Module, "to", to)
+    return moves
+
+
+def test_train_device_cpu_is_respected(tiny, train_net, monkeypatch):
+    """With CUDA reported available (monkeypatched), ``train_net.build_model`` moves the model to the
+    CPU when ``train.device=cpu`` and to CUDA when ``train.device=auto``: the device each call asked
+    ``Module.to`` for, against the config's value."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    moves = _record_model_moves(monkeypatch)
+    base = tiny.model_overrides + ["model.transformer.encoder.num_layers=1", "model.transformer.decoder.num_layers=1"]
+    cfg = apply_overrides(LazyConfig.load(tiny.config), base + ["train.device=cpu"])
     model = train_net.build_model(cfg)
+    assert moves == ["cpu"]
     assert {p.device.type for p in model.parameters()} == {"cpu"}
-    assert {b.device.type for b in model.buffers()} == {"cpu"}
+    moves.clear()
+    train_net.build_model(apply_overrides(LazyConfig.load(tiny.config), base + ["train.device=auto"]))
+    assert moves == ["cuda"]  # "auto" with CUDA present: the GPU (recorded, not done)
 
 
 # ----------------------------------------------------------------------------------------------
