@@ -144,23 +144,62 @@ def test_one_to_many_positive_cap():
     assert pairs(res) == [(0, 0), (1, 1), (2, 2)]
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_one_to_many_invariants_random(seed):
+def reference_one_to_many(m, topk, tau, ratio, selection="candidates", keep_top1=True):
+    """The one-to-many rules of ``OneToManyMatcher``'s docstring, written out query by query with
+    Python lists (no tensor code shared with the matcher): sorted (query, gt) pairs."""
+    m = m.tolist()
+    nq, n = len(m), len(m[0])
+    best_gt = [max(range(n), key=lambda j: (m[q][j], -j)) for q in range(nq)]  # ties: lower GT index
+    owner = {}  # rule 1: each GT's top-1 query (ties: lower query); a query claimed twice: lower GT
+    if keep_top1:
+        for j in range(n):
+            top = max(range(nq), key=lambda q: (m[q][j], -q))
+            owner.setdefault(top, j)
+    others = []  # (query, gt) of rules 2-3 (or 2'-3')
+    if selection == "candidates":
+        for j in range(n):
+            candidates = [q for q in range(nq) if q not in owner and best_gt[q] == j and m[q][j] >= tau]
+            candidates.sort(key=lambda q: (-m[q][j], q))
+            quota = topk - (1 if j in owner.values() else 0)
+            others += [(q, j) for q in candidates[:max(quota, 0)]]
+    else:  # dynamic_k
+        taken = {}  # query -> GTs that take it
+        for j in range(n):
+            c = sum(1 for q in range(nq) if best_gt[q] == j and m[q][j] >= tau)
+            column = sorted(range(nq), key=lambda q: (-m[q][j], q))
+            for q in column[:min(c, topk)]:
+                taken.setdefault(q, []).append(j)
+        for q, gts in taken.items():
+            if q not in owner:
+                others.append((q, max(gts, key=lambda j: (m[q][j], -j))))
+    top1 = sorted(owner.items())
+    cap = max(int(ratio * nq), len(top1))
+    others.sort(key=lambda pair: (-m[pair[0]][pair[1]], pair[0]))  # the cap keeps the highest M first
+    return sorted((top1 + others)[:cap])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("selection", ["candidates", "dynamic_k"])
+@pytest.mark.parametrize("ratio", [1.0, 0.25])
+def test_one_to_many_exact_pairs_against_a_naive_reference(seed, selection, ratio):
+    """Random 40 x 5 score matrices (k 3, tau 0.4; ``ratio`` 1 leaves the per-GT rules alone, 0.25 makes
+    the cap of 10 bind): the exact pairs equal ``reference_one_to_many``, the rules written out by hand.
+    A matcher that kept only the top-1 pairs, or ignored k, tau or the cap, gives other pairs."""
     gen = torch.Generator().manual_seed(seed)
-    nq, n, k, tau, ratio = 40, 5, 3, 0.4, 0.25
-    m = torch.rand(nq, n, generator=gen) * 0.8
-    qi, gi = OneToManyMatcher(topk=k, threshold=tau, max_positive_ratio=ratio).match_single(m)
-    assert len(set(qi.tolist())) == len(qi)                       # every query at most once
+    m = torch.rand(40, 5, generator=gen) * 0.8
+    matcher = OneToManyMatcher(topk=3, threshold=0.4, max_positive_ratio=ratio, selection=selection)
+    qi, gi = matcher.match_single(m)
+    expected = reference_one_to_many(m, 3, 0.4, ratio, selection)
     assert qi.tolist() == sorted(qi.tolist())
-    assert torch.bincount(gi, minlength=n).max() <= k               # k cap per GT
-    assert len(qi) <= max(int(ratio * nq), n)                       # positive cap
-    top1 = m.argmax(0)
-    for j in range(n):                                              # top-1 kept
-        if (top1[:j] != top1[j]).all():
-            assert (top1[j].item(), j) in set(zip(qi.tolist(), gi.tolist()))
-    for q, j in zip(qi.tolist(), gi.tolist()):                      # non-top-1 positives
-        if top1[j].item() != q:
-            assert m[q, j] >= tau and m[q].argmax().item() == j
+    assert list(zip(qi.tolist(), gi.tolist())) == expected
+    if ratio == 1.0:  # the example exercises the rules: some GT gets k positives, all above the top-1s
+        assert torch.bincount(gi, minlength=5).max() == 3
+    else:
+        assert len(expected) == 10
+    # The same with keep_top1 off (rule 1 gone): still the reference's pairs.
+    matcher.keep_top1 = False
+    qi, gi = matcher.match_single(m)
+    assert list(zip(qi.tolist(), gi.tolist())) == reference_one_to_many(m, 3, 0.4, ratio, selection, keep_top1=False)
 
 
 def test_matching_quality_hand_values():
