@@ -117,3 +117,35 @@ def test_a_checkpoint_of_another_model_names_the_mismatching_keys(images, tmp_pa
     assert "transformer.decoder.layers.1.ffn.norm.weight: not in the checkpoint" in message
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         run_demo(TINY_CONFIG, [tmp_path / "nothing*.png"], tmp_path / "out", tmp_path / "other.pth")
+
+
+def test_class_names_from_the_checkpoints_saved_config(images, tmp_path):
+    """With a config whose dataset is not registered (``configs/custom/*`` without ``data.*``), the class
+    count comes from the checkpoint and the names from the ``config.yaml`` that training saved beside
+    it (its data section)."""
+    from detr_plus.data import generate_shapes_dataset
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    json_file = generate_shapes_dataset(str(tmp_path / "data"), "val", 2, seed=5, progress=False)
+    data = json.load(open(json_file))
+    renamed = ["alpha", "beta", "gamma", "delta"]
+    for category, name in zip(sorted(data["categories"], key=lambda c: c["id"]), renamed):
+        category["name"] = name
+    json.dump(data, open(json_file, "w"))
+    for name in ("custom_train", "custom_val"):  # as in a fresh process: nothing registered
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+    custom = "configs/custom/deformable_detr_tiny_custom.py"
+    files = [f"data.{k}_json={json_file}" for k in ("train", "val")] + [f"data.{k}_images={tmp_path / 'data' / 'val'}" for k in ("train", "val")]
+    cfg = apply_overrides(LazyConfig.load(custom), files + ["data.num_classes=4"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    LazyConfig.save(cfg, str(run_dir / "config.yaml"))
+    torch.save({"model": small_model(TINY_CONFIG).state_dict()}, run_dir / "model_final.pth")
+    demo.main(["--config-file", custom, "--input", str(images / "c.png"), "--output", str(tmp_path / "out"),
+               "--confidence-threshold", "0.0", *SMALL, f"train.init_checkpoint={run_dir / 'model_final.pth'}"])
+    names = {d["class_name"] for d in json.load(open(tmp_path / "out" / "c.json"))["detections"]}
+    assert names and names <= set(renamed)

@@ -21,6 +21,7 @@ import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data.catalog import Metadata  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -63,7 +64,7 @@ def class_names(cfg, checkpoint):
     saved = os.path.join(os.path.dirname(checkpoint), "config.yaml")
     if names is None and os.path.isfile(saved):
         saved_cfg = LazyConfig.load(saved)
-        register_config_datasets(saved_cfg)
+        register_config_datasets(saved_cfg, required=False)
         names = MetadataCatalog.get(saved_cfg.dataloader.test.dataset.names).get("thing_classes")
     return names
 
@@ -71,11 +72,14 @@ def class_names(cfg, checkpoint):
 def build_predictor(args):
     """(model in eval mode with the checkpoint's weights, test mapper, metadata) of the config."""
     cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    register_config_datasets(cfg)
     checkpoint = cfg.train.init_checkpoint
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"train.init_checkpoint={checkpoint!r}: give the checkpoint file to run, "
                                 "e.g. train.init_checkpoint=output/shapes_deformable_detr_tiny/model_final.pth")
+    if not register_config_datasets(cfg, required=False) and "data" in cfg and cfg.data.get("num_classes") is None:
+        # own-data config without its files: the class count is the checkpoint's
+        heads = [v for k, v in checkpoint_state_dict(checkpoint).items() if k.endswith("class_heads.0.weight")]
+        cfg.data.num_classes = int(heads[0].shape[0]) if heads else None
     if args.eval_route is not None:
         cfg.model.eval_route = args.eval_route
     model = instantiate(cfg.model)
@@ -85,8 +89,8 @@ def build_predictor(args):
     mapper = instantiate(cfg.dataloader.test.mapper)
     mapper.unreadable = "raise"  # report and skip, not evaluate a black image
     names = class_names(cfg, checkpoint)
-    metadata = MetadataCatalog.get("__demo__")
-    metadata.thing_classes = list(names) if names else [str(i) for i in range(model.transformer.decoder.class_heads[0].out_features)]
+    num_classes = model.transformer.decoder.class_heads[0].out_features
+    metadata = Metadata(name="demo", thing_classes=list(names) if names else [str(i) for i in range(num_classes)])
     return model, mapper, metadata
 
 

@@ -22,14 +22,17 @@ def category_names(json_file: str) -> List[str]:
     return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
 
 
-def register_config_datasets(cfg) -> None:
+def register_config_datasets(cfg, required: bool = True) -> bool:
     """Register the ``data`` section of ``cfg`` (if any) and set ``data.num_classes`` from the training
     json; a ``data.num_classes`` given by the user must equal the json's, and the validation json must
-    have the training json's classes. Errors name the keys, files and numbers involved."""
+    have the training json's classes. Errors name the keys, files and numbers involved. With
+    ``required=False`` (tools that need no dataset) unset files are no error. True if registered."""
     data = cfg.get("data")
     if data is None:
-        return
+        return False
     unset = [f"data.{key}" for keys in CUSTOM_SPLITS.values() for key in keys if not data.get(key)]
+    if unset and not required:
+        return False
     if unset:
         raise ValueError(f"{', '.join(unset)} not set: give the COCO json files and image folders, e.g. "
                          "data.train_json=train.json data.train_images=images/ data.val_json=val.json data.val_images=images/")
@@ -45,3 +48,4 @@ def register_config_datasets(cfg) -> None:
     for name, (json_key, images_key) in CUSTOM_SPLITS.items():
         register_coco_dataset(name, data[json_key], data[images_key])
         MetadataCatalog.get(name).set(thing_classes=classes)
+    return True
