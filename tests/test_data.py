@@ -256,34 +256,85 @@ def shape_dicts(tmp_path_factory):
     return D.load_coco_json_checked(jf, image_root, None)
 
 
-def test_mapper_train(shape_dicts):
+def _boxes_through(transforms, boxes, classes):
+    """Hand-applied geometry of a detectron2 ``TransformList`` to XYXY ``boxes`` (n, 4): a flip mirrors
+    x in the current width, a crop shifts by its origin, a resize scales by new / old size; then the
+    boxes are clipped to the final image and those left without area dropped (with their classes)."""
+    boxes = boxes.astype(np.float64).copy()
+    h = w = None
+    for t in transforms.transforms:
+        if isinstance(t, T.HFlipTransform):
+            boxes[:, [0, 2]] = t.width - boxes[:, [2, 0]]
+        elif isinstance(t, T.CropTransform):
+            boxes -= [t.x0, t.y0, t.x0, t.y0]
+            h, w = t.h, t.w
+        elif isinstance(t, T.ResizeTransform):
+            boxes *= [t.new_w / t.w, t.new_h / t.h, t.new_w / t.w, t.new_h / t.h]
+            h, w = t.new_h, t.new_w
+        else:
+            assert isinstance(t, T.NoOpTransform), t
+    boxes = np.clip(boxes, 0, [w, h, w, h])
+    keep = (boxes[:, 2] - boxes[:, 0] > 1e-5) & (boxes[:, 3] - boxes[:, 1] > 1e-5)
+    return boxes[keep], np.asarray(classes)[keep], (h, w)
+
+
+def _with_float_boxes(d):
+    return {**d, "annotations": [{**a, "bbox": [float(v) for v in a["bbox"]]} for a in d["annotations"]]}
+
+
+def _check_mapper_train(dicts):
     aug = D.build_detr_train_augmentation(
         min_sizes=(96, 112, 128), max_size=160, crop_sizes=(96, 112, 128), crop_range=(80, 112)
     )
     mapper = DetrDatasetMapper(is_train=True, augmentations=aug)
-    np.random.seed(0)
+    seen = {"flip": 0, "crop": 0, "dropped": 0, "resized": 0}
     n_boxes = 0
-    for d in shape_dicts * 3:
+    for i, d in enumerate(dicts * 3):
+        np.random.seed(i)
         out = mapper(d)
+        np.random.seed(i)  # the same draws again, outside the mapper
+        original = D.read_image_checked(d["file_name"])
+        aug_input = T.AugInput(original)
+        transforms = T.AugmentationList(aug)(aug_input)
+        boxes = np.stack([_xyxy(a) for a in d["annotations"]]) if d["annotations"] else np.zeros((0, 4))
+        classes = [a["category_id"] for a in d["annotations"]]
+        expected_boxes, expected_classes, (h, w) = _boxes_through(transforms, boxes, classes)
+
         img = out["image"]
-        assert img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3
-        h, w = img.shape[1:]
-        # short side from min_sizes unless the long side was capped at max_size (after a crop)
-        assert (min(h, w) in (96, 112, 128) or max(h, w) == 160) and max(h, w) <= 160
+        assert img.dtype == torch.uint8 and tuple(img.shape) == (3, h, w)
+        assert np.array_equal(img.numpy().transpose(1, 2, 0), transforms.apply_image(original))
         assert (out["height"], out["width"]) == (H, W)
         assert out["image_id"] == d["image_id"] and out["file_name"] == d["file_name"]
         inst = out["instances"]
         assert inst.image_size == (h, w)
-        boxes = inst.gt_boxes.tensor
-        assert boxes.dtype == torch.float32 and boxes.shape[1] == 4
-        assert inst.gt_classes.dtype == torch.int64
-        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
-        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
-        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
-        n_boxes += len(inst)
+        np.testing.assert_allclose(inst.gt_boxes.tensor.numpy(), expected_boxes, rtol=0, atol=1e-3)
+        assert inst.gt_classes.tolist() == expected_classes.tolist() and inst.gt_classes.dtype == torch.int64
         assert "annotations" not in out
-    assert n_boxes > 0
+        kinds = {type(t) for t in transforms.transforms}
+        seen["flip"] += T.HFlipTransform in kinds
+        seen["crop"] += T.CropTransform in kinds
+        seen["resized"] += (h, w) != (H, W)
+        seen["dropped"] += len(expected_boxes) < len(boxes)
+        n_boxes += len(inst)
+    assert n_boxes > 0 and all(seen.values()), seen  # flips, crops, resizes and boxes cropped away all occur
     assert "image" not in d and "annotations" in d  # input dict untouched
+
+
+def test_mapper_train(shape_dicts):
+    """The shapes config's training augmentation on float json boxes (as COCO writes them): every
+    image's boxes equal the augmentation's own transforms (drawn again from the same seed) applied by
+    hand to the annotated boxes (flip, crop, resize, then clip and drop empty ones), classes kept with
+    their boxes; the image is those transforms applied to the file's pixels, at their output size."""
+    _check_mapper_train([_with_float_boxes(d) for d in shape_dicts])
+
+
+@pytest.mark.xfail(strict=True, reason="bug: integer json boxes (the shapes generator writes ints) are truncated to "
+                   "integers after every resize (detectron2's apply_coords writes the scaled values into the int array "
+                   "DetrDatasetMapper passes), shifting box corners by up to 1 px per resize towards the origin")
+def test_mapper_train_integer_json_boxes(shape_dicts):
+    """The same as ``test_mapper_train`` with the boxes exactly as the shapes json holds them (ints)."""
+    assert all(isinstance(v, int) for d in shape_dicts for a in d["annotations"] for v in a["bbox"])
+    _check_mapper_train(shape_dicts)
 
 
 def _xyxy(ann):
