@@ -27,7 +27,8 @@ mr_detr = dict(
         criterion=L(SetCriterion)(
             # quality = 0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, cap 0.25 x Q.
             # The authors' exact rules: selection="dynamic_k", max_positives=225 (seeded, random).
-            matcher=L(OneToManyMatcher)(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25),
+            matcher=L(OneToManyMatcher)(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25,
+                                        selection="candidates", max_positives=None, seed=0),
             loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},  # every layer of every route
             class_loss="focal",
         ),
