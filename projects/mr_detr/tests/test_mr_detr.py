@@ -15,7 +15,7 @@ from PIL import Image
 
 import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances
 
 from detr_plus.engine.config import apply_overrides
 from detr_plus.modeling import DeformableDETR, strip_training_routes
@@ -249,47 +249,139 @@ def test_eval_runs_only_the_primary_route_and_equals_the_stripped_baseline(model
         assert torch.equal(got.scores, want.scores) and torch.equal(got.pred_classes, want.pred_classes)
 
 
-def test_eval_route_with_nms(model):
+def nms_case(num_queries, num_classes):
+    """Hand-made last-layer predictions of a route, two images; every other (query, class) has a
+    logit below -9, so only the listed pairs can be among the top 4. Boxes are normalised cxcywh.
+
+    Image 0: q0 box A class 0 (logit 3); q1 = A shifted by 0.02 (IoU 0.82 with A) class 0 (2): suppressed;
+    q2 = q1's box class 1 (1.5): kept, another class; q3 far box B class 0 (1); q4 = A shifted by 0.09
+    (IoU 0.38) class 0 (0.5): kept. Image 1: q0 box C class 2 (2); q1 = C class 2 (1): suppressed;
+    q2 = C shifted by 0.06 (IoU 0.67) class 2 (0.8): suppressed; q3 = C class 3 (0.5); q4 far D class 1
+    (0); q5 = C shifted by 0.12 (IoU 0.43) class 2 (-0.5): kept.
+    Returns logits, boxes and per image the kept (query, class) in the order expected (score descending)."""
+    logits = -10.0 - 0.001 * torch.arange(2 * num_queries * num_classes, dtype=torch.float32).view(2, num_queries, num_classes)
+    boxes = torch.tensor([0.1, 0.1, 0.02, 0.02]).repeat(2, num_queries, 1)
+    boxes[:, :, 0] += 0.03 * torch.arange(num_queries)  # tiny, far apart
+    a, b = [0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]
+    c, d = [0.5, 0.5, 0.3, 0.3], [0.2, 0.8, 0.1, 0.1]
+    shift = lambda box, dx: [box[0] + dx] + box[1:]  # noqa: E731
+    image0 = [(a, 0, 3.0), (shift(a, 0.02), 0, 2.0), (shift(a, 0.02), 1, 1.5), (b, 0, 1.0), (shift(a, 0.09), 0, 0.5)]
+    image1 = [(c, 2, 2.0), (c, 2, 1.0), (shift(c, 0.06), 2, 0.8), (c, 3, 0.5), (d, 1, 0.0), (shift(c, 0.12), 2, -0.5)]
+    for i, entries in enumerate((image0, image1)):
+        for q, (box, cls, logit) in enumerate(entries):
+            boxes[i, q] = torch.tensor(box)
+            logits[i, q, cls] = logit
+    return logits, boxes, [[(0, 0), (2, 1), (3, 0), (4, 0)], [(0, 2), (3, 3), (4, 1), (5, 2)]]
+
+
+def test_eval_route_with_nms(model, monkeypatch):
+    """``eval_route=route1`` with class-wise NMS at IoU 0.5: the route's last-layer predictions (replaced
+    by ``nms_case``'s hand-made duplicates) give exactly the expected survivors, in score order, each
+    with its own query's box in original image coordinates (inputs with height/width 2x the tensor's);
+    Route-1's FFN runs once, in the last layer only for this route."""
     model.eval()
+    logits, boxes, expected = nms_case(24, 4)
+    decode = model.transformer.decode
+
+    def decode_with_hand_made_route1(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        last = out.routes["route1"][-1]
+        last.logits, last.boxes = logits, boxes
+        return out
+
+    monkeypatch.setattr(model.transformer, "decode", decode_with_hand_made_route1)
+    monkeypatch.setattr(model, "eval_route", "route1")
+    monkeypatch.setattr(model, "eval_nms_threshold", 0.5)
+    monkeypatch.setattr(model, "select_box_nums_for_evaluation", 4)
+    batch = images(with_instances=False)
+    for x in batch:
+        x["height"], x["width"] = 2 * x["image"].shape[1], 2 * x["image"].shape[2]
+    calls = []
+    hook = model.routes.route1.branches[-1].ffn.register_forward_hook(lambda *a: calls.append(1))
     try:
-        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = "route1", 0.5, 30
-        calls = []
-        hook = model.routes.route1.branches[-1].ffn.register_forward_hook(lambda *a: calls.append(1))
         with torch.no_grad():
-            outputs = model(images(with_instances=False))
-        hook.remove()
+            outputs = model(batch)
     finally:
-        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = None, None, 100
+        hook.remove()
     assert calls == [1]
-    for output in outputs:
+    for i, (output, x) in enumerate(zip(outputs, batch)):
         instances = output["instances"]
-        assert 0 < len(instances) <= 30
-        iou = pairwise_iou(instances.pred_boxes, instances.pred_boxes)
-        same_class = instances.pred_classes[:, None] == instances.pred_classes[None]
-        assert not (iou[same_class & ~torch.eye(len(instances), dtype=torch.bool)] > 0.5).any()
+        queries, classes = zip(*expected[i])
+        assert instances.image_size == (x["height"], x["width"])
+        assert instances.pred_classes.tolist() == list(classes)
+        torch.testing.assert_close(instances.scores, logits[i, list(queries), list(classes)].sigmoid(), rtol=0, atol=1e-6)
+        cx, cy, w, h = boxes[i, list(queries)].unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * torch.tensor([x["width"], x["height"]] * 2)
+        torch.testing.assert_close(instances.pred_boxes.tensor, xyxy, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="eval_route"):
         build("model.eval_route=route9")
 
 
+def manual_instructive_attention(query, query_pos, token_content, token_pos, mha, blocked=None):
+    """Multi-head attention written out from ``mha``'s projection weights: queries Q = query + pos,
+    keys K = [token content + token position; query + pos], values V = [token content; query];
+    per head softmax(Q W_q (K W_k)^T / sqrt(d_head)) (V W_v), heads concatenated through the output
+    projection. ``blocked`` (Q, T + Q) True where a query may not attend. Returns (output (B, Q, d),
+    head-averaged weights (B, Q, T + Q))."""
+    batch, num, d = query.shape
+    heads = mha.num_heads
+    dh = d // heads
+    w_q, w_k, w_v = mha.in_proj_weight.split(d)
+    b_q, b_k, b_v = mha.in_proj_bias.split(d)
+    tokens_k = (token_content + token_pos)[None].expand(batch, -1, -1)
+    keys = torch.cat([tokens_k, query + query_pos], 1)
+    values = torch.cat([token_content[None].expand(batch, -1, -1), query], 1)
+
+    def split_heads(x):  # (B, N, d) -> (B, heads, N, dh)
+        return x.view(batch, x.shape[1], heads, dh).transpose(1, 2)
+
+    q = split_heads((query + query_pos) @ w_q.T + b_q)
+    k = split_heads(keys @ w_k.T + b_k)
+    v = split_heads(values @ w_v.T + b_v)
+    logits = q @ k.transpose(-1, -2) / dh ** 0.5
+    if blocked is not None:
+        logits = logits.masked_fill(blocked, float("-inf"))
+    weights = logits.softmax(-1)  # (B, heads, Q, T + Q)
+    out = (weights @ v).transpose(1, 2).reshape(batch, num, d)
+    return out @ mha.out_proj.weight.T + mha.out_proj.bias, weights.mean(1)
+
+
 def test_instructive_attention_weights_and_masks():
+    """``attend`` (output and head-averaged weights) against ``manual_instructive_attention`` (K = [token
+    content + token position; queries + positions], V = [token content; queries]), without a mask and
+    with the tokens hidden from the first 2 queries plus a query-group mask."""
     torch.manual_seed(0)
     d, q, t = 32, 7, 3
     shared = SelfAttentionBlock(d, num_heads=4)
     query = torch.randn(2, q, d)
     context = QueryContext(query_pos=torch.randn(2, q, d), reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
-    out, weights = InstructiveSelfAttentionBranch(d, t).attend(query, context, shared, need_weights=True)
-    assert out.shape == (2, q, d) and weights.shape == (2, q, t + q)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, q))
-    assert (weights[..., :t] > 0).all()  # no mask by default: every query sees every token
+    branch = InstructiveSelfAttentionBranch(d, t)
+    with torch.no_grad():  # tokens of the size of the queries (the Xavier init is small): they matter
+        branch.token_content.normal_()
+        branch.token_pos.normal_()
+        out, weights = branch.attend(query, context, shared, need_weights=True)
+        expected_out, expected_weights = manual_instructive_attention(query, context.query_pos, branch.token_content,
+                                                                      branch.token_pos, shared.attn)
+    torch.testing.assert_close(weights, expected_weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-5)
+    assert (weights[..., :t] > 0.01).any()  # the tokens get real weight
 
     groups = torch.tensor([0, 0, 1, 1, 1, 1, 1])
     context.self_attn_mask = groups[:, None] != groups[None]
     masked = InstructiveSelfAttentionBranch(d, t, num_unprompted_queries=2)
-    weights = masked.attend(query, context, shared, need_weights=True)[1]
+    masked.load_state_dict(branch.state_dict())
+    blocked = torch.cat([torch.zeros(q, t, dtype=torch.bool), context.self_attn_mask], 1)
+    blocked[:2, :t] = True
+    with torch.no_grad():
+        out, weights = masked.attend(query, context, shared, need_weights=True)
+        expected_out, expected_weights = manual_instructive_attention(query, context.query_pos, branch.token_content,
+                                                                      branch.token_pos, shared.attn, blocked)
+    torch.testing.assert_close(weights, expected_weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-5)
     assert (weights[:, :2, :t] == 0).all() and (weights[:, 2:, :t] > 0).all()
-    assert (weights[..., t:][:, context.self_attn_mask] == 0).all()
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, q))
-    assert masked.self_attention(query, context, shared).shape == (2, q, d)
+    # Route-3's self-attention block: its own norm around the shared attention's output.
+    with torch.no_grad():
+        torch.testing.assert_close(masked.self_attention(query, context, shared), masked.norm(query + expected_out), rtol=0, atol=1e-5)
 
 
 def test_route_builder():
@@ -328,6 +420,8 @@ def test_configs_load_and_instantiate(name, routes, queries):
 
 
 def test_attention_map_tool(model, tmp_path):
+    """The tool writes a PNG; its layer-1 weights equal ``manual_instructive_attention`` (written out from
+    the layer's projection weights) on Route-3's own stream: its layer-0 output and own positions."""
     torch.save({"model": model.state_dict()}, tmp_path / "mr.pth")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "image.png")
     out = tmp_path / "maps" / "attention.png"
@@ -346,8 +440,9 @@ def test_attention_map_tool(model, tmp_path):
         # The ++ model's positions are static: Route-3's own selected proposals' positional part at every layer.
         _, state, _ = model.encode_and_select(batch)
         query_pos = model.routes.route3.query_selection(model.transformer, state).queries.position
-        context = QueryContext(query_pos=query_pos, reference_points=None, memory=None, spatial_shapes=None, level_start_index=None)
-        expected = model.routes.route3.branches[1].attend(route3[0].hidden, context, decoder.layers[1].self_attn, need_weights=True)[1]
+        branch = model.routes.route3.branches[1]
+        expected = manual_instructive_attention(route3[0].hidden, query_pos, branch.token_content, branch.token_pos,
+                                                decoder.layers[1].self_attn.attn)[1]
     torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)
     assert "self_attention" not in vars(model.routes.route3.branches[1]) and model.eval_route is None  # restored
 
@@ -376,3 +471,27 @@ def test_coco_config_has_the_authors_recipe():
     assert {lr for n, lr in by_name.items() if n.startswith("backbone.")} == {1e-5}
     assert {lr for n, lr in by_name.items() if not n.startswith("backbone.")} == {1e-4}
     assert any("sampling_offsets" in n for n in by_name)
+
+
+@pytest.mark.parametrize("name, queries", [("mr_deformable_detr_plusplus_r50_12ep", 900), ("mr_deformable_detr_plusplus_r50_12ep_300q", 300)])
+def test_coco_configs_have_the_papers_losses_matcher_and_queries(name, queries):
+    """papers/README.md, Mr. DETR (Deformable variant), against the instantiated model: 900 queries (the
+    headline) or 300; Route-1 and Route-3 with a branch in every decoder layer and 10 instruction
+    tokens; every route's losses focal (alpha 0.25, gamma 2) class 2, L1 5, GIoU 2 on every layer,
+    unscaled; the o2m matcher with quality 0.7 IoU + 0.3 class, threshold 0.4, top-1 kept, k 6 and at
+    most 0.25 x 900 = 225 positives; the primary route Hungarian 2/5/2 with losses 2/5/2; encoder losses x3."""
+    cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
+    assert cfg.model.transformer.num_queries == queries and cfg.model.transformer.decoder.num_layers == 6
+    model = build(config=CONFIGS / f"{name}.py")  # (SMALL sizes: 2 decoder layers, 24 queries)
+    assert list(model.routes) == ["route1", "route3"] and model.enc_loss_weight == 3.0
+    assert model.routes.route3.branches[0].num_tokens == 10
+    primary = model.criterion
+    assert (primary.matcher.cost_class, primary.matcher.cost_bbox, primary.matcher.cost_giou) == (2.0, 5.0, 2.0)
+    assert primary.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0} and primary.class_loss == "focal"
+    for route in model.routes.values():
+        assert len(route.branches) == NUM_LAYERS and route.loss_scale == 1.0
+        criterion, matcher = route.criterion, route.criterion.matcher
+        assert criterion.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0}
+        assert (criterion.class_loss, criterion.focal_alpha, criterion.focal_gamma) == ("focal", 0.25, 2.0)
+        assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.keep_top1) == (6, 0.4, 0.3, True)
+        assert int(matcher.max_positive_ratio * 900) == 225 if matcher.max_positives is None else matcher.max_positives == 225
