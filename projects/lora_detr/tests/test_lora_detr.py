@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.ops import box_iou
 
 import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
 from detectron2.config import LazyConfig, instantiate
@@ -400,8 +399,36 @@ def test_eval_runs_the_main_branch_only_and_equals_the_stripped_baseline(tmp_pat
         assert_same_predictions(results, baseline.eval()(synthetic_batch(seed=1)))
 
 
-def test_an_auxiliary_branch_can_be_evaluated_with_nms():
-    """Table 5 "Aux. w. NMS": ``eval_route`` / ``eval_nms_threshold`` of the core meta-architecture."""
+def nms_case(num_queries, num_classes):
+    """Hand-made last-layer predictions of a route, two images; every other (query, class) has a
+    logit below -9, so only the listed pairs can be among the top 4. Boxes are normalised cxcywh.
+
+    Image 0: q0 box A class 0 (logit 3); q1 = A shifted by 0.02 (IoU 0.82 with A) class 0 (2): suppressed;
+    q2 = q1's box class 1 (1.5): kept, another class; q3 far box B class 0 (1); q4 = A shifted by 0.09
+    (IoU 0.38) class 0 (0.5): kept. Image 1: q0 box C class 2 (2); q1 = C class 2 (1): suppressed;
+    q2 = C shifted by 0.06 (IoU 0.67) class 2 (0.8): suppressed; q3 = C class 3 (0.5); q4 far D class 1
+    (0); q5 = C shifted by 0.12 (IoU 0.43) class 2 (-0.5): kept.
+    Returns logits, boxes and per image the kept (query, class) in the order expected (score descending)."""
+    logits = -10.0 - 0.001 * torch.arange(2 * num_queries * num_classes, dtype=torch.float32).view(2, num_queries, num_classes)
+    boxes = torch.tensor([0.1, 0.1, 0.02, 0.02]).repeat(2, num_queries, 1)
+    boxes[:, :, 0] += 0.03 * torch.arange(num_queries)  # tiny, far apart
+    a, b = [0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]
+    c, d = [0.5, 0.5, 0.3, 0.3], [0.2, 0.8, 0.1, 0.1]
+    shift = lambda box, dx: [box[0] + dx] + box[1:]  # noqa: E731
+    image0 = [(a, 0, 3.0), (shift(a, 0.02), 0, 2.0), (shift(a, 0.02), 1, 1.5), (b, 0, 1.0), (shift(a, 0.09), 0, 0.5)]
+    image1 = [(c, 2, 2.0), (c, 2, 1.0), (shift(c, 0.06), 2, 0.8), (c, 3, 0.5), (d, 1, 0.0), (shift(c, 0.12), 2, -0.5)]
+    for i, entries in enumerate((image0, image1)):
+        for q, (box, cls, logit) in enumerate(entries):
+            boxes[i, q] = torch.tensor(box)
+            logits[i, q, cls] = logit
+    return logits, boxes, [[(0, 0), (2, 1), (3, 0), (4, 0)], [(0, 2), (3, 3), (4, 1), (5, 2)]]
+
+
+def test_an_auxiliary_branch_can_be_evaluated_with_nms(monkeypatch):
+    """Table 5 "Aux. w. NMS": ``eval_route`` / ``eval_nms_threshold`` of the core meta-architecture. With
+    B = 0 the branch predicts what the main branch predicts; with class-wise NMS at IoU 0.5 the branch's
+    last-layer predictions (replaced by ``nms_case``'s hand-made duplicates) give exactly the expected
+    survivors in score order, each with its own query's box in original image coordinates."""
     cfg = tiny_cfg()
     cfg.model.eval_route = "aux0"
     model = build(cfg).eval()
@@ -410,18 +437,39 @@ def test_an_auxiliary_branch_can_be_evaluated_with_nms():
         aux = model(batch)
         model.eval_route = None
         primary = model(batch)
-        assert_same_predictions(aux, primary)  # B = 0: the branch predicts what the main branch predicts
-        model.eval_route, model.eval_nms_threshold = "aux0", 0.5
-        for result in model(batch):
-            instances = result["instances"]
-            assert 0 < len(instances) <= model.select_box_nums_for_evaluation
-            iou = box_iou(instances.pred_boxes.tensor, instances.pred_boxes.tensor).fill_diagonal_(0)
-            same_class = instances.pred_classes[:, None] == instances.pred_classes[None, :]
-            assert (iou[same_class] <= 0.5).all()
+    assert_same_predictions(aux, primary)  # B = 0: the branch predicts what the main branch predicts
+
+    logits, boxes, expected = nms_case(20, 4)
+    decode = model.transformer.decode
+
+    def decode_with_hand_made_aux0(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        assert list(out.routes) == ["aux0"]  # only the evaluated branch runs
+        last = out.routes["aux0"][-1]
+        last.logits, last.boxes = logits, boxes
+        return out
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(model.transformer, "decode", decode_with_hand_made_aux0)
+        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = "aux0", 0.5, 4
+        for x in batch:
+            x["height"], x["width"] = 2 * x["image"].shape[1], 2 * x["image"].shape[2]
+        outputs = model(batch)
+    for i, (output, x) in enumerate(zip(outputs, batch)):
+        instances = output["instances"]
+        queries, classes = zip(*expected[i])
+        assert instances.image_size == (x["height"], x["width"])
+        assert instances.pred_classes.tolist() == list(classes)
+        torch.testing.assert_close(instances.scores, logits[i, list(queries), list(classes)].sigmoid(), rtol=0, atol=1e-6)
+        cx, cy, w, h = boxes[i, list(queries)].unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * torch.tensor([x["width"], x["height"]] * 2)
+        torch.testing.assert_close(instances.pred_boxes.tensor, xyxy, rtol=0, atol=1e-4)
+
+    model.eval_nms_threshold, model.select_box_nums_for_evaluation = None, 100
+    with torch.no_grad():
         for route in model.routes.values():
             for branch in route.branches:
                 branch.reset_parameters("normal")
-        model.eval_nms_threshold = None
         assert not torch.equal(predictions(model(batch))[0][1], predictions(primary)[0][1])
     cfg.model.eval_route = "aux9"
     with pytest.raises(ValueError, match="aux9"):
@@ -509,3 +557,38 @@ def assert_lr_factors(model, optimizer, lr, backbone):
     assert trained_backbone and all(factors[name] == pytest.approx(backbone) for name in trained_backbone)
     others = [name for name in factors if "box_heads" not in name and not name.startswith("backbone.")]
     assert all(factors[name] == pytest.approx(1.0) for name in others)
+
+
+@pytest.mark.parametrize("stem, queries, rank", [("lora_deformable_detr_r50_12ep", 300, 32), ("lora_deformable_detr_plusplus_r50_12ep", 900, 48)])
+def test_coco_configs_have_the_papers_values(stem, queries, rank):
+    """papers/README.md (LoRA-DETR) against the COCO configs and what they instantiate: AdamW lr 2e-4,
+    weight decay 1e-4, the backbone and the box-regression heads at 2e-5, everything else (sampling
+    offsets, LoRA) at 2e-4; grad clip 0.1; 12 epochs of 7500 iterations at batch 16 with the LR x0.1
+    from epoch 11; 300 queries with rank 32, 900 with rank 48; three branches k 2/4/6 with tau 0.4,
+    class weight 0.3, positives capped at 0.25 x queries, LoRA scaling 1, VFL+ gamma 1.5, losses 2/5/2
+    averaged over the branches (x 1/3); the o2o branch Hungarian 2/5/2 with VFL+ (s = IoU) 1/5/2."""
+    cfg = LazyConfig.load(str(PROJECT_CONFIGS / f"{stem}.py"))
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.train.clip_grad_norm) == (2e-4, 1e-4, 0.1)
+    assert cfg.dataloader.train.total_batch_size == 16 and cfg.train.max_iter == 90000
+    scheduler = cfg.lr_multiplier.scheduler
+    assert (scheduler.num_updates, list(scheduler.milestones), list(scheduler["values"])) == (90000, [82500], [1.0, 0.1])
+    assert cfg.model.transformer.num_queries == queries and cfg.model.routes.rank == rank
+    model = build(tiny_cfg(PROJECT_CONFIGS / f"{stem}.py"))  # (TINY sizes)
+    cfg.optimizer.model = model
+    lrs = {name: g["lr"] for g in instantiate(cfg.optimizer).param_groups for name in g["names"]}
+    for name, lr in lrs.items():
+        slow = name.startswith("backbone.") or name.startswith("transformer.decoder.box_heads.")
+        assert lr == pytest.approx(2e-5 if slow else 2e-4), name
+    assert any("sampling_offsets" in n for n in lrs) and any(".lora_a1" in n for n in lrs)
+    primary = model.criterion
+    assert (primary.matcher.cost_class, primary.matcher.cost_bbox, primary.matcher.cost_giou) == (2.0, 5.0, 2.0)
+    assert (primary.loss_weights, primary.class_loss, primary.quality, primary.vfl_gamma) == (
+        {"class": 1.0, "bbox": 5.0, "giou": 2.0}, "vfl_plus", "iou", 1.5)
+    assert list(model.routes) == ["aux0", "aux1", "aux2"]
+    for route, k in zip(model.routes.values(), (2, 4, 6)):
+        criterion, matcher = route.criterion, route.criterion.matcher
+        assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio, matcher.keep_top1) == (k, 0.4, 0.3, 0.25, True)
+        assert (criterion.loss_weights, criterion.class_loss, criterion.quality, criterion.vfl_gamma) == (
+            {"class": 2.0, "bbox": 5.0, "giou": 2.0}, "vfl_plus", "matching_score", 1.5)
+        assert route.loss_scale == pytest.approx(1 / 3)
+        assert all(branch.rank == rank and branch.scaling == 1.0 for branch in route.branches)
