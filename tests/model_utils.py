@@ -37,7 +37,15 @@ def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=2
 
     ``transformer`` overrides ``model.transformer`` keys (e.g. ``query_init="anchors"``), ``decoder``
     ``model.transformer.decoder`` keys."""
-    model = LazyConfig.load(str(CONFIGS[name])).model
+    model = shrink_model_config(LazyConfig.load(str(CONFIGS[name])).model, enc_layers, dec_layers, num_queries, num_classes)
+    model.transformer.update(transformer)
+    model.transformer.decoder.update(decoder or {})
+    return model
+
+
+def shrink_model_config(model, enc_layers=1, dec_layers=2, num_queries=20, num_classes=NUM_CLASSES):
+    """A model config (``cfg.model`` of any Deformable-DETR config) with the sizes of this module:
+    thin ResNet-18 backbone, d_model 128, ``enc_layers`` / ``dec_layers`` layers; the rest as given."""
     model.backbone.stem.out_channels = WIDTH
     model.backbone.stem.norm = "BN"
     model.backbone.stages = L(resnet_stages)(depth=18, base_channels=WIDTH, norm="BN")
@@ -49,8 +57,6 @@ def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=2
     model.transformer.decoder.update(num_layers=dec_layers, d_model=D_MODEL, d_ffn=2 * D_MODEL)
     model.transformer.num_classes = num_classes
     model.transformer.num_queries = num_queries
-    model.transformer.update(transformer)
-    model.transformer.decoder.update(decoder or {})
     return model
 
 
