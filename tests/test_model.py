@@ -3,6 +3,7 @@ variant's query generation, training losses and gradients, inference outputs, lo
 shared heads / layers, and the published initialisation."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -171,11 +172,53 @@ def test_training_losses_and_gradients(models, name):
     model.zero_grad(set_to_none=True)
 
 
+def hand_losses(logits, boxes, gt_boxes, gt_labels, num_boxes, alpha=0.25, gamma=2.0, weights=(2.0, 5.0, 2.0)):
+    """Deformable DETR's criterion for ONE image written out in float64 numpy: the assignment minimising
+    2 focal cost + 5 L1 - 2 GIoU by brute force over every injective GT -> query map, then the focal
+    loss over all queries x classes, L1 and 1 - GIoU of the matched pairs, each / ``num_boxes`` and
+    weighted 2 / 5 / 2. (Q, C) logits, (Q, 4) and (n, 4) cxcywh boxes, n labels."""
+    import itertools
+
+    x, b, g = (np.asarray(t, dtype=np.float64) for t in (logits, boxes, gt_boxes))
+    p = 1 / (1 + np.exp(-x))
+
+    def xyxy(c):
+        return np.stack([c[..., 0] - c[..., 2] / 2, c[..., 1] - c[..., 3] / 2, c[..., 0] + c[..., 2] / 2, c[..., 1] + c[..., 3] / 2], -1)
+
+    def giou(u, v):  # (4,), (4,) xyxy
+        inter = max(0.0, min(u[2], v[2]) - max(u[0], v[0])) * max(0.0, min(u[3], v[3]) - max(u[1], v[1]))
+        union = (u[2] - u[0]) * (u[3] - u[1]) + (v[2] - v[0]) * (v[3] - v[1]) - inter
+        hull = (max(u[2], v[2]) - min(u[0], v[0])) * (max(u[3], v[3]) - min(u[1], v[1]))
+        return inter / union - (hull - union) / hull
+
+    bx, gx = xyxy(b), xyxy(g)
+    n = len(gt_labels)
+    cost = np.zeros((len(b), n))
+    for q in range(len(b)):
+        for j, label in enumerate(gt_labels):
+            pq = p[q, label]
+            focal_cost = alpha * (1 - pq) ** gamma * -np.log(pq) - (1 - alpha) * pq ** gamma * -np.log(1 - pq)
+            cost[q, j] = 2 * focal_cost + 5 * np.abs(b[q] - g[j]).sum() - 2 * giou(bx[q], gx[j])
+    best = min(itertools.permutations(range(len(b)), n), key=lambda qs: sum(cost[q, j] for j, q in enumerate(qs)))
+    target = np.zeros_like(x)
+    for j, q in enumerate(best):
+        target[q, gt_labels[j]] = 1.0
+    ce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    p_t = p * target + (1 - p) * (1 - target)
+    focal = ((alpha * target + (1 - alpha) * (1 - target)) * (1 - p_t) ** gamma * ce).sum()
+    l1 = sum(np.abs(b[q] - g[j]).sum() for j, q in enumerate(best))
+    giou_loss = sum(1 - giou(bx[q], gx[j]) for j, q in enumerate(best))
+    return {"loss_class": weights[0] * focal / num_boxes, "loss_bbox": weights[1] * l1 / num_boxes,
+            "loss_giou": weights[2] * giou_loss / num_boxes}, list(best)
+
+
 @pytest.mark.parametrize("name", ["refine", "plusplus"])
 def test_loss_dict_values_match_criterion_per_layer(models, name):
     """``loss_*_{i}`` is the criterion on layer i, ``loss_*`` on the last layer, ``loss_*_enc`` on the
     encoder predictions (class-agnostic targets for the ++'s one-score head) times
-    ``enc_loss_weight``; one image has no GT. The matching indices come back per layer."""
+    ``enc_loss_weight``; one image has no GT. The matching indices come back per layer. Every decoder
+    layer's three losses also equal ``hand_losses`` (brute-force matching, focal / L1 / GIoU written
+    out) on that layer's predictions, with the GT boxes normalised by hand from their pixels."""
     model = models[name]
     model.eval()  # no dropout: the same decoder output below and in the loss dict
     batch = synthetic_batch()
@@ -187,9 +230,18 @@ def test_loss_dict_values_match_criterion_per_layer(models, name):
         assert [len(t["labels"]) for t in targets] == [2, 0]
         num_boxes = 2.0
         assert len(matching["primary"]) == DEC_LAYERS
+        (h, w), gt_labels = IMAGE_SIZES[0], [0, 2]
+        gt_boxes = [[22.0 / w, 18.0 / h, 36.0 / w, 24.0 / h], [52.5 / w, 40.0 / h, 45.0 / w, 40.0 / h]]  # 4,6,40,30 and 30,20,75,60 px
         for i, layer in enumerate(out.layers):
-            expected, indices = model.criterion(layer.logits, layer.boxes, targets, num_boxes)
             suffix = "" if i == DEC_LAYERS - 1 else f"_{i}"
+            # Image 1 has no GT: its queries add focal terms with all-zero targets.
+            by_hand, pairs = hand_losses(layer.logits[0], layer.boxes[0], gt_boxes, gt_labels, num_boxes)
+            no_gt = hand_losses(layer.logits[1], layer.boxes[1], np.zeros((0, 4)), [], num_boxes)[0]
+            for k in by_hand:
+                assert losses[k + suffix].item() == pytest.approx(by_hand[k] + no_gt[k], rel=1e-4, abs=1e-6), (k + suffix)
+            assert sorted(zip(matching["primary"][i][0][0].tolist(), matching["primary"][i][0][1].tolist())) == sorted(
+                (q, j) for j, q in enumerate(pairs))
+            expected, indices = model.criterion(layer.logits, layer.boxes, targets, num_boxes)
             for k, v in expected.items():
                 torch.testing.assert_close(losses[k + suffix], v)
             for (q, g), (mq, mg) in zip(indices, matching["primary"][i]):
