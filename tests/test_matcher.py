@@ -273,3 +273,49 @@ def test_one_to_many_fixed_cap_keeps_a_seeded_random_subset():
     assert all(len(d) == 2 and set(d) <= full and list(d) == sorted(d) for d in draws[0])
     dropped = {pair for d in draws[0] for pair in full - set(d)}
     assert dropped == full
+
+
+def test_hungarian_with_nan_predictions_then_the_error_names_the_loss_term():
+    """Queries 1 and 3 predict NaN logits and boxes (a diverged step). Their costs become 1e8
+    (``nan_to_num``), so the assignment is the brute-force optimum over the finite queries 0, 2, 4
+    (distinct queries and GTs); with every query NaN it is still a full one. The criterion's class
+    loss then sums NaN focal terms while the matched (finite) boxes keep L1 / GIoU finite, and the
+    training step stops with a ``NonFiniteLossError`` naming loss_class only, the weights untouched."""
+    import itertools
+
+    from torch import nn
+
+    from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
+    from detr_plus.modeling import SetCriterion
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 5, 3, generator=gen)
+    boxes = random_boxes(gen, 5)[None]
+    nan = torch.zeros(1, 5, 1)
+    nan[0, [1, 3]] = float("nan")
+    targets = [{"labels": torch.tensor([2, 0]), "boxes": random_boxes(gen, 2)}]
+    (qi, gi), = HungarianMatcher()(logits + nan, boxes + nan, targets)
+    finite = [0, 2, 4]
+    cost = reference_cost(logits[0, finite], boxes[0, finite], targets[0]["labels"], targets[0]["boxes"])
+    best = min(itertools.permutations(range(3), 2), key=lambda qs: cost[qs[0], 0] + cost[qs[1], 1])
+    assert sorted(zip(qi.tolist(), gi.tolist())) == sorted((finite[q], j) for j, q in enumerate(best))
+    (qa, ga), = HungarianMatcher()(logits * float("nan"), boxes * float("nan"), targets)
+    assert len(set(qa.tolist())) == 2 and sorted(ga.tolist()) == [0, 1]
+
+    class Diverged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits, self.boxes = nn.Parameter(logits.clone()), nn.Parameter(boxes.clone())
+            self.criterion = SetCriterion(HungarianMatcher())
+
+        def forward(self, batch):
+            return self.criterion(self.logits + nan, self.boxes + nan, targets, num_boxes=2.0)[0]
+
+    model = Diverged()
+    trainer = DetrTrainer(model, itertools.repeat([{}]), torch.optim.SGD(model.parameters(), lr=0.1), clip_grad_norm=0.1)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train(0, 1)
+    message = str(info.value)
+    assert "iteration 0" in message and "loss_class" in message
+    assert "loss_bbox" not in message and "loss_giou" not in message
+    assert torch.equal(model.logits.detach(), logits) and torch.equal(model.boxes.detach(), boxes)
