@@ -278,22 +278,110 @@ class TeacherReadingCriterion(SetCriterion):
 # ----------------------------------------------------------------------------------------------
 # 5. Two processes, DDP on CPU (gloo)
 # ----------------------------------------------------------------------------------------------
-def test_ddp_two_processes_on_cpu(tiny, tmp_path):
-    # The subprocess only knows the default splits: shapes_train (2000 images) and shapes_val
-    # (200 images, evaluated once after the last iteration, split over the two processes; at 64 px
-    # that takes ~1.5 s instead of ~6 s at 128 px). Python/torch start-up is ~10 s of the ~18 s.
-    cmd = [sys.executable, "train_net.py", "--config-file", tiny.config, "--num-gpus", "2", *tiny.model_overrides,
-           "train.max_iter=3", "train.eval_period=0", "train.checkpointer.period=1000", f"train.output_dir={tmp_path}",
-           "dataloader.test.mapper.augmentations.min_size=64", "dataloader.test.mapper.augmentations.max_size=80"]
+# Runs train_net.py's own launch (as its __main__ does) with DeformableDETR.num_boxes recording, per
+# process and step, the local GT count and the normalizer it returns. The spawned processes re-run this
+# file's top level (as __mp_main__), so the recording is in place in each of them.
+DDP_DRIVER = """
+import json, os, sys
+sys.path.insert(0, os.environ["DETR_PLUS_REPO"])
+import train_net
+from detectron2.engine import default_argument_parser
+from detectron2.utils import comm
+from detr_plus.engine.launch import launch
+from detr_plus.modeling.meta_arch import DeformableDETR
+
+_num_boxes = DeformableDETR.num_boxes
+
+
+def recording_num_boxes(targets, device):
+    value = _num_boxes(targets, device)
+    with open(os.path.join(os.environ["DDP_RECORD_DIR"], f"num_boxes_rank{comm.get_rank()}.jsonl"), "a") as f:
+        f.write(json.dumps({"local": sum(len(t["labels"]) for t in targets), "normalizer": value}) + "\\n")
+    return value
+
+
+DeformableDETR.num_boxes = staticmethod(recording_num_boxes)
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(train_net.main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+"""
+# Both runs: 3 iterations at global batch 2 on shapes_train (the subprocess knows the default splits
+# only), every image kept at 128 x 128 (the two processes pad their one image alone, one process pads
+# two together: equal only for equal sizes) and a frozen-statistics backbone norm (BatchNorm would
+# normalise over 1 image per process but over 2 in one process).
+DDP_OVERRIDES = [
+    "train.max_iter=3", "train.eval_period=0", "train.checkpointer.period=1000", "train.seed=42",
+    "model.backbone.stem.norm=FrozenBN", "model.backbone.stages.norm=FrozenBN",
+    "dataloader.train.dataset=shapes_train",
+    "dataloader.train.mapper.augmentations.min_sizes=[128]", "dataloader.train.mapper.augmentations.max_size=128",
+    "dataloader.train.mapper.augmentations.crop_sizes=[128]", "dataloader.train.mapper.augmentations.crop_range=[128,128]",
+]
+
+
+def _rows(metrics_json):
+    return [json.loads(line) for line in open(metrics_json) if line.strip() and "total_loss" in json.loads(line)]
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_ddp_two_processes_on_cpu_equal_one_process_at_the_same_global_batch(tiny, tmp_path, monkeypatch):
+    """``train_net.py --num-gpus 2`` (gloo, one image per process) against the same 3 iterations in one
+    process at the same global batch of 2 (the same images: the loader's stream is a function of the
+    position): every logged loss of every iteration is equal (DDP averages the processes' losses and
+    gradients, each normalised by the all-reduced GT count / 2); each process's normalizer is half the
+    one-process GT count and the processes' own counts add up to it. The 2-process run also evaluates
+    (split over the processes) after its last iteration."""
+    ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
+    records = tmp_path / "records"
+    records.mkdir()
+    driver = tmp_path / "ddp_driver.py"
+    driver.write_text(DDP_DRIVER)
+    # The evaluation after the last iteration covers shapes_val's 200 images: at 64 px (~1.5 s, not ~6 s).
+    cmd = [sys.executable, str(driver), "--config-file", tiny.config, "--num-gpus", "2", *tiny.model_overrides, *DDP_OVERRIDES,
+           f"train.output_dir={ddp_out}", "dataloader.test.mapper.augmentations.min_size=64",
+           "dataloader.test.mapper.augmentations.max_size=80"]
     # One thread per process: two processes share the two cores.
-    env = dict(os.environ, DETR_PLUS_DATASETS=os.environ["DETR_PLUS_DATASETS"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, DETR_PLUS_DATASETS=os.environ["DETR_PLUS_DATASETS"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               DETR_PLUS_REPO=str(tiny.repo), DDP_RECORD_DIR=str(records))
     proc = subprocess.run(cmd, cwd=tiny.repo, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         print(proc.stdout[-5000:])
         print(proc.stderr[-10000:], file=sys.stderr)
     assert proc.returncode == 0, f"train_net.py --num-gpus 2 failed (rc={proc.returncode}); stderr tail:\n{proc.stderr[-3000:]}"
-    assert (tmp_path / "model_final.pth").exists()
-    losses = _total_losses(tmp_path / "metrics.json")
-    assert losses and all(math.isfinite(v) for _, v in losses)
-    assert "bbox/AP" in json.loads((tmp_path / "metrics.json").read_text().splitlines()[-1])
     assert "Starting training from iteration 0" in proc.stderr + proc.stdout
+    assert (ddp_out / "model_final.pth").exists()
+    assert "bbox/AP" in json.loads((ddp_out / "metrics.json").read_text().splitlines()[-1])
+
+    # The reference: one process, in this process, without the evaluation.
+    from detr_plus.data import ensure_shapes_generated
+    from detr_plus.modeling.meta_arch import DeformableDETR
+
+    one_records = []
+    num_boxes = DeformableDETR.num_boxes
+
+    def recording(targets, device):
+        one_records.append({"local": sum(len(t["labels"]) for t in targets), "normalizer": num_boxes(targets, device)})
+        return one_records[-1]["normalizer"]
+
+    monkeypatch.setattr(DeformableDETR, "num_boxes", staticmethod(recording))
+    ensure_shapes_generated("shapes_train")
+    cfg = tiny.make_cfg(one_out, *DDP_OVERRIDES, mini_data=False)
+    cfg.dataloader.pop("evaluator")
+    tiny.run_train(cfg)
+
+    ranks = [_records(records / f"num_boxes_rank{r}.jsonl") for r in (0, 1)]
+    assert len(one_records) == len(ranks[0]) == len(ranks[1]) == 3
+    for step, (one, r0, r1) in enumerate(zip(one_records, *ranks)):
+        assert r0["local"] + r1["local"] == one["local"] == one["normalizer"] > 1, step  # the same global batch
+        assert r0["normalizer"] == r1["normalizer"] == one["normalizer"] / 2, step
+    ddp_rows, one_rows = _rows(ddp_out / "metrics.json"), _rows(one_out / "metrics.json")
+    assert [r["iteration"] for r in ddp_rows] == [r["iteration"] for r in one_rows] == [0, 1, 2]
+    for ddp, one in zip(ddp_rows, one_rows):
+        keys = sorted(k for k in one if k.startswith("loss_") or k == "total_loss")
+        assert len(keys) > 9 and keys == sorted(k for k in ddp if k.startswith("loss_") or k == "total_loss")
+        for key in keys:
+            assert ddp[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["iteration"], key)
