@@ -217,8 +217,9 @@ def test_loss_dict_values_match_criterion_per_layer(models, name):
     """``loss_*_{i}`` is the criterion on layer i, ``loss_*`` on the last layer, ``loss_*_enc`` on the
     encoder predictions (class-agnostic targets for the ++'s one-score head) times
     ``enc_loss_weight``; one image has no GT. The matching indices come back per layer. Every decoder
-    layer's three losses also equal ``hand_losses`` (brute-force matching, focal / L1 / GIoU written
-    out) on that layer's predictions, with the GT boxes normalised by hand from their pixels."""
+    layer's three losses (and the ++'s class-agnostic encoder losses on its valid tokens) also equal
+    ``hand_losses`` (brute-force matching, focal / L1 / GIoU written out) on those predictions, with the
+    GT boxes normalised by hand from their pixels."""
     model = models[name]
     model.eval()  # no dropout: the same decoder output below and in the loss dict
     batch = synthetic_batch()
@@ -253,6 +254,12 @@ def test_loss_dict_values_match_criterion_per_layer(models, name):
             for k, v in expected.items():
                 torch.testing.assert_close(losses[k + "_enc"], v * model.enc_loss_weight)
             assert len(matching["enc"][0][0][0]) == 2  # both GT boxes matched to encoder tokens
+            # By hand: one foreground class (both GTs labelled 0), only the valid tokens of each image.
+            v0, v1 = enc["valid"][0], enc["valid"][1]
+            by_hand = hand_losses(enc["logits"][0][v0], enc["boxes"][0][v0], gt_boxes, [0, 0], num_boxes)[0]
+            no_gt = hand_losses(enc["logits"][1][v1], enc["boxes"][1][v1], np.zeros((0, 4)), [], num_boxes)[0]
+            for k in by_hand:
+                assert losses[k + "_enc"].item() == pytest.approx(model.enc_loss_weight * (by_hand[k] + no_gt[k]), rel=1e-4), k
         # GT boxes are normalized by the unpadded image size (cxcywh in [0, 1]).
         w, h = IMAGE_SIZES[0][1], IMAGE_SIZES[0][0]
         torch.testing.assert_close(targets[0]["boxes"][0], torch.tensor([22.0 / w, 18.0 / h, 36.0 / w, 24.0 / h]))
