@@ -328,9 +328,6 @@ def test_mapper_train(shape_dicts):
     _check_mapper_train([_with_float_boxes(d) for d in shape_dicts])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: integer json boxes (the shapes generator writes ints) are truncated to "
-                   "integers after every resize (detectron2's apply_coords writes the scaled values into the int array "
-                   "DetrDatasetMapper passes), shifting box corners by up to 1 px per resize towards the origin")
 def test_mapper_train_integer_json_boxes(shape_dicts):
     """The same as ``test_mapper_train`` with the boxes exactly as the shapes json holds them (ints)."""
     assert all(isinstance(v, int) for d in shape_dicts for a in d["annotations"] for v in a["bbox"])

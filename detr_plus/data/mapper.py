@@ -187,6 +187,9 @@ class DetrDatasetMapper:
             # Boxes only: skip transforming masks/keypoints, which DETR does not use.
             obj.pop("segmentation", None)
             obj.pop("keypoints", None)
+            # Float boxes: detectron2 transforms the coordinates in place in an array of the box's own
+            # dtype, so integer json boxes would be truncated to whole pixels after every resize.
+            obj["bbox"] = [float(v) for v in obj["bbox"]]
             objs.append(utils.transform_instance_annotations(obj, transforms, image_shape))
         instances = utils.annotations_to_instances(objs, image_shape)
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
