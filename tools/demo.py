@@ -76,15 +76,16 @@ def build_predictor(args):
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"train.init_checkpoint={checkpoint!r}: give the checkpoint file to run, "
                                 "e.g. train.init_checkpoint=output/shapes_deformable_detr_tiny/model_final.pth")
+    state = checkpoint_state_dict(checkpoint)  # loaded once: class count, check and weights
     if not register_config_datasets(cfg, required=False) and "data" in cfg and cfg.data.get("num_classes") is None:
         # own-data config without its files: the class count is the checkpoint's
-        heads = [v for k, v in checkpoint_state_dict(checkpoint).items() if k.endswith("class_heads.0.weight")]
+        heads = [v for k, v in state.items() if k.endswith("class_heads.0.weight")]
         cfg.data.num_classes = int(heads[0].shape[0]) if heads else None
     if args.eval_route is not None:
         cfg.model.eval_route = args.eval_route
     model = instantiate(cfg.model)
-    check_checkpoint_matches(model, checkpoint, require_all=True)
-    model.load_state_dict(checkpoint_state_dict(checkpoint), strict=False)  # training-only keys may be absent / extra
+    check_checkpoint_matches(model, checkpoint, require_all=True, state=state)
+    model.load_state_dict(state, strict=False)  # training-only keys may be absent / extra
     model.to(resolve_device(cfg.train.get("device", "auto"))).eval()
     mapper = instantiate(cfg.dataloader.test.mapper)
     mapper.unreadable = "raise"  # report and skip, not evaluate a black image

@@ -1,7 +1,7 @@
 """Checks of a checkpoint against the model it is loaded into: Detectron2's checkpointer only warns
 about (and skips) parameters whose shapes differ, which would evaluate a half-random model."""
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -17,16 +17,16 @@ def checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
-def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = False) -> None:
+def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = False, state: Optional[Dict] = None) -> None:
     """``ValueError`` naming the parameters of checkpoint ``path`` whose shapes differ from ``model``'s;
     when the class heads differ, the message leads with both class counts (a checkpoint trained on
     other classes than the dataset's). ``require_all``: also the model's tensors the checkpoint lacks
     and the checkpoint's the model lacks, training-only ones (routes, query groups, extra outputs)
     excepted, so any method's checkpoint runs in its baseline's config and vice versa. A path that
-    is not a local file (a URL) is left to the checkpointer."""
+    is not a local file (a URL) is left to the checkpointer. ``state``: the file's weights, if already loaded."""
     if not os.path.isfile(path):
         return
-    state = checkpoint_state_dict(path)
+    state = checkpoint_state_dict(path) if state is None else state
     own = model.state_dict()
     mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                   if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
