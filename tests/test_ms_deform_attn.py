@@ -90,6 +90,49 @@ def test_bilinear_gather_gradcheck():
     assert torch.autograd.gradcheck(ms_deform_attn_bilinear_gather, inputs, eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("layout", ["in_place", "padded"])
+@pytest.mark.parametrize("tap_dots", ["sddmm", "gather"])
+def test_gather_layouts_and_tap_dots_match_naive(layout, tap_dots):
+    """Every way of running bilinear_gather gives the naive reference's values and gradients, with
+    points straddling every border (the in-place layout moves those one pixel inwards)."""
+    shapes = [(5, 6), (3, 4), (2, 2)]
+    value, spatial_shapes, start, locations, weights = random_inputs(shapes, queries=40, spread=(-0.3, 1.3), seed=5)
+    size_xy = spatial_shapes.flip(-1).to(torch.float64).view(3, 1, 2)
+    pix = locations * size_xy - 0.5
+    assert ((pix > -1) & (pix < 0)).any() and ((pix > size_xy - 1) & (pix < size_xy)).any()  # straddling both borders
+    inputs = [value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_()]
+    expected = ms_deform_attn_naive(value, spatial_shapes, start, locations, weights)
+    actual = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, locations, weights, layout=layout, tap_dots=tap_dots)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(expected)
+    for e, a in zip(torch.autograd.grad(expected, inputs, grad_out), torch.autograd.grad(actual, inputs, grad_out)):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
+
+
+def test_in_place_layout_gradcheck_and_limits():
+    gen = torch.Generator().manual_seed(4)
+    spatial_shapes, start, total = level_layout([(3, 4), (2, 3)])
+    value = torch.randn(2, total, 2, 2, generator=gen, dtype=torch.float64)
+    # Pixel coordinates integer + [0.15, 0.85] (no kink), integers -2..size: outside, border, inside.
+    integer = torch.randint(-2, 5, (2, 3, 2, 2, 2, 2), generator=gen).to(torch.float64)
+    frac = torch.rand(2, 3, 2, 2, 2, 2, generator=gen, dtype=torch.float64) * 0.7 + 0.15
+    size_xy = spatial_shapes.flip(-1).to(torch.float64).view(2, 1, 2)
+    locations = (integer + frac + 0.5) / size_xy
+    weights = torch.rand(2, 3, 2, 2, 2, generator=gen, dtype=torch.float64)
+
+    def fn(v, loc, w):
+        return ms_deform_attn_bilinear_gather(v, spatial_shapes, start, loc, w, layout="in_place")
+
+    assert torch.autograd.gradcheck(fn, (value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_()), eps=1e-6, atol=1e-7)
+    one_pixel_wide, start1, total1 = level_layout([(3, 4), (2, 1)])
+    with pytest.raises(ValueError, match=r"in_place.*at least 2 x 2.*\[\[3, 4\], \[2, 1\]\]"):
+        ms_deform_attn_bilinear_gather(torch.zeros(1, total1, 1, 2), one_pixel_wide, start1, torch.zeros(1, 1, 1, 2, 1, 2),
+                                       torch.ones(1, 1, 1, 2, 1), layout="in_place")
+    with pytest.raises(ValueError, match="tap_dots one of"):
+        ms_deform_attn_bilinear_gather(value, spatial_shapes, start, locations, weights, tap_dots="bmm")
+
+
 @pytest.mark.parametrize("name", IMPLEMENTATION_NAMES)
 def test_single_pixel_hand_checkable(name):
     fn = {"naive": ms_deform_attn_naive, **FAST}[name]
