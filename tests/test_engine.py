@@ -1,6 +1,7 @@
 """Unit tests of detr_plus.engine: config overrides, device resolution, the training step (non-finite
 loss), model EMA and its hook, optimizer parameter groups. No training of the real model here
 (see test_training.py); the only real model built is the tiny one, for the parameter groups."""
+import copy
 import itertools
 import math
 from types import SimpleNamespace
@@ -400,3 +401,28 @@ def test_build_adamw_from_config(tiny, tiny_model):
         torch.testing.assert_close(p.detach(), opt.param_groups[0]["params"][0].detach(), rtol=0, atol=1e-7)
         with torch.no_grad():
             p.copy_(b)
+
+
+def test_build_adamw_fused_on_cpu_and_same_update(tiny_model):
+    """fused=None picks torch's fused AdamW for CPU float parameters; three steps of it equal the
+    plain (for-loop) AdamW's within float rounding, and a plain optimizer's state loads into it."""
+    fused = build_adamw(tiny_model, lr=1e-3, lr_factors={"sampling_offsets": 0.1})
+    assert all(g["fused"] for g in fused.param_groups)
+    plain_model = copy.deepcopy(tiny_model)
+    plain = build_adamw(plain_model, lr=1e-3, lr_factors={"sampling_offsets": 0.1}, fused=False)
+    assert not any(g["fused"] for g in plain.param_groups)
+    gen = torch.Generator().manual_seed(0)
+    params = [p for p in tiny_model.parameters() if p.requires_grad]
+    plain_params = [p for p in plain_model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    for _ in range(3):
+        for p, q in zip(params, plain_params):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step()
+        plain.step()
+    assert max((p - b).abs().max() for p, b in zip(params, before)) > 1e-4  # the steps moved the weights
+    for p, q in zip(params, plain_params):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+    fused.load_state_dict(plain.state_dict())
+    assert fused.state_dict()["state"].keys() == plain.state_dict()["state"].keys()
