@@ -56,7 +56,7 @@ class TapTable(NamedTuple):
 @functools.lru_cache(maxsize=32)
 def _tap_sources(tap_table: TapTable, device: torch.device, dtype: torch.dtype):
     """For every table row r and tap k, the top-left row b = r - offset_k whose point's k-th tap is r
-    (``num_rows``, an always-empty bucket, where b would fall outside r's level), flattened (r, k)."""
+    (``num_rows``, an always-empty bucket, where b would fall outside r's level), and k, flattened (r, k)."""
     rows_per_image = tap_table.num_rows // tap_table.num_images
     shift = torch.zeros(rows_per_image, 4, dtype=torch.long)
     first = torch.zeros(rows_per_image, 1, dtype=torch.long)
@@ -66,7 +66,8 @@ def _tap_sources(tap_table: TapTable, device: torch.device, dtype: torch.dtype):
     source = torch.arange(rows_per_image).view(-1, 1) - shift
     image_start = (torch.arange(tap_table.num_images) * rows_per_image).view(-1, 1, 1)
     source = torch.where(source >= first, source + image_start, tap_table.num_rows)
-    return source.reshape(-1).to(device=device, dtype=dtype)
+    tap = torch.arange(4).repeat(tap_table.num_rows)
+    return source.reshape(-1).to(device=device, dtype=dtype), tap.to(device=device, dtype=dtype)
 
 
 def _tap_dot_products(table, rows, grad_out, tap_dots):
@@ -92,7 +93,8 @@ def _tap_dot_products(table, rows, grad_out, tap_dots):
 def _segment_fill(values, lengths, ends, total):
     """``repeat_interleave(values, lengths)`` (output ``total``) as a scatter of the differences at
     the segment starts and a cumsum: ~6x faster on CPU, where repeat_interleave builds an index first."""
-    steps = torch.diff(values, prepend=values.new_zeros(1))
+    steps = values.clone()
+    steps[1:] -= values[:-1]
     marks = values.new_zeros(total + 1).index_add_(0, ends - lengths, steps)
     return torch.cumsum(marks[:-1], 0, dtype=values.dtype)
 
@@ -108,13 +110,12 @@ def _table_gradient(grad_out, base, weights, tap_table):
     order = torch.argsort(flat_base)
     counts = torch.bincount(flat_base, minlength=tap_table.num_rows + 1).to(dtype)  # last bucket: always empty
     first_sorted = torch.cumsum(counts, 0, dtype=dtype) - counts
-    sources = _tap_sources(tap_table, flat_base.device, dtype)  # (rows * 4,): runs in bag order
+    sources, tap_of_run = _tap_sources(tap_table, flat_base.device, dtype)  # (rows * 4,): runs in bag order
     run_lengths = counts.index_select(0, sources)
     run_ends = torch.cumsum(run_lengths, 0, dtype=dtype)
     total = 4 * flat_base.numel()
     # Entry j of run (r, k) is sorted point first_sorted[source] + (j - run start), tap k: encode
     # (sorted point, tap) as 4 * sorted point + k, which is run-constant plus 4 * j.
-    tap_of_run = torch.arange(4, dtype=dtype, device=flat_base.device).repeat(tap_table.num_rows)
     run_value = 4 * (first_sorted.index_select(0, sources) - run_ends + run_lengths) + tap_of_run
     sorted_tap = _segment_fill(run_value, run_lengths, run_ends, total)
     sorted_tap += torch.arange(0, 4 * total, 4, dtype=dtype, device=flat_base.device)
@@ -127,35 +128,71 @@ def _table_gradient(grad_out, base, weights, tap_table):
     )
 
 
-class _BilinearTapGather(torch.autograd.Function):
-    """out[n] = sum_{p, k} weights[n, p, k] * table[base[n, p] + offset_k(p)]: every output row is a
-    weighted bag of 4 bilinear taps per sampling point, the taps at fixed row offsets of the point's
-    top-left tap (``tap_offsets``, per point; ``tap_table`` describes the same per level).
+def _tent_slope(offset):
+    """d/dx of the tent max(0, 1 - |x - pixel|) at ``offset`` = x - pixel, with grid_sample's
+    one-sided convention at the kinks (a point exactly on a pixel is that pixel's left tap): -1 on
+    [0, 1), +1 on [-1, 0), 0 elsewhere."""
+    return torch.where(offset >= 0, -(offset < 1).to(offset.dtype), (offset >= -1).to(offset.dtype))
 
-    Forward is one ``F.embedding_bag``. The backward is written for this structure, as the generic
-    embedding_bag backward sorts all taps and accumulates serially: d/d weights by
-    :func:`_tap_dot_products`, d/d table by :func:`_table_gradient` (one embedding_bag, no dense
-    intermediate, no atomics: deterministic).
+
+class _BilinearSampling(torch.autograd.Function):
+    """Eq. 3's sampling: out[n] = sum_{p, k} a[n, p] * w_k(x, y) * table[base[n, p] + offset_k(p)],
+    every output row a weighted bag of 4 bilinear taps per point, the taps at fixed row offsets of
+    the point's first tap; w_k = tent_x * tent_y of the tap (see :func:`_axis_taps`).
+
+    Forward is one ``F.embedding_bag``. The backward is written for this structure (autograd through
+    the weight arithmetic and the generic embedding_bag backward, which sorts all taps and
+    accumulates serially, cost more than the gather): the tap dots g . table[tap]
+    (:func:`_tap_dot_products`) give d/d a and, with the tents' slopes, d/d x and d/d y in closed
+    form; d table is :func:`_table_gradient` (one embedding_bag, no atomics: deterministic).
     """
 
     @staticmethod
-    def forward(ctx, table, base, tap_offsets, weights, tap_table, tap_dots):
+    def forward(ctx, table, locations, attention_weights, geometry, tap_dots):
+        sizes_xy, table_width, level_start, tap_offsets, tap_table, in_place = geometry
+        B, Q, H, L, P, _ = locations.shape
+        # Pixel coordinates with the align_corners=False convention: x_pix = x * W - 0.5.
+        pixel = locations * sizes_xy - 0.5
+        first_x, (tent_x0, tent_x1), offset_x = _axis_taps(pixel[..., 0], sizes_xy[..., 0], in_place)
+        first_y, (tent_y0, tent_y1), offset_y = _axis_taps(pixel[..., 1], sizes_xy[..., 1], in_place)
+        dtype = table.dtype
+        index_dtype = tap_offsets.dtype
+        rows_per_image = tap_table.num_rows // B
+        # In float (exact below 2**24 rows per image), then one cast: fewer integer passes.
+        base = (first_y * table_width + first_x + level_start).to(index_dtype) * H
+        base += (torch.arange(B, device=table.device, dtype=index_dtype) * rows_per_image).view(B, 1, 1, 1, 1)
+        base += torch.arange(H, device=table.device, dtype=index_dtype).view(1, 1, H, 1, 1)
+        base = base.reshape(-1, L * P)
+        row_y0, row_y1 = tent_y0 * attention_weights, tent_y1 * attention_weights
+        # Taps in the order (x0, y0), (x1, y0), (x0, y1), (x1, y1).
+        weights = torch.stack([row_y0 * tent_x0, row_y0 * tent_x1, row_y1 * tent_x0, row_y1 * tent_x1], -1).to(dtype)
+        weights = weights.view(-1, L * P, 4)
         rows = (base[..., None] + tap_offsets).flatten(1)  # (N, points * 4)
-        ctx.save_for_backward(table, base, rows, weights)
-        ctx.tap_table, ctx.tap_dots = tap_table, tap_dots
+        ctx.save_for_backward(table, base, rows, weights, attention_weights, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y)
+        ctx.sizes_xy, ctx.tap_table, ctx.tap_dots = sizes_xy, tap_table, tap_dots
         return F.embedding_bag(rows, table, per_sample_weights=weights.flatten(1), mode="sum")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        table, base, rows, weights = ctx.saved_tensors
+        table, base, rows, weights, attention, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # a stride-0 gradient (from .sum()) takes embedding_bag's slow path
-        grad_table = grad_weights = None
-        if ctx.needs_input_grad[3]:
-            grad_weights = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).view_as(weights)
+        grad_table = grad_locations = grad_attention = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dots = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).view(*attention.shape, 4).to(attention.dtype)
+            dot_x0 = dots[..., 0] * tent_y0 + dots[..., 2] * tent_y1  # summed over the y taps
+            dot_x1 = dots[..., 1] * tent_y0 + dots[..., 3] * tent_y1
+            if ctx.needs_input_grad[2]:
+                grad_attention = dot_x0 * tent_x0 + dot_x1 * tent_x1
+            if ctx.needs_input_grad[1]:
+                dot_y0 = dots[..., 0] * tent_x0 + dots[..., 1] * tent_x1
+                dot_y1 = dots[..., 2] * tent_x0 + dots[..., 3] * tent_x1
+                grad_x = dot_x0 * _tent_slope(offset_x) + dot_x1 * _tent_slope(offset_x - 1)
+                grad_y = dot_y0 * _tent_slope(offset_y) + dot_y1 * _tent_slope(offset_y - 1)
+                grad_locations = torch.stack([grad_x, grad_y], -1) * attention[..., None] * ctx.sizes_xy
         if ctx.needs_input_grad[0]:
             grad_table = _table_gradient(grad_out, base, weights, ctx.tap_table)
-        return grad_table, None, None, grad_weights, None, None
+        return grad_table, grad_locations, grad_attention, None, None
 
 
 def pad_levels(value, spatial_shapes):
@@ -175,8 +212,9 @@ def pad_levels(value, spatial_shapes):
 
 
 def _axis_taps(coordinate, size, in_place):
-    """Along one axis of ``size`` pixels: the first of a point's two taps, and both taps' weights,
-    for pixel coordinates ``coordinate`` (align_corners=False).
+    """Along one axis of ``size`` pixels: the first of a point's two taps (in the table's pixels),
+    both taps' weights, and the coordinate's offset from the first tap, for pixel coordinates
+    ``coordinate`` (align_corners=False).
 
     A pixel's bilinear weight is the tent max(0, 1 - |coordinate - pixel|), whichever two pixels are
     the taps. in_place: the first tap is clamped into [0, size - 2], so both taps are real pixels (a
@@ -186,9 +224,9 @@ def _axis_taps(coordinate, size, in_place):
     """
     first = torch.floor(coordinate).clamp(min=0 if in_place else -1)
     first = torch.minimum(first, size - (2 if in_place else 1))
-    to_first = coordinate - first
-    weights = (1 - to_first.abs()).clamp(min=0), (1 - (to_first - 1).abs()).clamp(min=0)
-    return (first if in_place else first + 1), weights
+    offset = coordinate - first
+    weights = (1 - offset.abs()).clamp(min=0), (1 - (offset - 1).abs()).clamp(min=0)
+    return (first if in_place else first + 1), weights, offset
 
 
 def ms_deform_attn_bilinear_gather(
@@ -201,44 +239,32 @@ def ms_deform_attn_bilinear_gather(
     B, S, H, C = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     level_sizes = spatial_shapes.tolist()
-    in_place = min(min(h, w) for h, w in level_sizes) >= 2 if layout == "auto" else layout == "in_place"
-    if in_place and min(min(h, w) for h, w in level_sizes) < 2:
+    smallest = min(min(h, w) for h, w in level_sizes)
+    in_place = smallest >= 2 if layout == "auto" else layout == "in_place"
+    if in_place and smallest < 2:
         raise ValueError(f"layout='in_place' needs every level at least 2 x 2 pixels; levels (H, W): {level_sizes}")
     table_shapes = [(h, w) if in_place else (h + 2, w + 2) for h, w in level_sizes]
     table = value if in_place else pad_levels(value, spatial_shapes)
     table_starts = [0]
     for h, w in table_shapes[:-1]:
         table_starts.append(table_starts[-1] + h * w)
-    rows_per_image = table.shape[1]
-
-    dtype = sampling_locations.dtype
-    size_xy = spatial_shapes.flip(-1).to(dtype).view(L, 1, 2)  # (W, H) per level
-    # Pixel coordinates with the align_corners=False convention: x_pix = x * W - 0.5.
-    xy = sampling_locations * size_xy - 0.5
-    top_left_x, weights_x = _axis_taps(xy[..., 0], size_xy[..., 0], in_place)
-    top_left_y, weights_y = _axis_taps(xy[..., 1], size_xy[..., 1], in_place)
-    weights_y = torch.stack(weights_y, dim=-1) * attention_weights[..., None]
-    # Taps in the order (x0, y0), (x1, y0), (x0, y1), (x1, y1).
-    weight = (weights_y[..., :, None] * torch.stack(weights_x, dim=-1)[..., None, :]).flatten(-2).to(value.dtype)
-
-    index_dtype = torch.int32 if B * rows_per_image * H < 2**31 else torch.int64
-    device = value.device
-    table_width = torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1)
-    level_start = torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1)
-    # In float (exact below 2**24 rows per image), then one cast: fewer integer passes.
-    base = (top_left_y * table_width + top_left_x + level_start).to(index_dtype)
-    base = base + (torch.arange(B, device=device, dtype=index_dtype) * rows_per_image).view(B, 1, 1, 1, 1)
-    base = base * H + torch.arange(H, device=device, dtype=index_dtype).view(1, 1, H, 1, 1)
+    device, dtype = value.device, sampling_locations.dtype
+    index_dtype = torch.int32 if B * table.shape[1] * H < 2**31 else torch.int64
     # Taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) are fixed row offsets from the (x0, y0) row.
     level_offsets = [(0, H, w * H, (w + 1) * H) for _, w in table_shapes]
-    tap_offsets = torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(P, dim=0)
     tap_table = TapTable(
         tuple((start * H, (start + h * w) * H, offsets) for start, (h, w), offsets in zip(table_starts, table_shapes, level_offsets)),
-        B, B * rows_per_image * H,
+        B, B * table.shape[1] * H,
     )
-    out = _BilinearTapGather.apply(
-        table.reshape(-1, C), base.reshape(-1, L * P), tap_offsets, weight.reshape(-1, L * P, 4), tap_table, tap_dots
+    geometry = (
+        spatial_shapes.flip(-1).to(dtype).view(L, 1, 2),  # (W, H) per level
+        torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1),
+        torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1),
+        torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(P, dim=0),
+        tap_table,
+        in_place,
     )
+    out = _BilinearSampling.apply(table.reshape(-1, C), sampling_locations, attention_weights, geometry, tap_dots)
     return out.view(B, Q, H * C)
 
 
