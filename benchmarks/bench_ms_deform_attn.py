@@ -3,8 +3,9 @@
 
     python benchmarks/bench_ms_deform_attn.py [--device cpu|cuda] [--repeats N] [--quick] [--dtype float32]
 
-Times each implementation on one shape (default: the Deformable-DETR encoder, batch 2, 8 heads x 32,
-levels 64x64/32x32/16x16/8x8, 5440 queries = all positions, 4 points): median forward (no_grad) and
+Times each implementation on two shapes, the Deformable-DETR encoder (batch 2, 8 heads x 32, levels
+64x64/32x32/16x16/8x8, 5440 queries = all positions, 4 points) and its decoder (the same value maps,
+300 queries; ``--decoder-queries``), or on one shape given with ``--queries``: median forward (no_grad) and
 median forward+backward (gradients of value, sampling_locations and attention_weights) over
 ``--repeats`` runs after ``--warmup`` runs; peak memory of one forward and one forward+backward;
 and the largest difference of outputs and gradients from ``grid_sample`` (the reference).
@@ -146,8 +147,10 @@ def rss_probe(args, impl, mode):
     print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
-def cpu_peak_mb(impl, mode, args):
+def cpu_peak_mb(impl, mode, args, queries=None):
     cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--_rss-probe", impl, mode]
+    if queries is not None:
+        cmd += ["--queries", str(queries)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -233,9 +236,9 @@ def bench_shape(shape, impls, args, device, dtype, repeats, warmup, label):
             if device.type == "cuda":
                 row["peak_fwd_mb"] = cuda_peak_mb(lambda: forward_no_grad(fn, x), device)
                 row["peak_fwd_bwd_mb"] = cuda_peak_mb(lambda: forward_backward(fn, x), device)
-            elif label == "main":
-                row["peak_fwd_mb"], err = cpu_peak_mb(impl, "fwd", args)
-                row["peak_fwd_bwd_mb"], err2 = cpu_peak_mb(impl, "fwd_bwd", args)
+            elif label != "tiny":
+                row["peak_fwd_mb"], err = cpu_peak_mb(impl, "fwd", args, shape["queries"])
+                row["peak_fwd_bwd_mb"], err2 = cpu_peak_mb(impl, "fwd_bwd", args, shape["queries"])
                 if err or err2:
                     row["memory_note"] = err or err2
         rows.append(row)
@@ -272,6 +275,23 @@ def print_table(rows, mem_kind):
     print(f"\nPeak memory: {mem_kind}.")
 
 
+def speed_ratios(rows, shapes):
+    """grid_sample / bilinear_gather time per shape and direction (> 1: ours faster), printed as a table."""
+    ratios = {}
+    by_key = {(r["shape"], r["impl"]): r for r in rows if "error" not in r}
+    for label, shape in shapes.items():
+        ours, ref = by_key.get((label, "bilinear_gather")), by_key.get((label, REFERENCE))
+        if ours and ref:
+            ratios[label] = {k: ref[k]["median_ms"] / ours[k]["median_ms"] for k in ("fwd", "fwd_bwd")}
+    if ratios:
+        print(f"\nspeed ratio {REFERENCE} / bilinear_gather (> 1: bilinear_gather faster), medians:\n")
+        print("| shape | forward | forward + backward |\n|---|---|---|")
+        for label, r in ratios.items():
+            print(f"| {label} ({describe(shapes[label])}) | {r['fwd']:.2f}x | {r['fwd_bwd']:.2f}x |")
+        print()
+    return ratios
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
@@ -286,7 +306,8 @@ def main():
     parser.add_argument("--channels", type=int, help="channels per head")
     parser.add_argument("--levels", help="comma-separated HxW, e.g. 64x64,32x32,16x16,8x8")
     parser.add_argument("--points", type=int)
-    parser.add_argument("--queries", type=int, help="default: all positions (encoder self-attention)")
+    parser.add_argument("--queries", type=int, help="one shape with this many queries (default: the encoder and decoder shapes)")
+    parser.add_argument("--decoder-queries", type=int, default=300, help="queries of the decoder shape (default 300)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -304,6 +325,10 @@ def main():
     repeats = args.repeats or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     shape = shape_from_args(args)
+    if args.queries is None:  # the encoder (every position queries) and the decoder (fixed queries)
+        shapes = {"encoder": shape, "decoder": dict(shape, queries=args.decoder_queries)}
+    else:
+        shapes = {"main": shape}
 
     env = f"torch {torch.__version__}, device {device}"
     if device.type == "cuda":
@@ -314,12 +339,15 @@ def main():
     print(env)
     if device.type == "cpu" and hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1) * 0.75:
         print("WARNING: the CPUs are busy with other work; timings are unreliable (--threads 1 suffers least)")
-    print(f"main shape: {describe(shape)}; {repeats} timed runs after {warmup} warm-up")
+    for label, s in shapes.items():
+        print(f"{label} shape: {describe(s)}; {repeats} timed runs after {warmup} warm-up")
     print(f"tiny shape (all implementations incl. naive): {describe(TINY_SHAPE)}")
     print("forward = no_grad; fwd+bwd = forward + autograd.grad of value, sampling_locations, attention_weights\n")
 
     main_impls = [i for i in args.impl if i != "naive"]
-    rows = bench_shape(shape, main_impls, args, device, dtype, repeats, warmup, "main")
+    rows = []
+    for label, s in shapes.items():
+        rows += bench_shape(s, main_impls, args, device, dtype, repeats, warmup, label)
     tiny_impls = list(dict.fromkeys(args.impl + [REFERENCE]))
     rows += bench_shape(TINY_SHAPE, tiny_impls, args, device, dtype, min(repeats, 3), 1, "tiny")
 
@@ -329,17 +357,12 @@ def main():
         mem_kind = "not measured (--no-memory)"
     else:
         mem_kind = ("CPU peak RSS growth (VmHWM - VmRSS) during one run, in a fresh process per measurement, "
-                    "main shape only; approximate (includes allocator and thread overheads)")
+                    "encoder/decoder shapes only; approximate (includes allocator and thread overheads)")
     print_table(rows, mem_kind)
 
-    main_rows = {r["impl"]: r for r in rows if r["shape"] == "main" and "error" not in r}
-    ratios = {}
-    if "bilinear_gather" in main_rows and REFERENCE in main_rows:
-        for key, name in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
-            ratios[key] = main_rows[REFERENCE][key]["median_ms"] / main_rows["bilinear_gather"][key]["median_ms"]
-            print(f"speed ratio grid_sample / bilinear_gather (>1: bilinear_gather faster), {name}: {ratios[key]:.2f}x")
+    ratios = speed_ratios(rows, shapes)
     failed = [f"{r['shape']}/{r['impl']}" for r in rows if r.get("check_ok") is False]
-    excluded = max((r.get("boundary_excluded", 0) for r in rows if r["shape"] == "main"), default=0)
+    excluded = max((r.get("boundary_excluded", 0) for r in rows if r["shape"] != "tiny"), default=0)
     if excluded:
         print(f"d_loc diff and check leave out {excluded} coordinates within {BOUNDARY_EPS_PX} px of a pixel boundary "
               "(where two implementations may floor differently)")
@@ -352,7 +375,7 @@ def main():
     print("correctness: " + (f"FAIL {failed}" if failed else "OK, every implementation passes the check against grid_sample"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(env=env, main_shape=shape, tiny_shape=TINY_SHAPE, repeats=repeats, warmup=warmup,
+            json.dump(dict(env=env, shapes=shapes, tiny_shape=TINY_SHAPE, repeats=repeats, warmup=warmup,
                            rows=rows, ratios=ratios, memory=mem_kind), f, indent=2)
     return 1 if failed else 0
 

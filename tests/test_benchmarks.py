@@ -1,0 +1,51 @@
+"""The training-step profiler (benchmarks/profile_train_step.py): exclusive part times, every part of
+a real step attributed, and the model left as it was."""
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL_OVERRIDES
+
+sys.path.insert(0, str(REPO))
+from benchmarks import profile_train_step as profiler  # noqa: E402
+
+
+def test_part_clock_times_are_exclusive(monkeypatch):
+    """A part entered inside another pauses it: outer 1 + 3 s, inner 2 s (a fake clock)."""
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    clock = profiler.PartClock(torch.device("cpu"))
+    with clock.part("outer"):
+        now[0] += 1
+        with clock.part("inner"):
+            now[0] += 2
+        now[0] += 3
+    with clock.part("inner"):
+        now[0] += 0.5
+    assert dict(clock.totals) == {"outer": 4.0, "inner": 2.5}
+
+
+def test_split_configs():
+    assert profiler.split_configs([]) == [(profiler.DEFAULT_CONFIG, [])]
+    assert profiler.split_configs(["--config-file", "a.py", "x=1", "--compare", "b.py", "y=2", "z=3"]) == [
+        ("a.py", ["x=1"]), ("b.py", ["y=2", "z=3"])]
+    with pytest.raises(SystemExit, match="before any --config-file"):
+        profiler.split_configs(["x=1"])
+
+
+def test_profile_attributes_every_part_of_a_step_and_restores_the_model(shapes_mini, single_thread):
+    from detr_plus.modeling.matcher import HungarianMatcher
+
+    call_before, backward_before = HungarianMatcher.__call__, torch.Tensor.backward
+    overrides = TINY_MODEL_OVERRIDES + ["dataloader.train.dataset=shapes_train_mini"]
+    args = SimpleNamespace(device="cpu", steps=2, warmup=1, batch_size=None, synthetic=None, image_size=None)
+    result = profiler.profile(str(REPO / "configs" / "shapes" / "deformable_detr_tiny.py"), overrides, args)
+    parts = result["parts_ms"]
+    for part in ("backbone", "encoder", "query selection", "decoder", "matching", "losses", "backward", "optimizer step"):
+        assert parts[part] > 0, part
+    assert parts["teacher"] == 0  # the baseline has none
+    assert sum(parts.values()) == pytest.approx(result["step_ms"], rel=0.2)  # medians per part: close, not equal
+    assert HungarianMatcher.__call__ is call_before and torch.Tensor.backward is backward_before
