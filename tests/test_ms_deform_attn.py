@@ -272,3 +272,13 @@ def test_module_sampling_geometry(implementation):
     out = module(query, box, value1, shapes1, start1)
     expected = (value1[0, 1 * 5 + 3] + (value1[0, 1 * 5 + 2] + value1[0, 2 * 5 + 2]) / 2) / 2
     torch.testing.assert_close(out.view(2), expected)
+
+
+def test_segment_fill_equals_repeat_interleave_with_empty_segments():
+    from detr_plus.layers.ms_deform_attn import _segment_fill
+
+    values = torch.tensor([5, -3, 7, 2, 9, 4], dtype=torch.int32)
+    lengths = torch.tensor([0, 2, 0, 3, 1, 0], dtype=torch.int32)  # empty first, middle and last runs
+    ends = torch.cumsum(lengths, 0, dtype=torch.int32)
+    expected = torch.repeat_interleave(values, lengths) + 4 * torch.arange(6, dtype=torch.int32)
+    assert _segment_fill(values, lengths, ends, 6, step=4).tolist() == expected.tolist() == [-3, 1, 10, 14, 18, 29]

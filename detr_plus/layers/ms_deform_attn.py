@@ -90,12 +90,15 @@ def _tap_dot_products(table, rows, grad_out, tap_dots):
     return dots
 
 
-def _segment_fill(values, lengths, ends, total):
-    """``repeat_interleave(values, lengths)`` (output ``total``) as a scatter of the differences at
-    the segment starts and a cumsum: ~6x faster on CPU, where repeat_interleave builds an index first."""
-    steps = values.clone()
-    steps[1:] -= values[:-1]
-    marks = values.new_zeros(total + 1).index_add_(0, ends - lengths, steps)
+def _segment_fill(values, lengths, ends, total, step=0):
+    """``repeat_interleave(values, lengths) + step * arange(total)`` as a scatter of the differences
+    at the segment starts into a constant ``step`` and one cumsum: ~6x faster on CPU, where
+    repeat_interleave builds an index first."""
+    jumps = values.clone()
+    jumps[1:] -= values[:-1]
+    marks = values.new_full((total + 1,), step)
+    marks[0] = 0
+    marks.index_add_(0, ends - lengths, jumps)
     return torch.cumsum(marks[:-1], 0, dtype=values.dtype)
 
 
@@ -117,8 +120,7 @@ def _table_gradient(grad_out, base, weights, tap_table):
     # Entry j of run (r, k) is sorted point first_sorted[source] + (j - run start), tap k: encode
     # (sorted point, tap) as 4 * sorted point + k, which is run-constant plus 4 * j.
     run_value = 4 * (first_sorted.index_select(0, sources) - run_ends + run_lengths) + tap_of_run
-    sorted_tap = _segment_fill(run_value, run_lengths, run_ends, total)
-    sorted_tap += torch.arange(0, 4 * total, 4, dtype=dtype, device=flat_base.device)
+    sorted_tap = _segment_fill(run_value, run_lengths, run_ends, total, step=4)
     sorted_weights = weights.reshape(-1, 4).index_select(0, order).reshape(-1)
     out_row_of_sorted = torch.div(order, points_per_out, rounding_mode="floor").to(dtype)
     bag_starts = torch.cat([run_ends.new_zeros(1), run_ends[3:-1:4]])  # a row's bag starts where the row before ends
