@@ -282,3 +282,27 @@ def test_segment_fill_equals_repeat_interleave_with_empty_segments():
     ends = torch.cumsum(lengths, 0, dtype=torch.int32)
     expected = torch.repeat_interleave(values, lengths) + 4 * torch.arange(6, dtype=torch.int32)
     assert _segment_fill(values, lengths, ends, 6, step=4).tolist() == expected.tolist() == [-3, 1, 10, 14, 18, 29]
+
+
+@pytest.mark.parametrize("layout", ["in_place", "padded"])
+def test_location_gradient_on_pixel_centres_matches_grid_sample(layout):
+    """Exactly on a pixel centre (every query at initialisation with zero offsets) the location
+    gradient is one-sided; bilinear_gather takes grid_sample's side, also on the first and last pixel.
+    Power-of-two sizes: the centres are exact in both implementations' arithmetic (elsewhere rounding
+    decides the side, which is why the benchmark leaves such coordinates out)."""
+    value, spatial_shapes, start, _, weights = random_inputs([(4, 8), (2, 4)], queries=6, seed=9)
+    sizes = spatial_shapes.flip(-1).to(torch.float64)  # (W, H) per level
+    gen = torch.Generator().manual_seed(2)
+    pixel = torch.stack([torch.randint(0, int(s), (2, 6, 2, 3), generator=gen) for s in sizes.flatten()], -1)
+    pixel = pixel.view(2, 6, 2, 3, 2, 2).permute(0, 1, 2, 4, 3, 5).to(torch.float64)  # (B, Q, H, L, P, xy)
+    pixel[0, 0, 0, :, 0] = 0.0
+    pixel[0, 0, 1, :, 0] = sizes - 1  # first and last pixel of every level
+    locations = (pixel + 0.5) / sizes.view(2, 1, 2)
+    grads = {}
+    for name, fn in (("grid_sample", ms_deform_attn_grid_sample), ("gather", ms_deform_attn_bilinear_gather)):
+        loc = locations.clone().requires_grad_()
+        kwargs = {"layout": layout} if name == "gather" else {}
+        out = fn(value, spatial_shapes, start, loc, weights, **kwargs)
+        grads[name] = torch.autograd.grad(out, loc, torch.ones_like(out))[0]
+    assert grads["grid_sample"].abs().max() > 0.1
+    torch.testing.assert_close(grads["gather"], grads["grid_sample"], rtol=1e-10, atol=1e-10)

@@ -130,11 +130,14 @@ def _table_gradient(grad_out, base, weights, tap_table):
     )
 
 
-def _tent_slope(offset):
-    """d/dx of the tent max(0, 1 - |x - pixel|) at ``offset`` = x - pixel, with grid_sample's
-    one-sided convention at the kinks (a point exactly on a pixel is that pixel's left tap): -1 on
-    [0, 1), +1 on [-1, 0), 0 elsewhere."""
-    return torch.where(offset >= 0, -(offset < 1).to(offset.dtype), (offset >= -1).to(offset.dtype))
+def _tent_gradient(dot_first, dot_second, offset):
+    """d/dx of dot_first * tent(offset) + dot_second * tent(offset - 1), the tents max(0, 1 - |u|),
+    with grid_sample's one-sided convention at the kinks (a point exactly on a pixel is that
+    pixel's first tap): on [0, 1) the slopes are (-1, +1), on [-1, 0) (+1, 0), on [1, 2) (0, -1),
+    elsewhere both 0."""
+    cell = torch.floor(offset)
+    inside = torch.where(cell == 0, dot_second - dot_first, 0.0)
+    return inside + torch.where(cell == -1, dot_first, 0.0) - torch.where(cell == 1, dot_second, 0.0)
 
 
 class _BilinearSampling(torch.autograd.Function):
@@ -181,17 +184,18 @@ class _BilinearSampling(torch.autograd.Function):
         grad_out = grad_out.contiguous()  # a stride-0 gradient (from .sum()) takes embedding_bag's slow path
         grad_table = grad_locations = grad_attention = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dots = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).view(*attention.shape, 4).to(attention.dtype)
-            dot_x0 = dots[..., 0] * tent_y0 + dots[..., 2] * tent_y1  # summed over the y taps
-            dot_x1 = dots[..., 1] * tent_y0 + dots[..., 3] * tent_y1
+            dots = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).to(attention.dtype)
+            d00, d10, d01, d11 = dots.view(-1, 4).t().contiguous().view(4, *attention.shape)  # taps (x, y)
+            dot_x0 = torch.addcmul(d00 * tent_y0, d01, tent_y1)  # summed over the y taps
+            dot_x1 = torch.addcmul(d10 * tent_y0, d11, tent_y1)
             if ctx.needs_input_grad[2]:
-                grad_attention = dot_x0 * tent_x0 + dot_x1 * tent_x1
+                grad_attention = torch.addcmul(dot_x0 * tent_x0, dot_x1, tent_x1)
             if ctx.needs_input_grad[1]:
-                dot_y0 = dots[..., 0] * tent_x0 + dots[..., 1] * tent_x1
-                dot_y1 = dots[..., 2] * tent_x0 + dots[..., 3] * tent_x1
-                grad_x = dot_x0 * _tent_slope(offset_x) + dot_x1 * _tent_slope(offset_x - 1)
-                grad_y = dot_y0 * _tent_slope(offset_y) + dot_y1 * _tent_slope(offset_y - 1)
-                grad_locations = torch.stack([grad_x, grad_y], -1) * attention[..., None] * ctx.sizes_xy
+                dot_y0 = torch.addcmul(d00 * tent_x0, d10, tent_x1)
+                dot_y1 = torch.addcmul(d01 * tent_x0, d11, tent_x1)
+                grad_x = _tent_gradient(dot_x0, dot_x1, offset_x)
+                grad_y = _tent_gradient(dot_y0, dot_y1, offset_y)
+                grad_locations = torch.stack([grad_x, grad_y], -1) * (attention[..., None] * ctx.sizes_xy)
         if ctx.needs_input_grad[0]:
             grad_table = _table_gradient(grad_out, base, weights, ctx.tap_table)
         return grad_table, grad_locations, grad_attention, None, None
