@@ -7,7 +7,7 @@ Times each implementation on two shapes, the Deformable-DETR encoder (batch 2, 8
 64x64/32x32/16x16/8x8, 5440 queries = all positions, 4 points) and its decoder (the same value maps,
 300 queries; ``--decoder-queries``), or on one shape given with ``--queries``: median forward (no_grad) and
 median forward+backward (gradients of value, sampling_locations and attention_weights) over
-``--repeats`` runs after ``--warmup`` runs; peak memory of one forward and one forward+backward;
+``--repeats`` runs after ``--warmup`` runs, the implementations taking turns within each repeat; peak memory of one forward and one forward+backward;
 and the largest difference of outputs and gradients from ``grid_sample`` (the reference).
 ``naive`` (per-point Python loops) runs only on a tiny shape, where all three are compared.
 """
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from benchmarks.timing import summarize, sync, time_calls  # noqa: E402,F401
+from benchmarks.timing import summarize, sync  # noqa: E402
 from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS  # noqa: E402
 
 REFERENCE = "grid_sample"
@@ -218,30 +218,52 @@ def shape_from_args(args):
     return shape
 
 
+def interleaved_times(calls, repeats, warmup, device):
+    """Median and quartiles per named call, the calls taking turns within every repeat: a machine
+    whose speed drifts (a shared VM) then slows all of them alike instead of whichever ran last."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: summarize(t) for name, t in times.items()}
+
+
 def bench_shape(shape, impls, args, device, dtype, repeats, warmup, label):
     x = make_inputs(shape, device, dtype, args.seed)
-    rows, outputs = [], {}
+    rows, outputs, calls = [], {}, {}
     for impl in impls:
         fn = IMPLEMENTATIONS[impl]
         row = dict(shape=label, impl=impl)
         try:
             outputs[impl] = forward_backward(fn, x)
-            row["fwd"] = time_calls(lambda: forward_no_grad(fn, x), repeats, warmup, device)
-            row["fwd_bwd"] = time_calls(lambda: forward_backward(fn, x), repeats, warmup, device)
         except Exception as e:  # e.g. a dtype an implementation has no kernel for on this device
             row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:160]
             rows.append(row)
             continue
-        if not args.no_memory:
-            if device.type == "cuda":
-                row["peak_fwd_mb"] = cuda_peak_mb(lambda: forward_no_grad(fn, x), device)
-                row["peak_fwd_bwd_mb"] = cuda_peak_mb(lambda: forward_backward(fn, x), device)
-            elif label != "tiny":
-                row["peak_fwd_mb"], err = cpu_peak_mb(impl, "fwd", args, shape["queries"])
-                row["peak_fwd_bwd_mb"], err2 = cpu_peak_mb(impl, "fwd_bwd", args, shape["queries"])
-                if err or err2:
-                    row["memory_note"] = err or err2
+        calls[(impl, "fwd")] = lambda fn=fn: forward_no_grad(fn, x)
+        calls[(impl, "fwd_bwd")] = lambda fn=fn: forward_backward(fn, x)
         rows.append(row)
+    for (impl, key), result in interleaved_times(calls, repeats, warmup, device).items():
+        next(r for r in rows if r["impl"] == impl)[key] = result
+    for row in rows:
+        fn = IMPLEMENTATIONS[row["impl"]]
+        if "error" in row or args.no_memory:
+            continue
+        if device.type == "cuda":
+            row["peak_fwd_mb"] = cuda_peak_mb(lambda: forward_no_grad(fn, x), device)
+            row["peak_fwd_bwd_mb"] = cuda_peak_mb(lambda: forward_backward(fn, x), device)
+        elif label != "tiny":
+            row["peak_fwd_mb"], err = cpu_peak_mb(row["impl"], "fwd", args, shape["queries"])
+            row["peak_fwd_bwd_mb"], err2 = cpu_peak_mb(row["impl"], "fwd_bwd", args, shape["queries"])
+            if err or err2:
+                row["memory_note"] = err or err2
     if REFERENCE in outputs:
         ref64 = None if dtype == torch.float64 else float64_reference(x)
         for row in rows:
