@@ -131,10 +131,11 @@ def _shape(value):
     return get_shape(value)
 
 
-def _weighted_row_gather_flops(inputs, outputs):
-    """detr_plus's deformable-attention gather (table (N, C), indices (bags, taps)): one MAC per tap and channel."""
-    table, indices = _shape(inputs[0]), _shape(inputs[1])
-    return math.prod(indices) * table[-1]
+def _bilinear_sampling_flops(inputs, outputs):
+    """detr_plus's deformable-attention sampling (table (rows, C), locations (B, Q, H, L, P, 2)):
+    4 bilinear taps per point, one MAC per tap and channel (as grid_sample's count below)."""
+    table, locations = _shape(inputs[0]), _shape(inputs[1])
+    return 4 * math.prod(locations[:-1]) * table[-1]
 
 
 def _embedding_bag_flops(inputs, outputs):
@@ -161,7 +162,7 @@ CHEAP_OPS = {f"aten::{op}" for op in (
     "select sigmoid sin slice softmax split sqrt stack sub sum to transpose unsqueeze view where zeros zeros_like").split()}
 
 EXTRA_FLOP_HANDLES = {
-    "prim::PythonOp._WeightedRowGather": _weighted_row_gather_flops,
+    "prim::PythonOp._BilinearSampling": _bilinear_sampling_flops,
     "aten::embedding_bag": _embedding_bag_flops,
     "aten::_embedding_bag": _embedding_bag_flops,
     "aten::grid_sampler": _grid_sampler_flops,

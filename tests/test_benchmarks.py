@@ -49,3 +49,21 @@ def test_profile_attributes_every_part_of_a_step_and_restores_the_model(shapes_m
     assert parts["teacher"] == 0  # the baseline has none
     assert sum(parts.values()) == pytest.approx(result["step_ms"], rel=0.2)  # medians per part: close, not equal
     assert HungarianMatcher.__call__ is call_before and torch.Tensor.backward is backward_before
+
+
+def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny):
+    """fvcore traces the model through bilinear_gather's autograd Function and counts its taps as
+    many MACs as grid_sample's (4 per point and channel), so both implementations cost the same."""
+    from detectron2.config import instantiate
+
+    from benchmarks.bench_model import count_flops
+
+    counts = {}
+    for impl in ("bilinear_gather", "grid_sample"):
+        cfg = tiny.make_cfg("/tmp/unused", f"+model.transformer.encoder.attn_implementation={impl}",
+                            f"+model.transformer.decoder.attn_implementation={impl}")
+        torch.manual_seed(0)
+        counts[impl] = count_flops(instantiate(cfg.model).eval(), torch.rand(3, 64, 80) * 255)
+    gather, grid = counts["bilinear_gather"]["by_operator"], counts["grid_sample"]["by_operator"]
+    assert gather["PythonOp._BilinearSampling"] == grid["grid_sampler"] > 0
+    assert counts["bilinear_gather"]["total"] == counts["grid_sample"]["total"]

@@ -45,12 +45,15 @@ TAP_DOTS = ("auto", "sddmm", "gather")
 
 class TapTable(NamedTuple):
     """Where the taps are: per level of one image, (first row, end row, the 4 tap row offsets) in
-    the (B*S*H, C) table, and the number of images. Hashable, so the backward's per-row layout is
-    cached per shape."""
+    the (B*S*H, C) table; the numbers of images, rows, heads and points per head. Hashable, so the
+    backward's per-row layout is cached per shape. (Plain ints: under the JIT tracer of fvcore's
+    flop count, arithmetic on a tensor's traced sizes inside the Function breaks the trace.)"""
 
     level_slices: Tuple[Tuple[int, int, Tuple[int, int, int, int]], ...]
     num_images: int
     num_rows: int
+    num_heads: int
+    points_per_head: int
 
 
 @functools.lru_cache(maxsize=32)
@@ -153,10 +156,14 @@ class _BilinearSampling(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table, locations, attention_weights, geometry, tap_dots):
-        sizes_xy, table_width, level_start, tap_offsets, tap_table, in_place = geometry
-        B, Q, H, L, P, _ = locations.shape
-        # Pixel coordinates with the align_corners=False convention: x_pix = x * W - 0.5.
+    def forward(ctx, table, locations, attention_weights, sizes_xy, table_width, level_start, tap_offsets, tap_table,
+                in_place, tap_dots):
+        # Tensors as arguments of their own (not in a tuple): the JIT tracer (fvcore's flop count) needs it.
+        B, H, points = tap_table.num_images, tap_table.num_heads, tap_table.points_per_head
+        ctx.input_dtypes = locations.dtype, attention_weights.dtype
+        # Pixel coordinates with the align_corners=False convention: x_pix = x * W - 0.5; at least in
+        # float32 (the row index is computed in float, and a half-precision location is too coarse).
+        locations, attention_weights = locations.to(sizes_xy.dtype), attention_weights.to(sizes_xy.dtype)
         pixel = locations * sizes_xy - 0.5
         first_x, (tent_x0, tent_x1), offset_x = _axis_taps(pixel[..., 0], sizes_xy[..., 0], in_place)
         first_y, (tent_y0, tent_y1), offset_y = _axis_taps(pixel[..., 1], sizes_xy[..., 1], in_place)
@@ -165,13 +172,13 @@ class _BilinearSampling(torch.autograd.Function):
         rows_per_image = tap_table.num_rows // B
         # In float (exact below 2**24 rows per image), then one cast: fewer integer passes.
         base = (first_y * table_width + first_x + level_start).to(index_dtype) * H
-        base += (torch.arange(B, device=table.device, dtype=index_dtype) * rows_per_image).view(B, 1, 1, 1, 1)
-        base += torch.arange(H, device=table.device, dtype=index_dtype).view(1, 1, H, 1, 1)
-        base = base.reshape(-1, L * P)
+        base = base + (torch.arange(B, device=table.device, dtype=index_dtype) * rows_per_image).view(B, 1, 1, 1, 1)
+        base = base + torch.arange(H, device=table.device, dtype=index_dtype).view(1, 1, H, 1, 1)
+        base = base.reshape(-1, points)
         row_y0, row_y1 = tent_y0 * attention_weights, tent_y1 * attention_weights
         # Taps in the order (x0, y0), (x1, y0), (x0, y1), (x1, y1).
         weights = torch.stack([row_y0 * tent_x0, row_y0 * tent_x1, row_y1 * tent_x0, row_y1 * tent_x1], -1).to(dtype)
-        weights = weights.view(-1, L * P, 4)
+        weights = weights.view(-1, points, 4)
         rows = (base[..., None] + tap_offsets).flatten(1)  # (N, points * 4)
         ctx.save_for_backward(table, base, rows, weights, attention_weights, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y)
         ctx.sizes_xy, ctx.tap_table, ctx.tap_dots = sizes_xy, tap_table, tap_dots
@@ -189,16 +196,17 @@ class _BilinearSampling(torch.autograd.Function):
             dot_x0 = torch.addcmul(d00 * tent_y0, d01, tent_y1)  # summed over the y taps
             dot_x1 = torch.addcmul(d10 * tent_y0, d11, tent_y1)
             if ctx.needs_input_grad[2]:
-                grad_attention = torch.addcmul(dot_x0 * tent_x0, dot_x1, tent_x1)
+                grad_attention = torch.addcmul(dot_x0 * tent_x0, dot_x1, tent_x1).to(ctx.input_dtypes[1])
             if ctx.needs_input_grad[1]:
                 dot_y0 = torch.addcmul(d00 * tent_x0, d10, tent_x1)
                 dot_y1 = torch.addcmul(d01 * tent_x0, d11, tent_x1)
                 grad_x = _tent_gradient(dot_x0, dot_x1, offset_x)
                 grad_y = _tent_gradient(dot_y0, dot_y1, offset_y)
                 grad_locations = torch.stack([grad_x, grad_y], -1) * (attention[..., None] * ctx.sizes_xy)
+                grad_locations = grad_locations.to(ctx.input_dtypes[0])
         if ctx.needs_input_grad[0]:
             grad_table = _table_gradient(grad_out, base, weights, ctx.tap_table)
-        return grad_table, grad_locations, grad_attention, None, None
+        return grad_table, grad_locations, grad_attention, None, None, None, None, None, None, None
 
 
 def pad_levels(value, spatial_shapes):
@@ -242,8 +250,9 @@ def ms_deform_attn_bilinear_gather(
     choose how, never what: every choice returns the same values and gradients."""
     if layout not in TAP_LAYOUTS or tap_dots not in TAP_DOTS:
         raise ValueError(f"layout must be one of {TAP_LAYOUTS} (got {layout!r}), tap_dots one of {TAP_DOTS} (got {tap_dots!r})")
-    B, S, H, C = value.shape
-    _, Q, _, L, P, _ = sampling_locations.shape
+    # Plain ints, also under the JIT tracer (where sizes are traced values the Function cannot use).
+    B, S, H, C = (int(n) for n in value.shape)
+    Q, L, P = (int(n) for n in sampling_locations.shape[1:2] + sampling_locations.shape[3:5])
     level_sizes = spatial_shapes.tolist()
     smallest = min(min(h, w) for h, w in level_sizes)
     in_place = smallest >= 2 if layout == "auto" else layout == "in_place"
@@ -254,23 +263,23 @@ def ms_deform_attn_bilinear_gather(
     table_starts = [0]
     for h, w in table_shapes[:-1]:
         table_starts.append(table_starts[-1] + h * w)
-    device, dtype = value.device, sampling_locations.dtype
-    index_dtype = torch.int32 if B * table.shape[1] * H < 2**31 else torch.int64
+    device, dtype = value.device, torch.promote_types(sampling_locations.dtype, torch.float32)
+    num_rows = B * sum(h * w for h, w in table_shapes) * H
+    index_dtype = torch.int32 if num_rows < 2**31 else torch.int64
     # Taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) are fixed row offsets from the (x0, y0) row.
     level_offsets = [(0, H, w * H, (w + 1) * H) for _, w in table_shapes]
     tap_table = TapTable(
         tuple((start * H, (start + h * w) * H, offsets) for start, (h, w), offsets in zip(table_starts, table_shapes, level_offsets)),
-        B, B * table.shape[1] * H,
+        B, num_rows, H, L * P,
     )
-    geometry = (
+    out = _BilinearSampling.apply(
+        table.reshape(-1, C), sampling_locations, attention_weights,
         spatial_shapes.flip(-1).to(dtype).view(L, 1, 2),  # (W, H) per level
         torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1),
         torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1),
         torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(P, dim=0),
-        tap_table,
-        in_place,
+        tap_table, in_place, tap_dots,
     )
-    out = _BilinearSampling.apply(table.reshape(-1, C), sampling_locations, attention_weights, geometry, tap_dots)
     return out.view(B, Q, H * C)
 
 
