@@ -14,16 +14,14 @@ and the largest difference of outputs and gradients from ``grid_sample`` (the re
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from benchmarks.timing import summarize, sync  # noqa: E402
+from benchmarks.timing import interleaved_times, sync  # noqa: E402
 from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS  # noqa: E402
 
 REFERENCE = "grid_sample"
@@ -216,23 +214,6 @@ def shape_from_args(args):
     if args.levels:
         shape["levels"] = parse_levels(args.levels)
     return shape
-
-
-def interleaved_times(calls, repeats, warmup, device):
-    """Median and quartiles per named call, the calls taking turns within every repeat: a machine
-    whose speed drifts (a shared VM) then slows all of them alike instead of whichever ran last."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: summarize(t) for name, t in times.items()}
 
 
 def bench_shape(shape, impls, args, device, dtype, repeats, warmup, label):

@@ -225,7 +225,6 @@ def main():
     args, rest = parser.parse_known_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.synthetic = args.image_size = None
     results = []
     for config_file, overrides in split_configs(rest):
         if not os.path.isfile(config_file):

@@ -41,7 +41,7 @@ def test_profile_attributes_every_part_of_a_step_and_restores_the_model(shapes_m
 
     call_before, backward_before = HungarianMatcher.__call__, torch.Tensor.backward
     overrides = TINY_MODEL_OVERRIDES + ["dataloader.train.dataset=shapes_train_mini"]
-    args = SimpleNamespace(device="cpu", steps=2, warmup=1, batch_size=None, synthetic=None, image_size=None)
+    args = SimpleNamespace(device="cpu", steps=2, warmup=1, batch_size=None)
     result = profiler.profile(str(REPO / "configs" / "shapes" / "deformable_detr_tiny.py"), overrides, args)
     parts = result["parts_ms"]
     for part in ("backbone", "encoder", "query selection", "decoder", "matching", "losses", "backward", "optimizer step"):
@@ -51,7 +51,7 @@ def test_profile_attributes_every_part_of_a_step_and_restores_the_model(shapes_m
     assert HungarianMatcher.__call__ is call_before and torch.Tensor.backward is backward_before
 
 
-def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny):
+def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny, tmp_path):
     """fvcore traces the model through bilinear_gather's autograd Function and counts its taps as
     many MACs as grid_sample's (4 per point and channel), so both implementations cost the same."""
     from detectron2.config import instantiate
@@ -60,7 +60,7 @@ def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny):
 
     counts = {}
     for impl in ("bilinear_gather", "grid_sample"):
-        cfg = tiny.make_cfg("/tmp/unused", f"+model.transformer.encoder.attn_implementation={impl}",
+        cfg = tiny.make_cfg(tmp_path, f"+model.transformer.encoder.attn_implementation={impl}",
                             f"+model.transformer.decoder.attn_implementation={impl}")
         torch.manual_seed(0)
         counts[impl] = count_flops(instantiate(cfg.model).eval(), torch.rand(3, 64, 80) * 255)
