@@ -306,3 +306,16 @@ def test_location_gradient_on_pixel_centres_matches_grid_sample(layout):
         grads[name] = torch.autograd.grad(out, loc, torch.ones_like(out))[0]
     assert grads["grid_sample"].abs().max() > 0.1
     torch.testing.assert_close(grads["gather"], grads["grid_sample"], rtol=1e-10, atol=1e-10)
+
+
+def test_half_precision_locations_index_in_float32_and_return_their_dtype():
+    """Half-precision locations and weights (autocast) are upcast for the index arithmetic: same
+    output as their float32 copies (a 64-pixel-wide map needs more than float16's row precision),
+    and their gradients come back in float16."""
+    value, spatial_shapes, start, locations, weights = random_inputs([(64, 64), (4, 4)], queries=20, dtype=torch.float32, seed=3)
+    half_loc, half_w = locations.half().requires_grad_(), weights.half().requires_grad_()
+    out = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, half_loc, half_w)
+    expected = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, half_loc.detach().float(), half_w.detach().float())
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad_loc, grad_w = torch.autograd.grad(out.sum(), [half_loc, half_w])
+    assert grad_loc.dtype == grad_w.dtype == torch.float16 and grad_loc.abs().max() > 0
