@@ -51,6 +51,18 @@ def test_unknown_override_key_raises_with_suggestion(tiny):
         apply_overrides(cfg, ["train.max_iter"])
 
 
+def test_python_none_override_is_none_not_the_string(tiny):
+    # Hydra's override grammar alone reads None as the string "None" (its null is "null").
+    cfg = LazyConfig.load(tiny.config)
+    assert cfg.model.criterion is not None
+    raw = LazyConfig.apply_overrides(LazyConfig.load(tiny.config), ["model.criterion=None"])
+    assert raw.model.criterion == "None"  # the trap this wrapper closes
+    cfg = apply_overrides(cfg, ["model.criterion=None", "train.output_dir=None_dir", "+train.note=null"])
+    assert cfg.model.criterion is None
+    assert cfg.train.output_dir == "None_dir"  # only a whole value of None is Python's None
+    assert cfg.train.note is None
+
+
 def test_plus_prefix_adds_new_keys(tiny):
     cfg = LazyConfig.load(tiny.config)
     cfg = apply_overrides(cfg, ["+new.key=1", "+train.extra_flag=true", "train.max_iter=5"])

@@ -25,9 +25,18 @@ def _all_keys(node, prefix=""):
     yield prefix.rstrip(".")
 
 
+def _python_none_as_null(item):
+    """``key=None`` -> ``key=null``: Detectron2 parses override values with Hydra's grammar, where
+    ``None`` is the *string* "None" (its null is ``null``), while our configs are Python and say
+    None; a model would get "None" where it expects an object and fail far from the command line."""
+    key, value = item.split("=", 1)
+    return f"{key}=null" if value.strip() == "None" else item
+
+
 def apply_overrides(cfg, overrides):
     """``LazyConfig.apply_overrides`` that raises ``KeyError`` for a key the config does not have
-    (OmegaConf would silently create it, and a typo would train with the default)."""
+    (OmegaConf would silently create it, and a typo would train with the default), and reads a
+    value of ``None`` as Python's None, like ``null``."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"Config override {item!r} is not of the form key=value")
@@ -36,7 +45,7 @@ def apply_overrides(cfg, overrides):
             close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"Unknown config key {key!r} in override {item!r}{hint} (prefix with '+' to add a new key)")
-    return LazyConfig.apply_overrides(cfg, [o.lstrip("+") for o in overrides])
+    return LazyConfig.apply_overrides(cfg, [_python_none_as_null(o.lstrip("+")) for o in overrides])
 
 
 def resolve_device(device):
