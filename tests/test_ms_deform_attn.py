@@ -319,3 +319,34 @@ def test_half_precision_locations_index_in_float32_and_return_their_dtype():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     grad_loc, grad_w = torch.autograd.grad(out.sum(), [half_loc, half_w])
     assert grad_loc.dtype == grad_w.dtype == torch.float16 and grad_loc.abs().max() > 0
+
+
+def test_backward_saves_one_row_index_per_point_and_works_after_inference_mode():
+    """The Function keeps the points' first-tap rows (N x points), not the 4x larger tap rows, among
+    what it saves for the backward; and its per-shape layout tensors, if first made under
+    inference_mode (evaluation), still serve a training step of the same shape afterwards."""
+    shapes = [(6, 5), (3, 4)]
+    value, spatial_shapes, start, locations, weights = random_inputs(shapes, batch=2, queries=7, heads=2, points=3, seed=5)
+    with torch.inference_mode():
+        evaluated = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, locations, weights)
+    saved_index_counts = []
+
+    def pack(tensor):
+        if not tensor.is_floating_point():
+            saved_index_counts.append(tensor.numel())
+        return tensor
+
+    value.requires_grad_()
+    locations.requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, locations, weights)
+    torch.testing.assert_close(out, evaluated, rtol=0, atol=0)
+    points = 2 * 7 * 2  # batch * queries * heads
+    levels_x_points = len(shapes) * 3
+    # base (N, L*P) and the per-point tap offsets (L*P, 4): no (N, L*P*4) tap-row tensor.
+    assert sorted(saved_index_counts) == sorted([points * levels_x_points, levels_x_points * 4])
+    grad_value, grad_locations = torch.autograd.grad(out.square().sum(), [value, locations])
+    reference = ms_deform_attn_naive(value, spatial_shapes, start, locations, weights)
+    expected = torch.autograd.grad(reference.square().sum(), [value, locations])
+    torch.testing.assert_close(grad_value, expected[0])
+    torch.testing.assert_close(grad_locations, expected[1])

@@ -180,17 +180,20 @@ class _BilinearSampling(torch.autograd.Function):
         weights = torch.stack([row_y0 * tent_x0, row_y0 * tent_x1, row_y1 * tent_x0, row_y1 * tent_x1], -1).to(dtype)
         weights = weights.view(-1, points, 4)
         rows = (base[..., None] + tap_offsets).flatten(1)  # (N, points * 4)
-        ctx.save_for_backward(table, base, rows, weights, attention_weights, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y)
+        # Not ``rows`` (4x ``base``'s memory, ~80 MB per COCO encoder layer): the backward adds it again.
+        ctx.save_for_backward(table, base, tap_offsets, weights, attention_weights, tent_x0, tent_x1, tent_y0, tent_y1,
+                              offset_x, offset_y)
         ctx.sizes_xy, ctx.tap_table, ctx.tap_dots = sizes_xy, tap_table, tap_dots
         return F.embedding_bag(rows, table, per_sample_weights=weights.flatten(1), mode="sum")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        table, base, rows, weights, attention, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y = ctx.saved_tensors
+        table, base, tap_offsets, weights, attention, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # a stride-0 gradient (from .sum()) takes embedding_bag's slow path
         grad_table = grad_locations = grad_attention = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            rows = (base[..., None] + tap_offsets).flatten(1)
             dots = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).to(attention.dtype)
             d00, d10, d01, d11 = dots.view(-1, 4).t().contiguous().view(4, *attention.shape)  # taps (x, y)
             dot_x0 = torch.addcmul(d00 * tent_y0, d01, tent_y1)  # summed over the y taps
@@ -258,29 +261,41 @@ def ms_deform_attn_bilinear_gather(
     in_place = smallest >= 2 if layout == "auto" else layout == "in_place"
     if in_place and smallest < 2:
         raise ValueError(f"layout='in_place' needs every level at least 2 x 2 pixels; levels (H, W): {level_sizes}")
-    table_shapes = [(h, w) if in_place else (h + 2, w + 2) for h, w in level_sizes]
     table = value if in_place else pad_levels(value, spatial_shapes)
+    dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
+    layout_tensors, tap_table = _level_layout(tuple(map(tuple, level_sizes)), in_place, B, H, P, value.device, dtype)
+    out = _BilinearSampling.apply(table.reshape(-1, C), sampling_locations, attention_weights, *layout_tensors,
+                                  tap_table, in_place, tap_dots)
+    return out.view(B, Q, H * C)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_layout(level_sizes, in_place, num_images, num_heads, points, device, dtype):
+    """The table's per-level numbers for :class:`_BilinearSampling`, made once per shape and device
+    (on CUDA, tensors built from lists every call are host-to-device copies): (W, H) per level, the
+    table's level widths and first pixels, the 4 tap row offsets per point, and the TapTable."""
+    table_shapes = [(h, w) if in_place else (h + 2, w + 2) for h, w in level_sizes]
     table_starts = [0]
     for h, w in table_shapes[:-1]:
         table_starts.append(table_starts[-1] + h * w)
-    device, dtype = value.device, torch.promote_types(sampling_locations.dtype, torch.float32)
-    num_rows = B * sum(h * w for h, w in table_shapes) * H
+    num_rows = num_images * sum(h * w for h, w in table_shapes) * num_heads
     index_dtype = torch.int32 if num_rows < 2**31 else torch.int64
     # Taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) are fixed row offsets from the (x0, y0) row.
-    level_offsets = [(0, H, w * H, (w + 1) * H) for _, w in table_shapes]
+    level_offsets = [(0, num_heads, w * num_heads, (w + 1) * num_heads) for _, w in table_shapes]
     tap_table = TapTable(
-        tuple((start * H, (start + h * w) * H, offsets) for start, (h, w), offsets in zip(table_starts, table_shapes, level_offsets)),
-        B, num_rows, H, L * P,
+        tuple((start * num_heads, (start + h * w) * num_heads, offsets)
+              for start, (h, w), offsets in zip(table_starts, table_shapes, level_offsets)),
+        num_images, num_rows, num_heads, len(level_sizes) * points,
     )
-    out = _BilinearSampling.apply(
-        table.reshape(-1, C), sampling_locations, attention_weights,
-        spatial_shapes.flip(-1).to(dtype).view(L, 1, 2),  # (W, H) per level
-        torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1),
-        torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1),
-        torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(P, dim=0),
-        tap_table, in_place, tap_dots,
-    )
-    return out.view(B, Q, H * C)
+    L = len(level_sizes)
+    with torch.inference_mode(False):  # made first under inference_mode, they could not be saved for a backward later
+        tensors = (
+            torch.tensor([(w, h) for h, w in level_sizes], device=device, dtype=dtype).view(L, 1, 2),
+            torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1),
+            torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1),
+            torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(points, dim=0),
+        )
+    return tensors, tap_table
 
 
 def ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
