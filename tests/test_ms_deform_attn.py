@@ -327,6 +327,9 @@ def test_backward_saves_one_row_index_per_point_and_works_after_inference_mode()
     inference_mode (evaluation), still serve a training step of the same shape afterwards."""
     shapes = [(6, 5), (3, 4)]
     value, spatial_shapes, start, locations, weights = random_inputs(shapes, batch=2, queries=7, heads=2, points=3, seed=5)
+    from detr_plus.layers.ms_deform_attn import _level_layout
+
+    _level_layout.cache_clear()  # so the first layout of this shape is made here, under inference_mode
     with torch.inference_mode():
         evaluated = ms_deform_attn_bilinear_gather(value, spatial_shapes, start, locations, weights)
     saved_index_counts = []
