@@ -353,3 +353,31 @@ def test_backward_saves_one_row_index_per_point_and_works_after_inference_mode()
     expected = torch.autograd.grad(reference.square().sum(), [value, locations])
     torch.testing.assert_close(grad_value, expected[0])
     torch.testing.assert_close(grad_locations, expected[1])
+
+
+def test_tent_slopes_by_hand():
+    """The one-sided slopes of the tents max(0, 1 - |u|) and max(0, 1 - |u - 1|) per unit interval
+    floor(u): (-1, +1) on [0, 1), (+1, 0) on [-1, 0), (0, -1) on [1, 2), (0, 0) further out."""
+    from detr_plus.layers.ms_deform_attn import _tent_slopes
+
+    cells = torch.tensor([-5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 7.0])
+    first, second = _tent_slopes(cells)
+    assert first.tolist() == [0, 0, 1, -1, 0, 0, 0]
+    assert second.tolist() == [0, 0, 0, 1, -1, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_value_on_cpu_trains(dtype):
+    """A bfloat16 / float16 value map on CPU (CPU autocast) runs forward and backward (CPU
+    sampled_addmm has no such kernels: "auto" takes the gather there) and stays close to float32."""
+    value, spatial_shapes, start, locations, weights = random_inputs([(8, 8), (4, 4)], queries=12, dtype=torch.float32, seed=4)
+    results = []
+    for table_dtype in (torch.float32, dtype):
+        table = value.detach().to(table_dtype).requires_grad_()
+        loc, w = locations.clone().requires_grad_(), weights.clone().requires_grad_()
+        out = ms_deform_attn_bilinear_gather(table, spatial_shapes, start, loc, w)
+        out.float().square().sum().backward()
+        assert out.dtype == table_dtype and table.grad.dtype == table_dtype
+        results.append([out.float(), table.grad.float(), loc.grad, w.grad])
+    for full, low in zip(*results):
+        torch.testing.assert_close(low, full, rtol=0.05, atol=0.05)

@@ -39,7 +39,7 @@ TAP_LAYOUTS = ("auto", "in_place", "padded")
 #: ``tap_dots=...``: how the backward computes grad_out . table[tap] for every tap (the gradient of
 #: the tap weights). "sddmm": ``torch.sparse.sampled_addmm`` over the taps' sparsity pattern (reads
 #: each table row in place: ~10x faster on CPU). "gather": chunked ``index_select`` + ``vecdot``
-#: (any device). "auto": sddmm on CPU, gather elsewhere.
+#: (any device and dtype). "auto": sddmm on CPU in float32 / float64, gather otherwise.
 TAP_DOTS = ("auto", "sddmm", "gather")
 
 
@@ -75,8 +75,9 @@ def _tap_sources(tap_table: TapTable, device: torch.device, dtype: torch.dtype):
 
 def _tap_dot_products(table, rows, grad_out, tap_dots):
     """(N, T) = grad_out[n] . table[rows[n, t]] for every tap: the gradient of the tap weights."""
-    if tap_dots == "auto":
-        tap_dots = "sddmm" if table.device.type == "cpu" else "gather"
+    if tap_dots == "auto":  # CPU sampled_addmm takes float32 and float64 only (not CPU autocast's bfloat16)
+        sddmm_dtypes = (torch.float32, torch.float64)
+        tap_dots = "sddmm" if table.device.type == "cpu" and table.dtype in sddmm_dtypes else "gather"
     num_out, taps = rows.shape
     if tap_dots == "sddmm":
         row_starts = torch.arange(0, num_out * taps + 1, taps, dtype=rows.dtype, device=rows.device)
@@ -112,35 +113,37 @@ def _table_gradient(grad_out, base, weights, tap_table):
     left r - offset_k, so row r's bag is the concatenation of 4 runs of the sorted points."""
     dtype = base.dtype
     flat_base = base.reshape(-1)
-    points_per_out = base.shape[1]
+    num_points, points_per_out = flat_base.numel(), base.shape[1]
     order = torch.argsort(flat_base)
     counts = torch.bincount(flat_base, minlength=tap_table.num_rows + 1).to(dtype)  # last bucket: always empty
     first_sorted = torch.cumsum(counts, 0, dtype=dtype) - counts
     sources, tap_of_run = _tap_sources(tap_table, flat_base.device, dtype)  # (rows * 4,): runs in bag order
     run_lengths = counts.index_select(0, sources)
     run_ends = torch.cumsum(run_lengths, 0, dtype=dtype)
-    total = 4 * flat_base.numel()
-    # Entry j of run (r, k) is sorted point first_sorted[source] + (j - run start), tap k: encode
-    # (sorted point, tap) as 4 * sorted point + k, which is run-constant plus 4 * j.
-    run_value = 4 * (first_sorted.index_select(0, sources) - run_ends + run_lengths) + tap_of_run
-    sorted_tap = _segment_fill(run_value, run_lengths, run_ends, total, step=4)
-    sorted_weights = weights.reshape(-1, 4).index_select(0, order).reshape(-1)
-    out_row_of_sorted = torch.div(order, points_per_out, rounding_mode="floor").to(dtype)
+    # Entry j of run (r, k) is sorted point first_sorted[source] + (j - run start), tap k: coded as
+    # k * num_points + sorted point, run-constant plus j (the weights are tap-major, (4, points)).
+    run_value = torch.addcmul(first_sorted.index_select(0, sources) - run_ends + run_lengths, tap_of_run,
+                              torch.tensor(num_points, dtype=dtype, device=flat_base.device))
+    entries = _segment_fill(run_value, run_lengths, run_ends, 4 * num_points, step=1)
+    sorted_weights = weights.transpose(0, 1).reshape(4, -1).index_select(1, order).view(-1)
+    out_row_of_sorted = torch.div(order, points_per_out, rounding_mode="floor").to(dtype).repeat(4)
     bag_starts = torch.cat([run_ends.new_zeros(1), run_ends[3:-1:4]])  # a row's bag starts where the row before ends
     return F.embedding_bag(
-        out_row_of_sorted.index_select(0, sorted_tap >> 2), grad_out, bag_starts,
-        per_sample_weights=sorted_weights.index_select(0, sorted_tap), mode="sum",
+        out_row_of_sorted.index_select(0, entries), grad_out, bag_starts,
+        per_sample_weights=sorted_weights.index_select(0, entries), mode="sum",
     )
 
 
-def _tent_gradient(dot_first, dot_second, offset):
-    """d/dx of dot_first * tent(offset) + dot_second * tent(offset - 1), the tents max(0, 1 - |u|),
-    with grid_sample's one-sided convention at the kinks (a point exactly on a pixel is that
-    pixel's first tap): on [0, 1) the slopes are (-1, +1), on [-1, 0) (+1, 0), on [1, 2) (0, -1),
-    elsewhere both 0."""
-    cell = torch.floor(offset)
-    inside = torch.where(cell == 0, dot_second - dot_first, 0.0)
-    return inside + torch.where(cell == -1, dot_first, 0.0) - torch.where(cell == 1, dot_second, 0.0)
+def _tent_slopes(cell):
+    """The slopes of the two tents max(0, 1 - |u|) and max(0, 1 - |u - 1|) on the unit interval
+    ``cell`` = floor(u) (an integer in float), with grid_sample's one-sided convention at the kinks
+    (a point exactly on a pixel is that pixel's first tap): on [0, 1) (-1, +1), on [-1, 0) (+1, 0),
+    on [1, 2) (0, -1), elsewhere (0, 0). As second differences of clamps: clamp(c, m - 1, m) steps
+    by 1 from c = m - 1 to m, so clamp(c, -2, -1) - 2 clamp(c, -1, 0) + clamp(c, 0, 1) is +1 at
+    c = -1, -1 at c = 0, 0 elsewhere (float arithmetic only: comparisons and where are ~5x slower
+    per element on CPU)."""
+    steps = [torch.clamp(cell, m - 1, m) for m in (-1, 0, 1, 2)]
+    return steps[0].add(steps[1], alpha=-2).add_(steps[2]), steps[1].add(steps[2], alpha=-2).add_(steps[3])
 
 
 class _BilinearSampling(torch.autograd.Function):
@@ -153,63 +156,67 @@ class _BilinearSampling(torch.autograd.Function):
     accumulates serially, cost more than the gather): the tap dots g . table[tap]
     (:func:`_tap_dot_products`) give d/d a and, with the tents' slopes, d/d x and d/d y in closed
     form; d table is :func:`_table_gradient` (one embedding_bag, no atomics: deterministic).
+
+    The per-point arithmetic runs on planes: x and y as (2, B, Q, H, L, P), the taps of a point as
+    (N, 4, points), constants expanded over the innermost dims. On CPU an elementwise op whose
+    operands broadcast or interleave along the innermost dim is 5-30x slower per element.
     """
 
     @staticmethod
-    def forward(ctx, table, locations, attention_weights, sizes_xy, table_width, level_start, tap_offsets, tap_table,
-                in_place, tap_dots):
+    def forward(ctx, table, locations, attention_weights, pixel_scale, first_low, first_high, row_step_y, row_start,
+                tap_offsets, tap_table, tap_dots):
         # Tensors as arguments of their own (not in a tuple): the JIT tracer (fvcore's flop count) needs it.
-        B, H, points = tap_table.num_images, tap_table.num_heads, tap_table.points_per_head
         ctx.input_dtypes = locations.dtype, attention_weights.dtype
+        num_out, points = tap_table.num_images * locations.shape[1] * tap_table.num_heads, tap_table.points_per_head
         # Pixel coordinates with the align_corners=False convention: x_pix = x * W - 0.5; at least in
         # float32 (the row index is computed in float, and a half-precision location is too coarse).
-        locations, attention_weights = locations.to(sizes_xy.dtype), attention_weights.to(sizes_xy.dtype)
-        pixel = locations * sizes_xy - 0.5
-        first_x, (tent_x0, tent_x1), offset_x = _axis_taps(pixel[..., 0], sizes_xy[..., 0], in_place)
-        first_y, (tent_y0, tent_y1), offset_y = _axis_taps(pixel[..., 1], sizes_xy[..., 1], in_place)
-        dtype = table.dtype
-        index_dtype = tap_offsets.dtype
-        rows_per_image = tap_table.num_rows // B
-        # In float (exact below 2**24 rows per image), then one cast: fewer integer passes.
-        base = (first_y * table_width + first_x + level_start).to(index_dtype) * H
-        base = base + (torch.arange(B, device=table.device, dtype=index_dtype) * rows_per_image).view(B, 1, 1, 1, 1)
-        base = base + torch.arange(H, device=table.device, dtype=index_dtype).view(1, 1, H, 1, 1)
-        base = base.reshape(-1, points)
-        row_y0, row_y1 = tent_y0 * attention_weights, tent_y1 * attention_weights
-        # Taps in the order (x0, y0), (x1, y0), (x0, y1), (x1, y1).
-        weights = torch.stack([row_y0 * tent_x0, row_y0 * tent_x1, row_y1 * tent_x0, row_y1 * tent_x1], -1).to(dtype)
-        weights = weights.view(-1, points, 4)
-        rows = (base[..., None] + tap_offsets).flatten(1)  # (N, points * 4)
+        attention = attention_weights.to(pixel_scale.dtype).contiguous()
+        # x and y as planes (2, B, Q, H, L, P); contiguous first, as elementwise outputs keep their input's layout.
+        pixel = (locations.to(pixel_scale.dtype).movedim(-1, 0).contiguous() * pixel_scale).sub_(0.5)
+        first, tents, cell = _axis_taps(pixel, first_low, first_high)
+        # The first tap's table row, in float (exact: row_start's dtype holds every row), then one cast.
+        base = torch.addcmul(row_start, first[1], row_step_y).add_(first[0], alpha=tap_table.num_heads)
+        base = base.to(tap_offsets.dtype).view(num_out, points)
+        (tent_x0, tent_y0), (tent_x1, tent_y1) = tents.view(2, 2, num_out, points)
+        weighted_y0, weighted_y1 = tent_y0 * attention.view(num_out, points), tent_y1 * attention.view(num_out, points)
+        # Taps (x0, y0), (x1, y0), (x0, y1), (x1, y1), tap-major per output row (a bag's order is free).
+        weights = table.new_empty(num_out, 4, points)
+        for tap, (weighted_y, tent_x) in enumerate([(weighted_y0, tent_x0), (weighted_y0, tent_x1),
+                                                    (weighted_y1, tent_x0), (weighted_y1, tent_x1)]):
+            torch.mul(weighted_y, tent_x, out=weights[:, tap])
+        rows = (base[:, None] + tap_offsets).view(num_out, -1)  # (N, 4 * points)
         # Not ``rows`` (4x ``base``'s memory, ~80 MB per COCO encoder layer): the backward adds it again.
-        ctx.save_for_backward(table, base, tap_offsets, weights, attention_weights, tent_x0, tent_x1, tent_y0, tent_y1,
-                              offset_x, offset_y)
-        ctx.sizes_xy, ctx.tap_table, ctx.tap_dots = sizes_xy, tap_table, tap_dots
-        return F.embedding_bag(rows, table, per_sample_weights=weights.flatten(1), mode="sum")
+        ctx.save_for_backward(table, base, tap_offsets, weights, attention, tents, cell, pixel_scale)
+        ctx.tap_table, ctx.tap_dots = tap_table, tap_dots
+        return F.embedding_bag(rows, table, per_sample_weights=weights.view(num_out, -1), mode="sum")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        table, base, tap_offsets, weights, attention, tent_x0, tent_x1, tent_y0, tent_y1, offset_x, offset_y = ctx.saved_tensors
+        table, base, tap_offsets, weights, attention, tents, cell, pixel_scale = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # a stride-0 gradient (from .sum()) takes embedding_bag's slow path
         grad_table = grad_locations = grad_attention = None
+        num_out, points = base.shape
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            rows = (base[..., None] + tap_offsets).flatten(1)
+            rows = (base[:, None] + tap_offsets).view(num_out, -1)
             dots = _tap_dot_products(table, rows, grad_out, ctx.tap_dots).to(attention.dtype)
-            d00, d10, d01, d11 = dots.view(-1, 4).t().contiguous().view(4, *attention.shape)  # taps (x, y)
+            d00, d10, d01, d11 = dots.view(num_out, 4, points).unbind(1)  # taps (x, y)
+            (tent_x0, tent_y0), (tent_x1, tent_y1) = tents.view(2, 2, num_out, points)
             dot_x0 = torch.addcmul(d00 * tent_y0, d01, tent_y1)  # summed over the y taps
             dot_x1 = torch.addcmul(d10 * tent_y0, d11, tent_y1)
             if ctx.needs_input_grad[2]:
-                grad_attention = torch.addcmul(dot_x0 * tent_x0, dot_x1, tent_x1).to(ctx.input_dtypes[1])
+                grad_attention = torch.addcmul(dot_x0 * tent_x0, dot_x1, tent_x1).view(attention.shape)
+                grad_attention = grad_attention.to(ctx.input_dtypes[1])
             if ctx.needs_input_grad[1]:
-                dot_y0 = torch.addcmul(d00 * tent_x0, d10, tent_x1)
-                dot_y1 = torch.addcmul(d01 * tent_x0, d11, tent_x1)
-                grad_x = _tent_gradient(dot_x0, dot_x1, offset_x)
-                grad_y = _tent_gradient(dot_y0, dot_y1, offset_y)
-                grad_locations = torch.stack([grad_x, grad_y], -1) * (attention[..., None] * ctx.sizes_xy)
-                grad_locations = grad_locations.to(ctx.input_dtypes[0])
+                dot_first = torch.stack([dot_x0, torch.addcmul(d00 * tent_x0, d10, tent_x1)])  # (axis, N, points)
+                dot_second = torch.stack([dot_x1, torch.addcmul(d01 * tent_x0, d11, tent_x1)])
+                slope_first, slope_second = _tent_slopes(cell)
+                grad_pixel = torch.addcmul(slope_first.view_as(dot_first) * dot_first, slope_second.view_as(dot_first), dot_second)
+                grad_pixel = grad_pixel.view_as(cell) * (attention * pixel_scale)
+                grad_locations = torch.stack(grad_pixel.unbind(0), -1).to(ctx.input_dtypes[0])
         if ctx.needs_input_grad[0]:
             grad_table = _table_gradient(grad_out, base, weights, ctx.tap_table)
-        return grad_table, grad_locations, grad_attention, None, None, None, None, None, None, None
+        return grad_table, grad_locations, grad_attention, None, None, None, None, None, None, None, None
 
 
 def pad_levels(value, spatial_shapes):
@@ -228,22 +235,22 @@ def pad_levels(value, spatial_shapes):
     return torch.cat(padded, dim=1).view(B, -1, H, C)
 
 
-def _axis_taps(coordinate, size, in_place):
-    """Along one axis of ``size`` pixels: the first of a point's two taps (in the table's pixels),
-    both taps' weights, and the coordinate's offset from the first tap, for pixel coordinates
-    ``coordinate`` (align_corners=False).
+def _axis_taps(pixel, first_low, first_high):
+    """For pixel coordinates ``pixel`` (2 axes, ...; align_corners=False): the first of a point's two
+    taps along each axis (in the level's pixels), both taps' weights (2 taps, 2 axes, ...), and the
+    unit interval of the tents the offset from the first tap lies on (2 axes, ...; see
+    :func:`_tent_slopes`).
 
     A pixel's bilinear weight is the tent max(0, 1 - |coordinate - pixel|), whichever two pixels are
-    the taps. in_place: the first tap is clamped into [0, size - 2], so both taps are real pixels (a
-    point at -0.3 reads pixel 0 with weight 0.7 as its first tap); a tap further than one pixel
-    away weighs 0. padded: clamped into [-1, size - 1], the taps may be the zero border (index + 1
-    in the padded table).
+    the taps. in_place (``first_low`` 0, ``first_high`` size - 2): both taps are real pixels (a
+    point at -0.3 reads pixel 0 with weight 0.7 as its first tap); a tap further than one pixel away
+    weighs 0. padded (-1 and size - 1): the taps may be the zero border.
     """
-    first = torch.floor(coordinate).clamp(min=0 if in_place else -1)
-    first = torch.minimum(first, size - (2 if in_place else 1))
-    offset = coordinate - first
-    weights = (1 - offset.abs()).clamp(min=0), (1 - (offset - 1).abs()).clamp(min=0)
-    return (first if in_place else first + 1), weights, offset
+    floor = torch.floor(pixel)
+    first = torch.clamp(floor, first_low, first_high)
+    offset = pixel - first
+    tents = torch.stack([1 - offset.abs(), 1 - (offset - 1).abs_()]).clamp_(min=0)
+    return first, tents, floor.sub_(first)
 
 
 def ms_deform_attn_bilinear_gather(
@@ -265,21 +272,24 @@ def ms_deform_attn_bilinear_gather(
     dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
     layout_tensors, tap_table = _level_layout(tuple(map(tuple, level_sizes)), in_place, B, H, P, value.device, dtype)
     out = _BilinearSampling.apply(table.reshape(-1, C), sampling_locations, attention_weights, *layout_tensors,
-                                  tap_table, in_place, tap_dots)
+                                  tap_table, tap_dots)
     return out.view(B, Q, H * C)
 
 
 @functools.lru_cache(maxsize=32)
 def _level_layout(level_sizes, in_place, num_images, num_heads, points, device, dtype):
     """The table's per-level numbers for :class:`_BilinearSampling`, made once per shape and device
-    (on CUDA, tensors built from lists every call are host-to-device copies): (W, H) per level, the
-    table's level widths and first pixels, the 4 tap row offsets per point, and the TapTable."""
+    (on CUDA, tensors built from lists every call are host-to-device copies), each expanded over a
+    level's points: (W, H), the first taps' range per axis, the table rows of one pixel step down,
+    every (image, head, level)'s row of its pixel (0, 0), the 4 tap row offsets; and the TapTable."""
     table_shapes = [(h, w) if in_place else (h + 2, w + 2) for h, w in level_sizes]
     table_starts = [0]
     for h, w in table_shapes[:-1]:
         table_starts.append(table_starts[-1] + h * w)
-    num_rows = num_images * sum(h * w for h, w in table_shapes) * num_heads
+    rows_per_image = sum(h * w for h, w in table_shapes) * num_heads
+    num_rows = num_images * rows_per_image
     index_dtype = torch.int32 if num_rows < 2**31 else torch.int64
+    row_dtype = dtype if num_rows < 2**24 else torch.float64  # rows computed in float are exact below 2**24
     # Taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) are fixed row offsets from the (x0, y0) row.
     level_offsets = [(0, num_heads, w * num_heads, (w + 1) * num_heads) for _, w in table_shapes]
     tap_table = TapTable(
@@ -288,12 +298,23 @@ def _level_layout(level_sizes, in_place, num_images, num_heads, points, device, 
         num_images, num_rows, num_heads, len(level_sizes) * points,
     )
     L = len(level_sizes)
+    border = 0 if in_place else 1  # padded: pixel (0, 0) is (1, 1) of the table's level
+    origin = torch.tensor([start + border * (w + 1) for start, (_, w) in zip(table_starts, table_shapes)], dtype=torch.float64)
+    row_start = (origin.view(1, 1, L) * num_heads + torch.arange(num_heads, dtype=torch.float64).view(1, num_heads, 1)
+                 + (torch.arange(num_images, dtype=torch.float64) * rows_per_image).view(num_images, 1, 1))
+    sizes = torch.tensor([(w, h) for h, w in level_sizes], dtype=torch.float64).t().reshape(2, 1, 1, 1, L, 1)
+
+    def per_point(t, dtype):  # expanded over the points: broadcasting along the innermost dim is slow on CPU
+        return t.expand(*t.shape[:-1], points).contiguous().to(device=device, dtype=dtype)
+
     with torch.inference_mode(False):  # made first under inference_mode, they could not be saved for a backward later
         tensors = (
-            torch.tensor([(w, h) for h, w in level_sizes], device=device, dtype=dtype).view(L, 1, 2),
-            torch.tensor([w for _, w in table_shapes], device=device, dtype=dtype).view(L, 1),
-            torch.tensor(table_starts, device=device, dtype=dtype).view(L, 1),
-            torch.tensor(level_offsets, device=device, dtype=index_dtype).repeat_interleave(points, dim=0),
+            per_point(sizes, dtype),
+            per_point(torch.full_like(sizes, -border), dtype),
+            per_point(sizes - 2 + border, dtype),
+            per_point(torch.tensor([w * num_heads for _, w in table_shapes], dtype=torch.float64).view(L, 1), row_dtype),
+            per_point(row_start.view(num_images, 1, num_heads, L, 1), row_dtype),
+            torch.tensor(level_offsets, device=device, dtype=index_dtype).t().repeat_interleave(points, dim=1),
         )
     return tensors, tap_table
 
