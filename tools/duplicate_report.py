@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""How many confident detections each ground-truth object gets: the duplicates a one-to-one
+(NMS-free) head must score low, measured per run from its COCO results file.
+
+    python tools/duplicate_report.py --gt datasets/shapes/annotations/instances_val.json \\
+        NAME=output/RUN/inference/coco_instances_results.json [NAME=...] [--score 0.3] [--iou 0.5] \\
+        [--output output/duplicates.png]
+
+For every GT object: the detections of its class whose IoU with it is at least ``--iou``; the
+highest-scoring one is the hit, the next the best duplicate. Printed per run (a Markdown table):
+the share of objects hit with score >= ``--score``, the confident detections per object beyond
+the first (duplicates), the mean score of the hit and of the best duplicate, and their margin. The PNG shows the
+distribution of the best duplicate's score per run.
+"""
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+from torchvision.ops import box_convert, box_iou
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+
+def object_scores(gt_boxes, gt_classes, boxes, scores, classes, iou_threshold=0.5):
+    """(G, D) -> for each of G objects the scores of the same-class detections overlapping it by
+    at least ``iou_threshold``, highest first, as a (G, D) tensor padded with 0 (boxes xyxy)."""
+    if len(gt_boxes) == 0 or len(boxes) == 0:
+        return scores.new_zeros(len(gt_boxes), max(len(boxes), 1))
+    overlaps = (box_iou(gt_boxes, boxes) >= iou_threshold) & (gt_classes[:, None] == classes[None, :])
+    return torch.where(overlaps, scores[None, :], 0.0).sort(dim=1, descending=True).values
+
+
+def summarize(per_object, score_threshold=0.3):
+    """Share of objects hit (top score >= threshold), confident duplicates per object (detections
+    >= threshold beyond the first), and the mean top and second score."""
+    confident = (per_object >= score_threshold).sum(1)
+    second = per_object[:, 1] if per_object.shape[1] > 1 else per_object.new_zeros(len(per_object))
+    return {
+        "objects": len(per_object),
+        "hit": (confident > 0).float().mean().item(),
+        "duplicates_per_object": (confident - 1).clamp(min=0).float().mean().item(),
+        "objects_with_duplicate": (confident > 1).float().mean().item(),
+        "top_score": per_object[:, 0].mean().item(),
+        "duplicate_score": second.mean().item(),
+        "margin": (per_object[:, 0] - second).mean().item(),
+    }
+
+
+def load_run(gt, results_file, iou_threshold):
+    """Per-object sorted scores of one COCO results file against the GT json ``gt``."""
+    detections = defaultdict(list)
+    with open(results_file) as f:
+        for d in json.load(f):
+            detections[d["image_id"]].append(d)
+    objects = defaultdict(list)
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            objects[a["image_id"]].append(a)
+    rows = []
+    for image in gt["images"]:
+        anns, dets = objects[image["id"]], detections[image["id"]]
+        if not anns:
+            continue
+        gt_boxes = box_convert(torch.tensor([a["bbox"] for a in anns], dtype=torch.float32), "xywh", "xyxy")
+        boxes = box_convert(torch.tensor([d["bbox"] for d in dets], dtype=torch.float32).view(-1, 4), "xywh", "xyxy")
+        scores = torch.tensor([d["score"] for d in dets], dtype=torch.float32)
+        per_object = object_scores(gt_boxes, torch.tensor([a["category_id"] for a in anns]), boxes, scores,
+                                   torch.tensor([d["category_id"] for d in dets], dtype=torch.long), iou_threshold)
+        rows.append(per_object[:, :10])
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows])
+
+
+def plot(runs, path, score_threshold):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, per_object in runs.items():
+        second = per_object[:, 1] if per_object.shape[1] > 1 else per_object.new_zeros(len(per_object))
+        ax.hist(second.numpy(), bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=name)
+    ax.axvline(score_threshold, color="gray", linestyle=":")
+    ax.set_xlabel("score of each object's best duplicate (0: none)")
+    ax.set_ylabel("objects")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="NAME=RESULTS_JSON")
+    parser.add_argument("--gt", required=True, help="COCO-format ground truth json")
+    parser.add_argument("--iou", type=float, default=0.5)
+    parser.add_argument("--score", type=float, default=0.3, help="a detection at or above this score is confident")
+    parser.add_argument("--output", default="output/duplicates.png")
+    args = parser.parse_args(argv)
+    with open(args.gt) as f:
+        gt = json.load(f)
+    runs = {}
+    for spec in args.runs:
+        name, sep, path = spec.partition("=")
+        if not sep or not os.path.isfile(path):
+            parser.error(f"{spec!r}: expected NAME=RESULTS_JSON with an existing file")
+        runs[name] = load_run(gt, path, args.iou)
+    print(f"| run | objects | hit (score >= {args.score}) | duplicates / object | objects with a duplicate | "
+          "mean hit score | mean best-duplicate score | mean margin |")
+    print("|---|---|---|---|---|---|---|---|")
+    summaries = {}
+    for name, per_object in runs.items():
+        s = summaries[name] = summarize(per_object, args.score)
+        print(f"| {name} | {s['objects']} | {s['hit']:.1%} | {s['duplicates_per_object']:.2f} | "
+              f"{s['objects_with_duplicate']:.1%} | {s['top_score']:.3f} | {s['duplicate_score']:.3f} | {s['margin']:.3f} |")
+    plot(runs, args.output, args.score)
+    print(f"best-duplicate score histogram: {args.output}")
+    return summaries
+
+
+if __name__ == "__main__":
+    main()
