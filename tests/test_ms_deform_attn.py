@@ -381,3 +381,17 @@ def test_low_precision_value_on_cpu_trains(dtype):
         results.append([out.float(), table.grad.float(), loc.grad, w.grad])
     for full, low in zip(*results):
         torch.testing.assert_close(low, full, rtol=0.05, atol=0.05)
+
+
+def test_row_arithmetic_falls_back_to_float64_past_float32_exact_integers():
+    """The first tap's row is computed in float: float32 holds every integer below 2**24 exactly,
+    so a table of that many rows or more (2 images of a 4096 x 4096 level) gets float64 row
+    constants; the pixel constants stay in the locations' dtype. (Layout only: no such table is made.)"""
+    from detr_plus.layers.ms_deform_attn import _level_layout
+
+    cpu = torch.device("cpu")
+    for sizes, images, row_dtype in ((((64, 64), (8, 8)), 2, torch.float32), (((4096, 4096),), 2, torch.float64)):
+        (scale, low, high, row_step_y, row_start, _), tap_table = _level_layout(sizes, True, images, 1, 1, cpu, torch.float32)
+        assert (tap_table.num_rows >= 2**24) == (row_dtype == torch.float64)
+        assert row_step_y.dtype == row_start.dtype == row_dtype and scale.dtype == low.dtype == high.dtype == torch.float32
+    assert int(row_start[1, 0, 0, 0, 0]) == 4096 * 4096  # image 1's first row: exact

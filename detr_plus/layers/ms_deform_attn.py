@@ -122,8 +122,7 @@ def _table_gradient(grad_out, base, weights, tap_table):
     run_ends = torch.cumsum(run_lengths, 0, dtype=dtype)
     # Entry j of run (r, k) is sorted point first_sorted[source] + (j - run start), tap k: coded as
     # k * num_points + sorted point, run-constant plus j (the weights are tap-major, (4, points)).
-    run_value = torch.addcmul(first_sorted.index_select(0, sources) - run_ends + run_lengths, tap_of_run,
-                              torch.tensor(num_points, dtype=dtype, device=flat_base.device))
+    run_value = (first_sorted.index_select(0, sources) - run_ends + run_lengths).add_(tap_of_run, alpha=num_points)
     entries = _segment_fill(run_value, run_lengths, run_ends, 4 * num_points, step=1)
     sorted_weights = weights.transpose(0, 1).reshape(4, -1).index_select(1, order).view(-1)
     out_row_of_sorted = torch.div(order, points_per_out, rounding_mode="floor").to(dtype).repeat(4)
