@@ -3,6 +3,7 @@ and the command line on a COCO ground truth and results file written here."""
 import importlib.util
 import json
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -56,3 +57,19 @@ def test_command_line_table_and_png(tmp_path, capsys):
     assert abs(summaries["dup"]["duplicate_score"] - 0.3) < 1e-6  # 0.6 for one object of two
     out = capsys.readouterr().out
     assert "| dup | 2 | 100.0% | 0.50 | 50.0% |" in out and png.stat().st_size > 0
+
+
+def test_ground_truth_without_objects_is_a_clear_error(tmp_path):
+    gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": []}
+    results = tmp_path / "r.json"
+    results.write_text("[]")
+    with pytest.raises(ValueError, match="no .*objects"):
+        report.load_run(gt, results, 0.5)
+
+
+def test_one_detection_per_image_still_has_a_duplicate_column(tmp_path):
+    gt = {"images": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]}
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.7}]))
+    per_object = report.load_run(gt, results, 0.5)
+    torch.testing.assert_close(per_object, torch.tensor([[0.7, 0.0]]), rtol=0, atol=0)

@@ -15,13 +15,10 @@ distribution of the best duplicate's score per run.
 import argparse
 import json
 import os
-import sys
 from collections import defaultdict
 
 import torch
 from torchvision.ops import box_convert, box_iou
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
 def object_scores(gt_boxes, gt_classes, boxes, scores, classes, iou_threshold=0.5):
@@ -34,10 +31,11 @@ def object_scores(gt_boxes, gt_classes, boxes, scores, classes, iou_threshold=0.
 
 
 def summarize(per_object, score_threshold=0.3):
-    """Share of objects hit (top score >= threshold), confident duplicates per object (detections
-    >= threshold beyond the first), and the mean top and second score."""
+    """Of per-object scores with at least 2 columns (``load_run``'s): the share of objects hit (top
+    score >= threshold), confident duplicates per object (detections >= threshold beyond the
+    first), and the mean top and second score and their margin."""
     confident = (per_object >= score_threshold).sum(1)
-    second = per_object[:, 1] if per_object.shape[1] > 1 else per_object.new_zeros(len(per_object))
+    second = per_object[:, 1]
     return {
         "objects": len(per_object),
         "hit": (confident > 0).float().mean().item(),
@@ -50,7 +48,7 @@ def summarize(per_object, score_threshold=0.3):
 
 
 def load_run(gt, results_file, iou_threshold):
-    """Per-object sorted scores of one COCO results file against the GT json ``gt``."""
+    """Per-object sorted scores (objects, >= 2 columns) of one COCO results file against the GT json ``gt``."""
     detections = defaultdict(list)
     with open(results_file) as f:
         for d in json.load(f):
@@ -70,7 +68,9 @@ def load_run(gt, results_file, iou_threshold):
         per_object = object_scores(gt_boxes, torch.tensor([a["category_id"] for a in anns]), boxes, scores,
                                    torch.tensor([d["category_id"] for d in dets], dtype=torch.long), iou_threshold)
         rows.append(per_object[:, :10])
-    width = max(r.shape[1] for r in rows)
+    if not rows:
+        raise ValueError("the ground truth has no (non-crowd) objects: nothing to report")
+    width = max(2, *(r.shape[1] for r in rows))  # at least the hit and one duplicate column
     return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows])
 
 
@@ -82,8 +82,7 @@ def plot(runs, path, score_threshold):
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, per_object in runs.items():
-        second = per_object[:, 1] if per_object.shape[1] > 1 else per_object.new_zeros(len(per_object))
-        ax.hist(second.numpy(), bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=name)
+        ax.hist(per_object[:, 1].numpy(), bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=name)
     ax.axvline(score_threshold, color="gray", linestyle=":")
     ax.set_xlabel("score of each object's best duplicate (0: none)")
     ax.set_ylabel("objects")
