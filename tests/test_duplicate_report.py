@@ -33,6 +33,20 @@ def test_object_scores_and_summary_by_hand():
     assert s["duplicates_per_object"] == 0.5 and s["objects_with_duplicate"] == 0.5
     assert abs(s["top_score"] - 0.55) < 1e-6 and abs(s["duplicate_score"] - 0.2) < 1e-6
     assert abs(s["margin"] - 0.35) < 1e-6
+    stack, twin_iou = report.hit_twins(gt_boxes, gt_classes, boxes, scores, classes, iou_threshold=0.5)
+    assert stack.tolist() == [2, 1]  # object 0: the hit and its duplicate; the 1/3-IoU box does not count
+    assert abs(twin_iou[0].item() - 9 / 11) < 1e-6 and twin_iou[1].isnan()  # object 1 has no duplicate
+    matches = report.ObjectMatches(per_object, stack, twin_iou)
+    assert report.summarize_stacks(matches) == {"stack_per_object": 1.5, "twin_iou_median": twin_iou[0].item(),
+                                                "twin_iou_mean": twin_iou[0].item()}
+
+
+def test_stacks_without_detections_or_with_one():
+    gt_boxes, gt_classes = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([1])
+    for boxes in (torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 4.0, 4.0]])):
+        n = len(boxes)
+        stack, twin_iou = report.hit_twins(gt_boxes, gt_classes, boxes, torch.full((n,), 0.5), torch.ones(n, dtype=torch.long))
+        assert stack.tolist() == [n] and twin_iou.isnan().all()
 
 
 def test_command_line_table_and_png(tmp_path, capsys):
@@ -57,6 +71,9 @@ def test_command_line_table_and_png(tmp_path, capsys):
     assert abs(summaries["dup"]["duplicate_score"] - 0.3) < 1e-6  # 0.6 for one object of two
     out = capsys.readouterr().out
     assert "| dup | 2 | 100.0% | 0.50 | 50.0% |" in out and png.stat().st_size > 0
+    # the duplicate [0, 0, 10, 11] of image 1's object: IoU 100/110 with the hit
+    assert summaries["dup"]["stack_per_object"] == 1.5 and abs(summaries["dup"]["twin_iou_median"] - 10 / 11) < 1e-6
+    assert "| dup | 1.50 | 0.909 | 0.909 |" in out
 
 
 def test_ground_truth_without_objects_is_a_clear_error(tmp_path):
@@ -71,5 +88,6 @@ def test_one_detection_per_image_still_has_a_duplicate_column(tmp_path):
     gt = {"images": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]}
     results = tmp_path / "r.json"
     results.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.7}]))
-    per_object = report.load_run(gt, results, 0.5)
-    torch.testing.assert_close(per_object, torch.tensor([[0.7, 0.0]]), rtol=0, atol=0)
+    matches = report.load_run(gt, results, 0.5)
+    torch.testing.assert_close(matches.scores, torch.tensor([[0.7, 0.0]]), rtol=0, atol=0)
+    assert matches.stack.tolist() == [1] and matches.twin_iou.isnan().all()
