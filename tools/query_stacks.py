@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""How many of the primary route's queries sit on each ground-truth object, layer by layer: where
+a one-to-one decoder spreads its queries out or stacks them, and how far apart (in box and in
+score) it keeps the two best of each stack.
+
+    python tools/query_stacks.py --config-file CONFIG --checkpoint CKPT [--images 200] [key=value ...]
+
+Runs the primary pass (no training routes) on the test set with its annotations. For the top-k
+proposals and every decoder layer, per object: the queries whose box overlaps it by IoU >= 0.5
+(class-agnostic, any score); among them, the two that score the object's class highest (the hit
+and its best duplicate): their box IoU ("twins" when near 1) and their score margin.
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_convert, box_iou
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+
+
+def stack_stats(gt_boxes, gt_labels, boxes, logits=None, iou_threshold=0.5):
+    """One image, one stage: ``gt_boxes`` (G, 4) and ``boxes`` (Q, 4) normalized cxcywh, ``logits``
+    (Q, C) or None (proposals: boxes only). Returns (queries on each object (G,), and for the objects
+    with two or more: the hit-to-duplicate box IoU and score margin, each a list)."""
+    gt_xyxy, xyxy = box_convert(gt_boxes, "cxcywh", "xyxy"), box_convert(boxes, "cxcywh", "xyxy")
+    near = box_iou(gt_xyxy, xyxy) >= iou_threshold
+    stack = near.sum(1)
+    if logits is None or len(boxes) < 2:
+        return stack, [], []
+    scores = logits.sigmoid()[:, gt_labels].T  # (G, Q): each query's score for the object's class
+    best_two = torch.where(near, scores, -1.0).topk(2, dim=1)
+    has_two = stack >= 2
+    twin_iou = box_iou(xyxy[best_two.indices[:, 0]], xyxy[best_two.indices[:, 1]]).diagonal()
+    margin = best_two.values[:, 0] - best_two.values[:, 1]
+    return stack, twin_iou[has_two].tolist(), margin[has_two].tolist()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--images", type=int, default=200, help="test images to read (from the first)")
+    parser.add_argument("opts", nargs="*", help="config overrides, key=value")
+    args = parser.parse_args(argv)
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    # the test mapper with annotations kept (the test augmentations are unchanged)
+    cfg.dataloader.test.mapper.update(is_train=True, unreadable="raise")
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model).load(args.checkpoint)
+    model.eval()
+    stages = None
+    seen = 0
+    for batch in instantiate(cfg.dataloader.test):
+        run = model.detection_pass(batch, match=False)
+        predicted = [(run.selection.queries.reference, None)] + [(p.boxes, p.logits) for p in run.decoder.layers]
+        stages = stages or [([], [], []) for _ in predicted]
+        for b, target in enumerate(run.targets):
+            for (boxes, logits), (stacks, twins, margins) in zip(predicted, stages):
+                stack, twin, margin = stack_stats(target["boxes"], target["labels"], boxes[b],
+                                                  None if logits is None else logits[b])
+                stacks += stack.tolist()
+                twins += twin
+                margins += margin
+        seen += len(batch)
+        if seen >= args.images:
+            break
+    if not stages or not stages[0][0]:
+        raise SystemExit(f"no annotated objects in the first {args.images} test images of {args.config_file}")
+    print(f"| stage | queries / object (IoU >= 0.5) | hit-to-duplicate box IoU, median | score margin, mean |")
+    print("|---|---|---|---|")
+    for index, (stacks, twins, margins) in enumerate(stages):
+        name = "top-k proposals" if index == 0 else f"decoder layer {index - 1}"
+        twin = f"{statistics.median(twins):.3f}" if twins else "-"
+        margin = f"{statistics.mean(margins):.3f}" if margins else "-"
+        print(f"| {name} | {statistics.mean(stacks):.2f} | {twin} | {margin} |")
+    return stages
+
+
+if __name__ == "__main__":
+    main()
