@@ -32,3 +32,17 @@ def test_stack_stats_by_hand():
     assert len(margin) == 1 and abs(margin[0] - 0.5) < 1e-5  # 0.8 - 0.3: the class-1 scores
     stack, twin_iou, margin = stacks.stack_stats(gt, labels, boxes)  # proposals: boxes only
     assert stack.tolist() == [2, 1] and twin_iou == [] and margin == []
+
+
+def test_drawing_keeps_only_queries_on_objects(tmp_path):
+    target = {"boxes": torch.tensor([[0.25, 0.25, 0.5, 0.5]]), "labels": torch.tensor([0])}
+    boxes = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.26, 0.25, 0.5, 0.5], [0.8, 0.8, 0.1, 0.1]])
+    logits = torch.tensor([[2.0], [0.0], [5.0]])
+    inputs = {"image": torch.full((3, 24, 40), 128, dtype=torch.uint8)}  # padded beyond the 20 x 32 image
+    image, gt_xyxy, xyxy, scores = stacks.drawing(inputs, (20, 32), target, boxes, logits)
+    assert image.shape == (20, 32, 3)
+    torch.testing.assert_close(gt_xyxy, torch.tensor([[0.0, 0.0, 16.0, 10.0]]))
+    assert len(xyxy) == 2 and torch.allclose(scores, torch.tensor([2.0, 0.0]).sigmoid())  # the far box is left out
+    png = tmp_path / "stacks.png"
+    stacks.draw([(image, gt_xyxy, xyxy, scores)], png, title="t")
+    assert png.stat().st_size > 0

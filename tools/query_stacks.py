@@ -3,12 +3,14 @@
 a one-to-one decoder spreads its queries out or stacks them, and how far apart (in box and in
 score) it keeps the two best of each stack.
 
-    python tools/query_stacks.py --config-file CONFIG --checkpoint CKPT [--images 200] [key=value ...]
+    python tools/query_stacks.py --config-file CONFIG --checkpoint CKPT [--images 200] \
+        [--draw 4 --output output/query_stacks.png] [key=value ...]
 
 Runs the primary pass (no training routes) on the test set with its annotations. For the top-k
 proposals and every decoder layer, per object: the queries whose box overlaps it by IoU >= 0.5
 (class-agnostic, any score); among them, the two that score the object's class highest (the hit
-and its best duplicate): their box IoU ("twins" when near 1) and their score margin.
+and its best duplicate): their box IoU ("twins" when near 1) and their score margin. ``--draw N``
+draws the first N images with the last layer's queries on each object, shaded by score.
 """
 import argparse
 import statistics
@@ -38,11 +40,52 @@ def stack_stats(gt_boxes, gt_labels, boxes, logits=None, iou_threshold=0.5):
     return stack, twin_iou[has_two].tolist(), margin[has_two].tolist()
 
 
+def drawing(inputs, image_size, target, boxes, logits):
+    """What ``draw`` shows of one image: the image, its GT boxes, and the queries (``boxes`` (Q, 4)
+    normalized cxcywh, ``logits`` (Q, C)) on any object, with their top class score; pixels."""
+    h, w = image_size
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    gt_xyxy = box_convert(target["boxes"].cpu(), "cxcywh", "xyxy") * scale
+    xyxy = box_convert(boxes.detach().cpu(), "cxcywh", "xyxy") * scale
+    on_object = (box_iou(gt_xyxy, xyxy) >= 0.5).any(0)
+    scores = logits.detach().cpu().sigmoid().max(-1).values
+    image = inputs["image"][:, :h, :w].permute(1, 2, 0).byte().numpy()
+    return image, gt_xyxy, xyxy[on_object], scores[on_object]
+
+
+def draw(images, path, title=None):
+    """``images``: (image HWC uint8, GT boxes xyxy px, query boxes xyxy px, query scores) per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 3.2), squeeze=False)
+    for ax, (image, gt_boxes, boxes, scores) in zip(axes[0], images):
+        ax.imshow(image)
+        for (x0, y0, x1, y1), score in zip(boxes.tolist(), scores.tolist()):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="red", alpha=0.15 + 0.85 * score, lw=1))
+        for x0, y0, x1, y1 in gt_boxes.tolist():
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.5, ls="--"))
+        ax.set_title(f"{len(boxes)} queries on {len(gt_boxes)} objects", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=200, help="test images to read (from the first)")
+    parser.add_argument("--draw", type=int, default=0, metavar="N", help="draw the first N images")
+    parser.add_argument("--output", default="output/query_stacks.png", help="the --draw PNG")
+    parser.add_argument("--title", help="the --draw PNG's title (default: none)")
     parser.add_argument("opts", nargs="*", help="config overrides, key=value")
     args = parser.parse_args(argv)
 
@@ -55,7 +98,7 @@ def main(argv=None):
     model = instantiate(cfg.model)
     DetectionCheckpointer(model).load(args.checkpoint)
     model.eval()
-    stages = None
+    stages, drawn = None, []
     seen = 0
     for batch in instantiate(cfg.dataloader.test):
         run = model.detection_pass(batch, match=False)
@@ -68,11 +111,17 @@ def main(argv=None):
                 stacks += stack.tolist()
                 twins += twin
                 margins += margin
+            if len(drawn) < args.draw:
+                last_boxes, last_logits = predicted[-1]
+                drawn.append(drawing(batch[b], run.image_sizes[b], target, last_boxes[b], last_logits[b]))
         seen += len(batch)
         if seen >= args.images:
             break
     if not stages or not stages[0][0]:
         raise SystemExit(f"no annotated objects in the first {args.images} test images of {args.config_file}")
+    if drawn:
+        draw(drawn, args.output, args.title)
+        print(f"queries on the objects of {len(drawn)} images: {args.output}")
     print(f"| stage | queries / object (IoU >= 0.5) | hit-to-duplicate box IoU, median | score margin, mean |")
     print("|---|---|---|---|")
     for index, (stacks, twins, margins) in enumerate(stages):
