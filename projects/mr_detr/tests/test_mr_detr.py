@@ -395,6 +395,22 @@ def test_configs_load_and_instantiate(name, routes, queries):
         assert model.routes.route3.branches[0].num_tokens == 10
 
 
+def test_vfl_plus_primary_diagnostic_configs_change_only_the_one_to_one_class_loss():
+    """Issue #11's diagnostic pair: each equals its source config but for the primary criterion
+    (VFL+ with s = IoU, x0.25, class weight 1) and an encoder criterion that keeps the focal loss."""
+    for name, source in (("baseline_vfl_plus_primary", REPO / "configs" / "shapes" / "deformable_detr_tiny.py"),
+                         ("mr_detr_vfl_plus_primary", TINY)):
+        cfg, base = LazyConfig.load(str(CONFIGS / "diagnostics" / f"{name}.py")), LazyConfig.load(str(source))
+        model, base_model = instantiate(cfg.model), instantiate(base.model)
+        assert (model.criterion.class_loss, model.criterion.quality, model.criterion.vfl_scale) == ("vfl_plus", "iou", 0.25)
+        assert model.criterion.loss_weights == {**base_model.criterion.loss_weights, "class": 1.0}
+        assert base_model.enc_criterion is None and model.enc_criterion.class_loss == "focal"
+        assert model.enc_criterion.loss_weights == base_model.criterion.loss_weights
+        assert list(model.routes) == list(base_model.routes) and model.enc_loss_weight == base_model.enc_loss_weight
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in base_model.state_dict().items()}
+        assert cfg.optimizer == base.optimizer and cfg.train.output_dir.endswith(name)
+
+
 def test_attention_map_tool(model, tmp_path):
     """The tool writes a PNG; its layer-1 weights equal ``manual_instructive_attention`` (written out from
     the layer's projection weights) on Route-3's own stream: its layer-0 output and own positions."""
