@@ -6,11 +6,12 @@ score) it keeps the two best of each stack.
     python tools/query_stacks.py --config-file CONFIG --checkpoint CKPT [--images 200] \
         [--draw 4 --output output/query_stacks.png] [key=value ...]
 
-Runs the primary pass (no training routes) on the test set with its annotations. For the top-k
-proposals and every decoder layer, per object: the queries whose box overlaps it by IoU >= 0.5
-(class-agnostic, any score); among them, the two that score the object's class highest (the hit
-and its best duplicate): their box IoU ("twins" when near 1) and their score margin. ``--draw N``
-draws the first N images with the last layer's queries on each object, shaded by score.
+Runs the primary pass (no training routes) on the test set with its annotations. For the
+initial boxes (a two-stage model's top-k proposals) and every decoder layer, per object: the
+queries whose box overlaps it by IoU >= 0.5 (class-agnostic, any score); among them, the two that
+score the object's class highest (the hit and its best duplicate): their box IoU ("twins" when
+near 1) and their score margin. ``--draw N`` draws the first N images with the last layer's
+queries on each object, shaded by score.
 """
 import argparse
 import statistics
@@ -102,7 +103,8 @@ def main(argv=None):
     seen = 0
     for batch in instantiate(cfg.dataloader.test):
         run = model.detection_pass(batch, match=False)
-        predicted = [(run.selection.queries.reference, None)] + [(p.boxes, p.logits) for p in run.decoder.layers]
+        initial = run.selection.queries.reference  # 2-d reference points (single-stage) have no box to count
+        predicted = ([(initial, None)] if initial.shape[-1] == 4 else []) + [(p.boxes, p.logits) for p in run.decoder.layers]
         stages = stages or [([], [], []) for _ in predicted]
         for b, target in enumerate(run.targets):
             for (boxes, logits), (stacks, twins, margins) in zip(predicted, stages):
@@ -117,15 +119,16 @@ def main(argv=None):
         seen += len(batch)
         if seen >= args.images:
             break
-    if not stages or not stages[0][0]:
+    if not stages or not stages[-1][0]:
         raise SystemExit(f"no annotated objects in the first {args.images} test images of {args.config_file}")
     if drawn:
         draw(drawn, args.output, args.title)
         print(f"queries on the objects of {len(drawn)} images: {args.output}")
-    print(f"| stage | queries / object (IoU >= 0.5) | hit-to-duplicate box IoU, median | score margin, mean |")
+    print("| stage | queries / object (IoU >= 0.5) | hit-to-duplicate box IoU, median | score margin, mean |")
     print("|---|---|---|---|")
-    for index, (stacks, twins, margins) in enumerate(stages):
-        name = "top-k proposals" if index == 0 else f"decoder layer {index - 1}"
+    names = [f"decoder layer {i}" for i in range(len(model.transformer.decoder.layers))]
+    names = ["initial boxes (two-stage: the top-k proposals)"] * (len(stages) - len(names)) + names
+    for name, (stacks, twins, margins) in zip(names, stages):
         twin = f"{statistics.median(twins):.3f}" if twins else "-"
         margin = f"{statistics.mean(margins):.3f}" if margins else "-"
         print(f"| {name} | {statistics.mean(stacks):.2f} | {twin} | {margin} |")
