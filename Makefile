@@ -1,7 +1,7 @@
 # detr_plus: set-up, training, tests and benchmarks in a local virtualenv (.venv).
 #   make venv   create/update .venv (fast no-op when nothing changed)
 #   make train  train the tiny Deformable-DETR on the synthetic shapes data set (ARGS=... appended)
-#   make test   run the test suite
+#   make test   lint (ruff, settings in ruff.toml), then run the test suite
 #   make bench  run the benchmarks
 SHELL := /bin/bash
 .DEFAULT_GOAL := venv
@@ -13,7 +13,7 @@ PIP    := $(VPY) -m pip
 # torch/torchvision are installed only when .venv cannot import them yet (a build you put there is kept).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BUILD_DEPS := "setuptools>=70.1,<81" wheel
-DEPS       := fvcore pycocotools scipy tensorboard matplotlib tqdm pytest opencv-python-headless
+DEPS       := fvcore pycocotools scipy tensorboard matplotlib tqdm pytest opencv-python-headless ruff
 TRAIN_CONFIG ?= configs/shapes/deformable_detr_tiny.py
 ARGS ?=
 
@@ -40,6 +40,7 @@ train: venv
 	$(VPY) train_net.py --config-file $(TRAIN_CONFIG) $(ARGS)
 
 test: venv
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q tests $(wildcard projects/*/tests)
 
 bench: venv

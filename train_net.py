@@ -7,7 +7,6 @@ import logging
 import os
 
 import detr_plus  # noqa: F401  (applies the detectron2 compatibility layer first)
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, hooks

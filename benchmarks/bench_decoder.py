@@ -12,19 +12,17 @@ count (1 multiply-add = 1 flop), with the deformable-attention gather counted as
 """
 import argparse
 import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from torch import nn  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+import torch
+from detectron2.config import LazyConfig, instantiate
+from torch import nn
 
-from benchmarks.bench_model import EXTRA_FLOP_HANDLES, count_flops, synthetic_batch  # noqa: E402
-from benchmarks.timing import time_calls  # noqa: E402
-from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
-from detr_plus.modeling import DecoderQueries  # noqa: E402
+from detr_plus_benchmarks.bench_model import EXTRA_FLOP_HANDLES, count_flops, synthetic_batch
+from detr_plus_benchmarks.timing import time_calls
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus.modeling import DecoderQueries
 
 
 class DecoderOnly(nn.Module):
@@ -43,7 +41,7 @@ class DecoderOnly(nn.Module):
 def force_pass_counts(model, counts, seed=0):
     """Routed layers of mode M pass ``counts[M]`` random queries per image (cost vs routing count)."""
     try:
-        from projects.qr_detr.modeling import routed_layers
+        from detr_plus_projects.qr_detr.modeling import routed_layers
     except ImportError:
         return
     gen = torch.Generator().manual_seed(seed)
@@ -64,7 +62,7 @@ def force_pass_counts(model, counts, seed=0):
 
 def passed_counts(model):
     try:
-        from projects.qr_detr.modeling import routed_layers
+        from detr_plus_projects.qr_detr.modeling import routed_layers
     except ImportError:
         return {}
     return {f"layer{i}_{layer.mode}": float(layer.last_passed.float().mean()) for i, layer in routed_layers(model).items()

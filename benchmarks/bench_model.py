@@ -15,24 +15,21 @@ import json
 import math
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from benchmarks.timing import summarize, sync, time_calls  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-from torch import nn  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus_benchmarks.timing import time_calls
+import numpy as np
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch import nn
 
-from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
-from detr_plus.engine.trainer import DetrTrainer  # noqa: E402
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus.engine.trainer import DetrTrainer
 
 DEFAULT_CONFIG = "configs/shapes/deformable_detr_tiny.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,10 +19,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from benchmarks.timing import interleaved_times, sync  # noqa: E402
-from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus_benchmarks.timing import interleaved_times, sync
+from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS
 
 REFERENCE = "grid_sample"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -30,16 +30,14 @@ import contextlib
 import itertools
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from benchmarks.bench_model import load_config, resolve_device  # noqa: E402
-from benchmarks.timing import sync  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus_benchmarks.bench_model import load_config, resolve_device
+from detr_plus_benchmarks.timing import sync
 
 PARTS = ("backbone", "encoder", "query selection", "decoder", "teacher", "matching", "losses", "backward",
          "optimizer step", "other")
@@ -199,10 +197,9 @@ def plot(results, path):
 
 def split_configs(argv):
     """[--config-file A k=v ... --compare B k=v ...] -> [(A, [k=v]), (B, [k=v])]."""
-    configs, current = [], None
+    configs = []
     for token in argv:
         if token in ("--config-file", "--compare"):
-            current = None
             configs.append([None, []])
             continue
         if configs and configs[-1][0] is None:

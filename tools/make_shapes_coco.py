@@ -9,11 +9,9 @@ gives ``OUT_DIR/train/*.png``, ``OUT_DIR/val/*.png`` and ``OUT_DIR/annotations/i
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from detr_plus.data import generate_shapes_dataset  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus.data import generate_shapes_dataset
 
 
 def main(argv=None):

@@ -15,13 +15,10 @@ queries on each object, shaded by score.
 """
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 from torchvision.ops import box_convert, box_iou
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
 
 
 def stack_stats(gt_boxes, gt_labels, boxes, logits=None, iou_threshold=0.5):

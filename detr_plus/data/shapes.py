@@ -35,6 +35,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .coco import load_coco_json_checked
+
 __all__ = [
     "SHAPES_CLASSES",
     "GENERATOR_VERSION",
@@ -406,8 +408,6 @@ def ensure_shapes_generated(name: str) -> str:
 
 
 def _load_shapes(name: str):
-    from .datasets import load_coco_json_checked
-
     ensure_shapes_generated(name)
     p = _SHAPES_DATASETS[name]
     image_root, json_file = shapes_dataset_paths(p["root"], p["split"])

@@ -8,7 +8,7 @@ x [instruction tokens + object queries], the first T keys being the instruction 
         --checkpoint output/mr_deformable_detr_plusplus_r50_12ep/model_final.pth \
         --image datasets/coco/val2017/000000000139.jpg --layer 5 --out attention_layer5.png [key=value ...]
 
-The model runs in eval mode with the route evaluated next to the primary one (``eval_route``), so
+The model runs in eval mode with the route evaluated next to the primary one (``eval_variant``), so
 decoder layer ``--layer`` sees the route's own query stream; its instructive attention there is
 recomputed on the same input with ``need_weights=True`` (head-averaged weights). ``--min-size``
 resizes the shorter image side first.
@@ -31,9 +31,9 @@ from detr_plus.engine.config import apply_overrides, resolve_device
 def instructive_attention(model, image, layer_index, route="route3"):
     """(Q, T + Q) head-averaged instructive self-attention weights of ``route`` in decoder layer
     ``layer_index`` for ``image`` (a CHW tensor in the model's input format), and T."""
-    if route not in model.routes:
-        raise ValueError(f"the model has no route {route!r} (routes: {list(model.routes)})")
-    branch = model.routes[route].layer_branch(layer_index)
+    if route not in model.variants:
+        raise ValueError(f"the model has no route {route!r} (routes: {list(model.variants)})")
+    branch = model.variants[route].layer_variant(layer_index)
     if branch is None or not hasattr(branch, "num_tokens"):
         raise ValueError(f"route {route!r} has no instructive self-attention in decoder layer {layer_index}")
     captured = {}
@@ -43,14 +43,14 @@ def instructive_attention(model, image, layer_index, route="route3"):
         captured["weights"] = branch.attend(query, context, shared, need_weights=True)[1]
         return self_attention(query, context, shared)
 
-    branch.self_attention, saved_eval_route = capturing, model.eval_route  # an instance attribute over the method
+    branch.self_attention, saved_eval_variant = capturing, model.eval_variant  # an instance attribute over the method
     try:
         model.eval()
-        model.eval_route = route  # run the route (its own query stream) next to the primary one
+        model.eval_variant = route  # run the route (its own query stream) next to the primary one
         model([{"image": image}])
     finally:
         del branch.self_attention  # the class's method again (no bound-method copy left on the module)
-        model.eval_route = saved_eval_route
+        model.eval_variant = saved_eval_variant
     return captured["weights"][0], branch.num_tokens
 
 

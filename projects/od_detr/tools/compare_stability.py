@@ -9,10 +9,8 @@ labelled ``<run dir name>: <metric>``.
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))  # run from a checkout
-from projects.od_detr.modeling.stability import plot_stability  # noqa: E402
+from detr_plus_projects.od_detr.modeling.stability import plot_stability
 
 
 def merged_history(run_dirs):

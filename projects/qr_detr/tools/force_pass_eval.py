@@ -7,18 +7,15 @@ on the trained weights).
 """
 import argparse
 import copy
-import os
-import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility patches)
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.evaluation import inference_on_dataset  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility patches)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.evaluation import inference_on_dataset
 
-from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
-from projects.qr_detr.modeling import routed_layers  # noqa: E402
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus_projects.qr_detr.modeling import routed_layers
 
 
 def force_pass(layers):

@@ -7,15 +7,13 @@ layer; Fig. 4: their distribution), as a table and a PNG.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility patches)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility patches)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
 
-from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
-from projects.qr_detr.modeling import evaluate_routing, plot_routing, summary  # noqa: E402
+from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus_projects.qr_detr.modeling import evaluate_routing, plot_routing, summary
 
 
 def main(argv=None):
