@@ -1,6 +1,5 @@
 """The training-step profiler (benchmarks/profile_train_step.py): exclusive part times, every part of
 a real step attributed, and the model left as it was."""
-import sys
 import time
 from types import SimpleNamespace
 
@@ -8,9 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_MODEL_OVERRIDES
-
-sys.path.insert(0, str(REPO))
-from benchmarks import profile_train_step as profiler  # noqa: E402
+from detr_plus_benchmarks import profile_train_step as profiler
 
 
 def test_part_clock_times_are_exclusive(monkeypatch):
@@ -56,7 +53,7 @@ def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny, tm
     many MACs as grid_sample's (4 per point and channel), so both implementations cost the same."""
     from detectron2.config import instantiate
 
-    from benchmarks.bench_model import count_flops
+    from detr_plus_benchmarks.bench_model import count_flops
 
     counts = {}
     for impl in ("bilinear_gather", "grid_sample"):

@@ -1,5 +1,5 @@
 """The core's COCO configs (configs/deformable_detr/*) against the published recipe: Deformable DETR
-(Zhu et al. 2021, Sec. 4.1 / A.2-A.4) and ../shared/papers/README.md "Shared baseline conventions" —
+(Zhu et al. 2021, Sec. 4.1 / A.2-A.4) and docs/authors_code_facts.md#shared-deformable-detr-conventions —
 not against the config's own constants: learning rates per parameter of the instantiated model and
 optimizer, schedules, matcher costs, loss weights, query counts and transformer sizes."""
 from pathlib import Path
@@ -9,6 +9,7 @@ import pytest
 import detr_plus  # noqa: F401  (compat shims before detectron2)
 from detectron2.config import LazyConfig, instantiate
 
+from detr_plus.modeling import FocalLoss
 from model_utils import build, shrink_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ CONFIGS = {
     "dab_deformable_detr_r50_50ep": (300, 50, False, False),
     "deformable_detr_plusplus_r50_12ep": (900, 12, False, True),
 }
-ITERS_PER_EPOCH = 90000 // 12  # papers/README.md: "12 epochs" on COCO = 90k iterations at batch 16
+ITERS_PER_EPOCH = 90000 // 12  # "12 epochs" on COCO = 90k iterations at batch 16 (docs/authors_code_facts.md#shared-deformable-detr-conventions)
 DROP_EPOCH = {12: 11, 50: 40}  # "LR drop at epoch 11" (12 ep); Zhu et al.: 50 epochs, decayed at epoch 40
 
 
@@ -62,7 +63,8 @@ def test_coco_config_has_the_published_recipe(name):
     assert (criterion.matcher.cost_class, criterion.matcher.cost_bbox, criterion.matcher.cost_giou) == (2.0, 5.0, 2.0)
     assert (criterion.matcher.focal_alpha, criterion.matcher.focal_gamma) == (0.25, 2.0)
     assert criterion.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0}
-    assert (criterion.class_loss, criterion.focal_alpha, criterion.focal_gamma) == ("focal", 0.25, 2.0)
+    assert isinstance(criterion.class_loss, FocalLoss)
+    assert (criterion.class_loss.alpha, criterion.class_loss.gamma) == (0.25, 2.0)
 
     model = build(shrink_model_config(cfg.model))
     cfg.optimizer.model = model

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from detr_plus.modeling import HungarianMatcher, OneToManyMatcher, SetCriterion
+from detr_plus.modeling import FocalLoss, HungarianMatcher, OneToManyMatcher, QualityFocalLoss, SetCriterion
 
 
 def qfl(s, t, gamma=2.0):
@@ -39,7 +39,7 @@ def test_class_targets_from_two_assignments_hand_values():
     (q0 -> GT1, q1 -> GT0, q2 -> GT2). q0 gets two classes (t = 4/9 for class 0, t' = 1/12 for class
     1); q1 only the teacher's (0.5); q2's two labels share class 0, so its own target (IoU with GT0 = 0)
     is kept; every other entry is a negative (t = 0)."""
-    criterion = SetCriterion(HungarianMatcher(), {"class": 1.0, "bbox": 0.0, "giou": 0.0}, class_loss="qfl")
+    criterion = SetCriterion(HungarianMatcher(), {"class": 1.0, "bbox": 0.0, "giou": 0.0}, class_loss=QualityFocalLoss())
     own, teacher = pairs([0, 2], [0, 0]), pairs([0, 1, 2], [1, 0, 2])
     terms = criterion.loss_terms(LOGITS, BOXES, TARGETS, 2.0, [own, teacher], own)
     targets = [[4 / 9, 1 / 12], [0.5, 0.0], [1 / 7, 0.0]]
@@ -57,7 +57,7 @@ def test_class_targets_from_two_assignments_hand_values():
 
 def test_per_pair_box_and_class_weights_hand_values():
     """OD-DETR Eq. 4's w_d: the box terms of a pair times its weight; optional class-term weights."""
-    criterion = SetCriterion(HungarianMatcher(), {"class": 1.0, "bbox": 1.0, "giou": 1.0}, class_loss="focal")
+    criterion = SetCriterion(HungarianMatcher(), {"class": 1.0, "bbox": 1.0, "giou": 1.0}, class_loss=FocalLoss())
     box_pairs = pairs([0, 1], [0, 0])
     terms = criterion.loss_terms(LOGITS, BOXES, TARGETS, 2.0, [box_pairs], box_pairs, box_weights=[torch.tensor([1.0, 0.51])])
     l1 = [sum(abs(a - b) for a, b in zip(BOXES[0, q].tolist(), TARGETS[0]["boxes"][0].tolist())) for q in (0, 1)]

@@ -100,8 +100,8 @@ def test_a_methods_checkpoint_runs_in_its_own_and_the_baseline_config(images, mr
     run_demo(MR_CONFIG, [images / "a.png"], tmp_path / "mr", checkpoint, "--confidence-threshold", "0.0")
     run_demo(TINY_CONFIG, [images / "a.png"], tmp_path / "base", checkpoint, "--confidence-threshold", "0.0")
     assert json.load(open(tmp_path / "mr" / "a.json")) == json.load(open(tmp_path / "base" / "a.json"))
-    # --eval-route runs a training route instead (its own query stream and predictions)
-    run_demo(MR_CONFIG, [images / "a.png"], tmp_path / "route1", checkpoint, "--confidence-threshold", "0.0", "--eval-route", "route1")
+    # --eval-variant runs a training variant instead (Route-1: its own query stream and predictions)
+    run_demo(MR_CONFIG, [images / "a.png"], tmp_path / "route1", checkpoint, "--confidence-threshold", "0.0", "--eval-variant", "route1")
     assert json.load(open(tmp_path / "route1" / "a.json")) != json.load(open(tmp_path / "mr" / "a.json"))
 
 

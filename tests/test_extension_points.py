@@ -1,6 +1,6 @@
 """The core's extension points, one test (or group) per point, each checking the mechanism by value:
 
-1. query groups (masks, padding, per-group losses);  2. route variants of a layer (LayerBranch / TrainingRoute);
+1. query groups (masks, padding, per-group losses);  2. decoder variants of a layer (LayerVariant / TrainingVariant);
 3. layer wrappers, gather / scatter, updated mask, extra outputs;  4. external queries;
 5. per-layer outputs and matching indices;  6. the EMA teacher;  7. inference ignores training-only parts.
 """
@@ -14,24 +14,27 @@ from torch import nn
 
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.modeling import (
+    FFN,
+    PRIMARY,
     DecoderOutput,
     DecoderQueries,
-    LayerBranch,
+    EncoderState,
+    LayerInputs,
     LayerOutput,
     LayerPredictions,
+    LayerVariant,
     OneToManyMatcher,
+    QueryContext,
     QueryGroup,
+    QueryStream,
     QuerySubset,
     SetCriterion,
-    TrainingRoute,
+    Stream,
+    TrainingVariant,
     group_attention_mask,
-    group_self_attn_mask,
     pad_per_image,
-    strip_training_routes,
+    strip_training_parts,
 )
-from detr_plus.modeling.blocks import FFN, QueryContext
-from detr_plus.modeling.decoder import QueryStream
-from detr_plus.modeling.structures import EncoderState
 from model_utils import (
     SMALL_IMAGE_SIZES,
     D_MODEL,
@@ -52,7 +55,7 @@ NUM_QUERIES = 20
 
 
 # --- method-side modules, written the way a project would ------------------------------------------
-class OwnFFNBranch(LayerBranch):
+class OwnFFNVariant(LayerVariant):
     """Mr. DETR Route-1 style: own FFN weights inside the layer's shared residual + norm."""
 
     replaces_ffn = True
@@ -65,9 +68,9 @@ class OwnFFNBranch(LayerBranch):
         return shared(query, context, ffn=self.own_ffn)
 
 
-class InstructionTokenBranch(LayerBranch):
+class InstructionTokenVariant(LayerVariant):
     """Mr. DETR Route-3 style: learnable tokens prepended to keys/values of the shared self-attention,
-    with the branch's own norm."""
+    with the variant's own norm."""
 
     replaces_self_attention = True
 
@@ -88,25 +91,25 @@ def o2m_criterion():
     return L(SetCriterion)(matcher=L(OneToManyMatcher)(topk=3), loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
 
 
-def named_routes(**routes):
-    return routes
+def named_modules(**modules):
+    return modules
 
 
-def route_cfg(branch_cls, criterion=None, **branch_kwargs):
-    return L(TrainingRoute)(branches=[L(branch_cls)(**branch_kwargs) for _ in range(DEC_LAYERS)],
-                            criterion=criterion or o2m_criterion())
+def variant_cfg(layer_variant_cls, criterion=None, **layer_variant_kwargs):
+    return L(TrainingVariant)(layer_variants=[L(layer_variant_cls)(**layer_variant_kwargs) for _ in range(DEC_LAYERS)],
+                              criterion=criterion or o2m_criterion())
 
 
-def model_with_routes(base, **routes):
-    """The tiny ++ model from the config with ``routes`` set in the config, holding ``base``'s weights."""
+def model_with_variants(base, **variants):
+    """The tiny ++ model from the config with ``variants`` set in the config, holding ``base``'s weights."""
     cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
     # detectron2 v0.6's instantiate does not recurse into a plain dict (no _target_): with
-    # ``cfg.routes = {"aux": L(TrainingRoute)(...)}`` the model would get uninstantiated configs
+    # ``cfg.variants = {"aux": L(TrainingVariant)(...)}`` the model would get uninstantiated configs
     # (and L(dict) cannot be stored in an OmegaConf config), hence a function that returns its kwargs.
-    cfg.routes = L(named_routes)(**routes)
+    cfg.variants = L(named_modules)(**variants)
     model = build(cfg, seed=5)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("routes.") for k in missing)
+    assert not unexpected and missing and all(k.startswith("variants.") for k in missing)
     return model
 
 
@@ -138,7 +141,7 @@ def assert_layers_close(a, b, atol=1e-5, queries=slice(None)):
 
 # --- 1. query groups ---------------------------------------------------------------------------------
 def test_group_masks_values():
-    mask = group_self_attn_mask([2, 3])
+    mask = group_attention_mask([2, 3])
     expected = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     assert mask.dtype == torch.bool and torch.equal(mask, expected)
     # A group that sees the primary queries (DINO's denoising groups); the primary never sees groups.
@@ -157,7 +160,7 @@ def plain_criterion():
     return SetCriterion(OneToManyMatcher(topk=2), loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
 
 
-def test_query_groups_decode_independently(base, state):
+def test_each_query_group_decodes_independently(base, state):
     """Each group decoded beside the others under the mask equals the group decoded alone (a group
     that sees the primary queries equals [primary, group] decoded alone); the primary queries are
     unchanged by the groups; without the mask the groups would see each other."""
@@ -249,15 +252,15 @@ class FixedGroupSource(nn.Module):
         q = batch.selection.queries
         empty = torch.empty(0, dtype=torch.long)
         indices = [(torch.tensor([0, 1]), torch.tensor([0, 1])), (empty, empty)]
-        return QueryGroup(DecoderQueries(q.content[:, :4] + 1.0, q.reference[:, :4], None if q.position is None else q.position[:, :4]),
-                          self.criterion, indices=indices, loss_scale=0.5)
+        return {"": QueryGroup(DecoderQueries(q.content[:, :4] + 1.0, q.reference[:, :4], None if q.position is None else q.position[:, :4]),
+                               self.criterion, indices=indices, loss_scale=0.5)}
 
 
 def model_with_groups(base, source):
     cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
     model = build(cfg, seed=5)
     model.load_state_dict(base.state_dict())
-    model.query_groups["fixed"] = source
+    model.group_sources["fixed"] = source
     return model
 
 
@@ -269,7 +272,7 @@ def test_query_group_losses_use_their_prefix_criterion_and_fixed_assignment(base
     with torch.no_grad():
         losses, matching = model.training_losses(batch)
         _, state, selection = model.encode_and_select(batch)
-        group = source(type("B", (), {"selection": selection, "teacher": None})())
+        group = source(type("B", (), {"selection": selection, "teacher": None})())[""]
         out = model.transformer.decode(selection.queries, state, groups={"fixed": group})
         plain = model.transformer.decode(selection.queries, state)
     keys = {f"fixed/loss_{term}_{i}" for term in ("class", "bbox", "giou") for i in range(DEC_LAYERS)}
@@ -284,7 +287,7 @@ def test_query_group_losses_use_their_prefix_criterion_and_fixed_assignment(base
     assert_layers_close(out, plain)
 
 
-# --- 2. route variants -------------------------------------------------------------------------------
+# --- 2. decoder variants -------------------------------------------------------------------------------
 def layer_blocks(decoder):
     blocks = {}
     for i, layer in enumerate(decoder.layers):
@@ -292,15 +295,15 @@ def layer_blocks(decoder):
     return blocks
 
 
-def test_own_ffn_route_losses_shared_work_and_gradients(base):
-    model = model_with_routes(base, aux=route_cfg(OwnFFNBranch))
+def test_own_ffn_variant_losses_shared_work_and_gradients(base):
+    model = model_with_variants(base, aux=variant_cfg(OwnFFNVariant))
     model.train()
-    route = model.routes["aux"]
-    assert isinstance(route, TrainingRoute) and all(isinstance(b, OwnFFNBranch) for b in route.branches)
+    variant = model.variants["aux"]
+    assert isinstance(variant, TrainingVariant) and all(isinstance(v, OwnFFNVariant) for v in variant.layer_variants)
     decoder = model.transformer.decoder
     with CallCounter(layer_blocks(decoder)) as calls:
         losses = model(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
-    # Self- and cross-attention run once per layer although two routes read them.
+    # Self- and cross-attention run once per layer although the primary queries and the variant read them.
     assert all(n == 1 for n in calls.counts.values()), calls.counts
     aux_keys = {f"aux/loss_{term}_{i}" for term in ("class", "bbox", "giou") for i in range(DEC_LAYERS)}
     assert aux_keys <= set(losses) and set(losses) - aux_keys == set(primary_losses(losses))
@@ -309,67 +312,67 @@ def test_own_ffn_route_losses_shared_work_and_gradients(base):
 
     primary = sum(primary_losses(losses).values())
     aux = sum(v for k, v in losses.items() if k.startswith("aux/"))
-    route_params = list(route.parameters())
+    variant_params = list(variant.parameters())
     last_shared_ffn = list(decoder.layers[-1].ffn.ffn.parameters())
     last_shared_norm = list(decoder.layers[-1].ffn.norm.parameters())
-    grads = torch.autograd.grad(primary, route_params + last_shared_norm, retain_graph=True, allow_unused=True)
-    assert all(g is None for g in grads[: len(route_params)]), "primary losses must not reach the route's FFN"
-    assert all(g is not None and g.abs().sum() > 0 for g in grads[len(route_params):])
-    grads = torch.autograd.grad(aux, route_params + last_shared_ffn + last_shared_norm, allow_unused=True)
-    own, shared_ffn, shared_norm = grads[: len(route_params)], grads[len(route_params): -2], grads[-2:]
+    grads = torch.autograd.grad(primary, variant_params + last_shared_norm, retain_graph=True, allow_unused=True)
+    assert all(g is None for g in grads[: len(variant_params)]), "primary losses must not reach the variant's FFN"
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[len(variant_params):])
+    grads = torch.autograd.grad(aux, variant_params + last_shared_ffn + last_shared_norm, allow_unused=True)
+    own, shared_ffn, shared_norm = grads[: len(variant_params)], grads[len(variant_params): -2], grads[-2:]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in own)
-    assert all(g is None for g in shared_ffn), "the route uses its own FFN weights, not the shared ones"
+    assert all(g is None for g in shared_ffn), "the variant uses its own FFN weights, not the shared ones"
     assert all(g is not None and g.abs().sum() > 0 for g in shared_norm), "the residual norm is shared"
 
 
-def test_share_all_branch_equals_primary(base, features):
-    same = TrainingRoute([LayerBranch() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
+def test_share_all_variant_equals_primary(base, features):
+    same = TrainingVariant([LayerVariant() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
     t = base.transformer
     with torch.no_grad():
-        out, _, _ = t(*features, routes={"same": same})
-    assert list(out.routes) == ["same"] and len(out.routes["same"]) == DEC_LAYERS
-    for primary, routed in zip(out.layers, out.routes["same"]):
+        out, _, _ = t(*features, variants={"same": same})
+    assert list(out.variants) == ["same"] and len(out.variants["same"]) == DEC_LAYERS
+    for primary, varied in zip(out.layers, out.variants["same"]):
         for field in ("hidden", "logits", "boxes", "reference"):
-            torch.testing.assert_close(getattr(routed, field), getattr(primary, field), rtol=0, atol=0)
-    # A route that skips a layer (None) gets no prediction there.
-    partial = TrainingRoute([None, LayerBranch()], copy.deepcopy(base.criterion))
+            torch.testing.assert_close(getattr(varied, field), getattr(primary, field), rtol=0, atol=0)
+    # A variant that skips a layer (None) gets no prediction there.
+    partial = TrainingVariant([None, LayerVariant()], copy.deepcopy(base.criterion))
     with torch.no_grad():
-        out, _, _ = t(*features, routes={"partial": partial})
-    assert out.routes["partial"][0] is None and out.routes["partial"][1] is not None
+        out, _, _ = t(*features, variants={"partial": partial})
+    assert out.variants["partial"][0] is None and out.variants["partial"][1] is not None
 
 
-def test_own_self_attention_branch_batches_cross_attention(base, features):
+def test_own_self_attention_variant_batches_cross_attention(base, features):
     torch.manual_seed(0)
-    route = TrainingRoute([InstructionTokenBranch() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
-    ffn_route = TrainingRoute([OwnFFNBranch() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
+    variant = TrainingVariant([InstructionTokenVariant() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
+    ffn_variant = TrainingVariant([OwnFFNVariant() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion))
     t = base.transformer
     captured = []
     handle = t.decoder.layers[1].cross_attn.register_forward_hook(lambda m, args, out: captured.append((args, out)))
     try:
         with torch.no_grad(), CallCounter(layer_blocks(t.decoder)) as calls:
-            routed, _, _ = t(*features, routes={"sa": route, "ffn": ffn_route})
+            routed, _, _ = t(*features, variants={"sa": variant, "ffn": ffn_variant})
         assert all(n == 1 for n in calls.counts.values()), calls.counts
         with torch.no_grad():
             plain, _, _ = t(*features)
     finally:
         handle.remove()
-    # One cross-attention call over primary + branch queries (batched along the query axis).
+    # One cross-attention call over primary + variant queries (batched along the query axis).
     (query_in, context), crossed = captured[0]
     assert query_in.shape == (2, 2 * NUM_QUERIES, D_MODEL) and context.reference_points.shape[1] == 2 * NUM_QUERIES
-    # The primary route is exactly what it is without routes.
+    # The primary queries' predictions are exactly what they are without variants.
     assert_layers_close(routed, plain)
-    # The branch's part of the batched call equals a separate cross-attention call on it.
+    # The variant's part of the batched call equals a separate cross-attention call on it.
     with torch.no_grad():
         single_context = QueryContext(**{**vars(context), "query_pos": context.query_pos[:, NUM_QUERIES:],
                                          "reference_points": context.reference_points[:, NUM_QUERIES:]})
         alone = t.decoder.layers[1].cross_attn(query_in[:, NUM_QUERIES:], single_context)
         torch.testing.assert_close(crossed[:, NUM_QUERIES:], alone, rtol=0, atol=1e-5)
-        # ... and the branch's SA output really is the token-prefixed attention, not the shared one.
+        # ... and the variant's SA output really is the token-prefixed attention, not the shared one.
         assert (query_in[:, NUM_QUERIES:] - query_in[:, :NUM_QUERIES]).abs().max() > 1e-3
-    sa_predictions = routed.routes["sa"]
+    sa_predictions = routed.variants["sa"]
     assert len(sa_predictions) == DEC_LAYERS and all(p.logits.shape == (2, NUM_QUERIES, NUM_CLASSES) for p in sa_predictions)
     assert (sa_predictions[-1].logits - routed.layers[-1].logits).abs().max() > 1e-4
-    # The branch's predictions = shared FFN + shared heads on its cross-attention output.
+    # The variant's predictions = shared FFN + shared heads on its cross-attention output.
     layer, decoder = t.decoder.layers[1], t.decoder
     with torch.no_grad():
         hidden = layer.ffn(crossed[:, NUM_QUERIES:], context)
@@ -377,54 +380,54 @@ def test_own_self_attention_branch_batches_cross_attention(base, features):
         torch.testing.assert_close(sa_predictions[1].logits, decoder.class_heads[1](hidden), rtol=0, atol=1e-6)
 
 
-def test_own_stream_route_is_a_full_pass_with_its_modules(base, features):
-    """``own_stream=True``: the route predicts exactly what the decoder predicts with the route's
+def test_own_stream_variant_is_a_full_pass_with_its_modules(base, features):
+    """``own_stream=True``: the variant predicts exactly what the decoder predicts with the variant's
     modules in place of the shared ones, starting from the same queries and boxes (a full pass
-    through the weight-shared decoder), while the primary route is unchanged. Layer 0's shared
+    through the weight-shared decoder), while the primary queries' predictions are unchanged. Layer 0's shared
     self-attention (same input for both) runs once; cross-attention stays one call per layer."""
     torch.manual_seed(1)
     t = copy.deepcopy(base.transformer)
     with torch.no_grad():  # box heads start at zero (boxes = references): let the streams' boxes move
         for head in t.decoder.box_heads:
             head.layers[-1].weight.normal_(0, 0.05)
-    route = TrainingRoute([OwnFFNBranch() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion), own_stream=True)
+    variant = TrainingVariant([OwnFFNVariant() for _ in range(DEC_LAYERS)], copy.deepcopy(base.criterion), own_stream=True)
     with torch.no_grad(), CallCounter(layer_blocks(t.decoder)) as calls:
-        routed, _, _ = t(*features, routes={"ffn": route})
+        routed, _, _ = t(*features, variants={"ffn": variant})
     assert calls.counts == {"sa0": 1, "ca0": 1, "sa1": 2, "ca1": 1}
     with torch.no_grad():
         plain, _, _ = t(*features)
     assert_layers_close(routed, plain)
-    alone = copy.deepcopy(t)  # the decoder with the route's FFNs
-    for layer, branch in zip(alone.decoder.layers, route.branches):
-        layer.ffn.ffn.load_state_dict(branch.own_ffn.state_dict())
+    alone = copy.deepcopy(t)  # the decoder with the variant's FFNs
+    for layer, layer_variant in zip(alone.decoder.layers, variant.layer_variants):
+        layer.ffn.ffn.load_state_dict(layer_variant.own_ffn.state_dict())
     with torch.no_grad():
         expected, _, _ = alone(*features)
-    for got, want in zip(routed.routes["ffn"], expected.layers):
+    for got, want in zip(routed.variants["ffn"], expected.layers):
         for field in ("hidden", "logits", "boxes", "reference"):
             torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-5, msg=field)
-    assert (routed.routes["ffn"][1].reference - plain.layers[1].reference).abs().max() > 1e-4
+    assert (routed.variants["ffn"][1].reference - plain.layers[1].reference).abs().max() > 1e-4
     with pytest.raises(ValueError, match="own_stream"):
-        TrainingRoute([None, OwnFFNBranch()], copy.deepcopy(base.criterion), own_stream=True)
+        TrainingVariant([None, OwnFFNVariant()], copy.deepcopy(base.criterion), own_stream=True)
 
 
-def test_route_with_its_own_query_selection(base):
-    """``TrainingRoute(query_selection=RouteQuerySelection)`` (Mr. DETR's Route-3): the route decodes
-    exactly what the model decodes with the route's proposal heads in place of its own (its own
-    top-k, boxes and positions; shared content queries), the primary route is unchanged, and the
-    route's selection has its own encoder loss, which trains its heads and not the primary ones."""
-    from detr_plus.modeling import RouteQuerySelection
+def test_variant_with_its_own_query_selection(base):
+    """``TrainingVariant(query_selection=VariantQuerySelection)`` (Mr. DETR's Route-3): the variant decodes
+    exactly what the model decodes with the variant's proposal heads in place of its own (its own
+    top-k, boxes and positions; shared content queries), the primary queries are unchanged, and the
+    variant's selection has its own encoder loss, which trains its heads and not the primary ones."""
+    from detr_plus.modeling import VariantQuerySelection
 
     torch.manual_seed(3)
     num_proposal_classes = base.transformer.enc_class_head.out_features
-    selection = RouteQuerySelection(D_MODEL, num_proposal_classes)
+    selection = VariantQuerySelection(D_MODEL, num_proposal_classes)
     with torch.no_grad():  # heads that disagree with the primary ones
         selection.class_head.weight.normal_(0, 0.5)
         selection.box_head.layers[-1].weight.normal_(0, 0.05)
-    route = L(TrainingRoute)(branches=[L(LayerBranch)() for _ in range(DEC_LAYERS)], criterion=o2m_criterion(),
-                             own_stream=True, query_selection=selection)
-    model = model_with_routes(base, own=route)
-    model.routes["own"].query_selection.load_state_dict(selection.state_dict())
-    swapped = copy.deepcopy(base)  # the baseline whose proposal heads are the route's
+    variant = L(TrainingVariant)(layer_variants=[L(LayerVariant)() for _ in range(DEC_LAYERS)], criterion=o2m_criterion(),
+                                 own_stream=True, query_selection=selection)
+    model = model_with_variants(base, own=variant)
+    model.variants["own"].query_selection.load_state_dict(selection.state_dict())
+    swapped = copy.deepcopy(base)  # the baseline whose proposal heads are the variant's
     swapped.transformer.enc_class_head.load_state_dict(selection.class_head.state_dict())
     swapped.transformer.enc_box_head.load_state_dict(selection.box_head.state_dict())
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
@@ -437,31 +440,31 @@ def test_route_with_its_own_query_selection(base):
         _, _, primary = base.encode_and_select(batch)
         expected = swapped.transformer.decode(own.queries, state)
     assert not torch.equal(own.topk_indices, primary.topk_indices)
-    for k, v in base_losses.items():  # the primary route and its encoder loss are the baseline's
+    for k, v in base_losses.items():  # the primary queries' losses and their encoder loss are the baseline's
         torch.testing.assert_close(losses[k], v, rtol=0, atol=1e-5, msg=k)
-    for term in ("class", "bbox", "giou"):  # the route's encoder loss is the swapped model's primary one
+    for term in ("class", "bbox", "giou"):  # the variant's encoder loss is the swapped model's primary one
         torch.testing.assert_close(losses[f"own/loss_{term}_enc"], swapped_losses[f"loss_{term}_enc"], rtol=0, atol=1e-5)
     assert [q.tolist() for q, _ in matching["own/enc"][0]] == [q.tolist() for q, _ in swapped_matching["enc"][0]]
-    out = model.transformer.decode(*_route_start(model, batch))
-    for got, want in zip(out.routes["own"], expected.layers):
+    out = model.transformer.decode(*_variant_start(model, batch))
+    for got, want in zip(out.variants["own"], expected.layers):
         for field in ("logits", "boxes", "reference"):
             torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=0, atol=1e-5, msg=field)
     enc_loss = sum(v for k, v in losses.items() if k.startswith("own/") and k.endswith("_enc"))
-    own_heads = list(model.routes["own"].query_selection.parameters())
+    own_heads = list(model.variants["own"].query_selection.parameters())
     primary_heads = list(model.transformer.enc_class_head.parameters()) + list(model.transformer.enc_box_head.parameters())
     grads = torch.autograd.grad(enc_loss, own_heads + primary_heads, allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(own_heads)])
     assert all(g is None for g in grads[len(own_heads):])
     with pytest.raises(ValueError, match="own_stream"):
-        TrainingRoute([LayerBranch()], o2m_criterion(), query_selection=selection)
+        TrainingVariant([LayerVariant()], o2m_criterion(), query_selection=selection)
 
 
-def _route_start(model, batch):
-    """(primary queries, state, routes, groups, route_queries) of the model's training decode."""
+def _variant_start(model, batch):
+    """(primary queries, state, variants, groups, variant_queries) of the model's training decode."""
     with torch.no_grad():
         _, state, primary = model.encode_and_select(batch)
-        own = model.routes["own"].query_selection(model.transformer, state)
-    return primary.queries, state, model.routes, None, {"own": own.queries}
+        own = model.variants["own"].query_selection(model.transformer, state)
+    return primary.queries, state, model.variants, None, {"own": own.queries}
 
 
 def test_encoder_loss_matched_on_the_anchors_without_class_cost(base):
@@ -514,7 +517,6 @@ def test_query_subset_round_trip_with_unequal_counts():
     assert subset.index[0].tolist() == [0, 2, 3] and subset.index[1, 0] == 1
     assert subset.valid.tolist() == [[True, True, True], [True, False, False], [False, False, False]]
     assert all(len(set(row.tolist())) == 3 for row in subset.index)  # distinct positions per image
-    assert torch.equal(subset.mask(5), mask)
     x = torch.arange(3 * 5 * 2, dtype=torch.float32).view(3, 5, 2)
     assert torch.equal(subset.scatter(x, subset.gather(x)), x)
     processed = torch.full((3, 3, 2), float("nan"))
@@ -522,14 +524,12 @@ def test_query_subset_round_trip_with_unequal_counts():
     out = subset.scatter(x, processed)
     assert not torch.isnan(out).any()  # padded rows (NaN here) are never written
     assert torch.equal(out[mask], torch.full((int(mask.sum()), 2), -1.0)) and torch.equal(out[~mask], x[~mask])
-    everything = QuerySubset.everything(3, 5)
-    assert torch.equal(everything.gather(x), x) and not everything.padded
 
 
 def test_context_select():
     context = QueryContext(query_pos=torch.arange(2 * 4 * 3.0).view(2, 4, 3), reference_points=torch.arange(2 * 4 * 2 * 4.0).view(2, 4, 2, 4),
                            memory=torch.zeros(2, 5, 3), spatial_shapes=torch.tensor([[1, 5]]), level_start_index=torch.tensor([0]),
-                           self_attn_mask=group_self_attn_mask([2, 2]))
+                           self_attn_mask=group_attention_mask([2, 2]))
     index = torch.tensor([[3, 1], [0, 2]])
     picked = context.select(index)
     torch.testing.assert_close(picked.query_pos, torch.stack([context.query_pos[0, [3, 1]], context.query_pos[1, [0, 2]]]))
@@ -555,10 +555,11 @@ class RouteLayer(nn.Module):
         super().__init__()
         self.layer, self.choose = layer, choose
 
-    def forward(self, query, context, branches=()):
+    def forward(self, inputs):
+        query, context = inputs.primary.query, inputs.primary.context
         chosen = self.choose(query)
         subset = QuerySubset.of(chosen)
-        inner = self.layer(subset.gather(query), context.select(subset))
+        inner = self.layer(LayerInputs({PRIMARY: Stream(subset.gather(query), context.select(subset))}))
         return LayerOutput(subset.scatter(query, inner.hidden), updated=chosen,
                            extras={"passed": chosen.sum(1)})
 
@@ -622,7 +623,7 @@ def test_wrapped_layer_with_unequal_counts_and_updated_mask(base, state):
         one = DecoderQueries(queries.content[b : b + 1, index], queries.reference[b : b + 1, index], queries.position[b : b + 1, index])
         context = t.decoder.context_of(QueryStream(one.content, one.reference, one.reference, one.position), image_state(state, b))
         with torch.no_grad():
-            alone = layer0(one.content, context).hidden
+            alone = layer0(LayerInputs({PRIMARY: Stream(one.content, context)})).hidden
         torch.testing.assert_close(first.hidden[b, index], alone[0], rtol=0, atol=1e-5)
 
 
@@ -634,8 +635,9 @@ class ExitHeadLayer(nn.Module):
         self.layer = layer
         self.exit_class = nn.Linear(D_MODEL, NUM_CLASSES)
 
-    def forward(self, query, context, branches=()):
-        out = self.layer(query, context, branches)
+    def forward(self, inputs):
+        out = self.layer(inputs)
+        context = inputs.primary.context
         exit_predictions = LayerPredictions(self.exit_class(out.hidden), context.reference_points[:, :, 0].clamp(0, 1), out.hidden,
                                             context.reference_points[:, :, 0])
         out.extras["exit"] = exit_predictions
@@ -645,7 +647,7 @@ class ExitHeadLayer(nn.Module):
 def test_extra_layer_outputs_are_supervised_by_their_criterion(base):
     cfg = tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
     cfg.transformer.decoder.layer_wrapper = ExitHeadLayer
-    cfg.extra_output_criteria = L(named_routes)(exit=o2m_criterion())
+    cfg.extra_output_criteria = L(named_modules)(exit=o2m_criterion())
     model = build(cfg, seed=2)
     model.eval()
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
@@ -677,7 +679,7 @@ def test_external_queries(base, state):
         getattr(t, mode)()
         first = t.decode(queries, state)
         second = t.decode(queries, state)
-        assert isinstance(first, DecoderOutput) and len(first.layers) == DEC_LAYERS and first.routes == {} and first.groups == {}
+        assert isinstance(first, DecoderOutput) and len(first.layers) == DEC_LAYERS and first.variants == {} and first.groups == {}
         for a, b in zip(first.layers, second.layers):
             assert isinstance(a, LayerPredictions)
             assert a.logits.shape == (2, 7, NUM_CLASSES) and a.boxes.shape == (2, 7, 4)
@@ -749,10 +751,10 @@ class RecordingCriterion(SetCriterion):
         return super().forward(logits, boxes, targets, num_boxes, indices, valid, context)
 
 
-def test_route_criteria_read_their_layers_primary_matching(base):
-    """``LossContext.matching`` holds, for a route's layer i, the pairs the primary criterion matched at layer i."""
+def test_variant_criteria_read_their_layers_primary_matching(base):
+    """``LossContext.matching`` holds, for a variant's layer i, the pairs the primary criterion matched at layer i."""
     criterion = L(RecordingCriterion)(matcher=L(OneToManyMatcher)(topk=3))
-    model = model_with_routes(base, aux=route_cfg(OwnFFNBranch, criterion=criterion))
+    model = model_with_variants(base, aux=variant_cfg(OwnFFNVariant, criterion=criterion))
     model.train()
     RecordingCriterion.seen.clear()
     _, matching = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
@@ -785,14 +787,14 @@ def test_teacher_forward_has_no_gradient_and_leaves_the_student_unchanged():
     published model has dropout 0.1, so any extra draw would change the student's losses)."""
     cfg = tiny_model_config("plain", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES)
     student = build(cfg, seed=0)
-    student.query_groups["fixed"] = FixedGroupSource(requires_teacher=False)
+    student.group_sources["fixed"] = FixedGroupSource(requires_teacher=False)
     student.train()
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
     torch.manual_seed(7)
     reference = student.training_losses(batch)[0]
     rng_after_reference = torch.get_rng_state()
 
-    student.query_groups["fixed"].requires_teacher = True
+    student.group_sources["fixed"].requires_teacher = True
     assert student.requires_teacher
     with pytest.raises(RuntimeError, match="teacher"):
         student.training_losses(batch)
@@ -804,7 +806,7 @@ def test_teacher_forward_has_no_gradient_and_leaves_the_student_unchanged():
     assert torch.equal(torch.get_rng_state(), rng_after_reference)
     for k in reference:
         torch.testing.assert_close(losses[k], reference[k], rtol=0, atol=0)
-    seen = student.query_groups["fixed"].seen_teacher
+    seen = student.group_sources["fixed"].seen_teacher
     assert seen is not None and len(seen.matching) == DEC_LAYERS
     sum(losses.values()).backward()
     assert all(p.grad is None for p in ema.module.parameters())
@@ -812,23 +814,23 @@ def test_teacher_forward_has_no_gradient_and_leaves_the_student_unchanged():
 
 
 # --- 7. inference ignores training-only parts ----------------------------------------------------------
-def test_inference_ignores_routes_and_stripped_checkpoint_loads(base, features):
-    model = model_with_routes(base, aux=route_cfg(OwnFFNBranch), sa=route_cfg(InstructionTokenBranch))
+def test_inference_ignores_variants_and_stripped_checkpoint_loads(base, features):
+    model = model_with_variants(base, aux=variant_cfg(OwnFFNVariant), sa=variant_cfg(InstructionTokenVariant))
     source = FixedGroupSource()
     source.token = nn.Parameter(torch.zeros(3))  # a group source with parameters (DINO's label embedding, say)
-    model.query_groups["fixed"] = source
-    route_modules = {f"{name}:{sub}": m for name, route in model.routes.items() for sub, m in route.named_modules()}
+    model.group_sources["fixed"] = source
+    variant_modules = {f"{name}:{sub}": m for name, variant in model.variants.items() for sub, m in variant.named_modules()}
     batch = synthetic_batch(with_instances=False, size_scale=2, sizes=SMALL_IMAGE_SIZES)
 
-    # In training the route modules run (so the counters below can see them) ...
+    # In training the variant modules run (so the counters below can see them) ...
     model.train()
-    with torch.no_grad(), CallCounter(route_modules) as calls:
-        model.transformer(*features, routes=model.routes)
-    assert calls.counts["aux:branches.0.own_ffn"] == 1 and calls.counts["sa:branches.1.norm"] == 1
+    with torch.no_grad(), CallCounter(variant_modules) as calls:
+        model.transformer(*features, variants=model.variants)
+    assert calls.counts["aux:layer_variants.0.own_ffn"] == 1 and calls.counts["sa:layer_variants.1.norm"] == 1
     # ... in eval mode they never do, and the outputs are the baseline's.
     model.eval()
-    with torch.no_grad(), CallCounter(route_modules) as calls:
-        with_routes = model(batch)
+    with torch.no_grad(), CallCounter(variant_modules) as calls:
+        with_variants = model(batch)
     assert sum(calls.counts.values()) == 0, {k: v for k, v in calls.counts.items() if v}
     assert source.calls == 0  # no query group is made at inference
     with torch.no_grad():
@@ -841,15 +843,15 @@ def test_inference_ignores_routes_and_stripped_checkpoint_loads(base, features):
             assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
             assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
 
-    assert_same(with_routes, expected)
+    assert_same(with_variants, expected)
 
     state_dict = model.state_dict()
-    assert any(k.startswith("routes.aux.") for k in state_dict) and any(k.startswith("routes.sa.") for k in state_dict)
-    assert "query_groups.fixed.token" in state_dict
+    assert any(k.startswith("variants.aux.") for k in state_dict) and any(k.startswith("variants.sa.") for k in state_dict)
+    assert "group_sources.fixed.token" in state_dict
     plain = build(tiny_model_config("plusplus", dec_layers=DEC_LAYERS, num_queries=NUM_QUERIES), seed=123)
-    with pytest.raises(RuntimeError, match="routes"):
+    with pytest.raises(RuntimeError, match="variants"):
         plain.load_state_dict(state_dict, strict=True)
-    plain.load_state_dict(strip_training_routes(state_dict), strict=True)
+    plain.load_state_dict(strip_training_parts(state_dict), strict=True)
     plain.eval()
     with torch.no_grad():
-        assert_same(plain(batch), with_routes)
+        assert_same(plain(batch), with_variants)

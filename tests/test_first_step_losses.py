@@ -15,9 +15,9 @@ Re-record (only when a change is MEANT to change numbers, saying so in the commi
 """
 import copy
 import json
+import re
 import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +27,10 @@ from model_utils import REPO, shrink_model_config, synthetic_batch
 
 GOLDEN = REPO / "tests" / "golden" / "first_step_losses.json"
 CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
-# Parameter names that were renamed since the record: new prefix -> recorded prefix.
-RENAMED_PREFIXES = {}
+# Parameter names renamed since the record (core v3: routes -> variants, their per-layer branches ->
+# layer_variants, query_groups -> group_sources): pattern of the new name -> the recorded name.
+RENAMED = [(re.compile(r"^variants\.([^.]+)\.layer_variants\."), r"routes.\1.branches."),
+           (re.compile(r"^variants\."), "routes."), (re.compile(r"^group_sources\."), "query_groups.")]
 
 
 def experiment_configs():
@@ -42,9 +44,10 @@ def experiment_configs():
 
 
 def recorded_name(name: str) -> str:
-    for new, old in RENAMED_PREFIXES.items():
-        if name.startswith(new):
-            return old + name[len(new):]
+    for pattern, old in RENAMED:
+        renamed = pattern.sub(old, name)
+        if renamed != name:
+            return renamed
     return name
 
 

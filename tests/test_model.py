@@ -19,7 +19,6 @@ from model_utils import (
     assert_finite_grads,
     build,
     build_tiny_model,
-    encode,
     random_queries,
     synthetic_batch,
     targets_of,
@@ -388,11 +387,11 @@ def test_look_forward_twice_reaches_one_refinement_back(look_forward_twice):
 
 
 @pytest.mark.parametrize("detach_reference", [False, True])
-def test_route_detach_reference_cuts_the_look_forward_twice_path(detach_reference):
-    """A route branching from the primary state: with ``detach_reference`` (LoRA-DETR's public code)
+def test_variant_detach_reference_cuts_the_look_forward_twice_path(detach_reference):
+    """A variant branching from the primary state: with ``detach_reference`` (LoRA-DETR's public code)
     its layer-i box loss reaches box_heads[i] only, never the previous layer's refinement; without,
     look-forward-twice carries it to box_heads[i - 1] as for the primary queries. Values are equal."""
-    from detr_plus.modeling import LayerBranch, OneToManyMatcher, SetCriterion, TrainingRoute
+    from detr_plus.modeling import LayerVariant, OneToManyMatcher, SetCriterion, TrainingVariant
 
     cfg = tiny_model_config("dab", dec_layers=3)
     cfg.transformer.decoder.look_forward_twice = True
@@ -401,15 +400,15 @@ def test_route_detach_reference_cuts_the_look_forward_twice_path(detach_referenc
         for weight in box_head_weights(decoder):
             weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(2))
     criterion = SetCriterion(OneToManyMatcher(topk=2))
-    routes = {name: TrainingRoute([LayerBranch() for _ in range(3)], criterion, detach_reference=flag)
+    variants = {name: TrainingVariant([LayerVariant() for _ in range(3)], criterion, detach_reference=flag)
               for name, flag in (("detached", True), ("attached", False))}
     content, reference = random_queries(2, 5, decoder.d_model)
-    out = decoder(DecoderQueries(content, reference), random_state(decoder.d_model), routes=routes)
+    out = decoder(DecoderQueries(content, reference), random_state(decoder.d_model), variants=variants)
     name = "detached" if detach_reference else "attached"
     for i in (1, 2):
-        route_boxes = out.routes[name][i].boxes
-        torch.testing.assert_close(route_boxes, out.layers[i].boxes, rtol=0, atol=0)
-        grads = torch.autograd.grad(route_boxes.sum(), box_head_weights(decoder), allow_unused=True, retain_graph=True)
+        variant_boxes = out.variants[name][i].boxes
+        torch.testing.assert_close(variant_boxes, out.layers[i].boxes, rtol=0, atol=0)
+        grads = torch.autograd.grad(variant_boxes.sum(), box_head_weights(decoder), allow_unused=True, retain_graph=True)
         reached = {j for j, g in enumerate(grads) if g is not None and g.abs().sum() > 0}
         assert reached == ({i} if detach_reference else {i - 1, i}), (i, reached)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detr_plus.modeling.decoder import LayerPredictions
+from detr_plus.modeling import LayerPredictions
 from model_utils import NUM_CLASSES, build_tiny_model, synthetic_batch
 
 NUM_QUERIES, K = 20, 12

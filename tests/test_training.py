@@ -283,9 +283,8 @@ class TeacherReadingCriterion(SetCriterion):
 # process and step, the local GT count and the normalizer it returns. The spawned processes re-run this
 # file's top level (as __mp_main__), so the recording is in place in each of them.
 DDP_DRIVER = """
-import json, os, sys
-sys.path.insert(0, os.environ["DETR_PLUS_REPO"])
-import train_net
+import json, os
+import train_net  # from the repository root, on PYTHONPATH (see the test below)
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detr_plus.engine.launch import launch
@@ -346,8 +345,10 @@ def test_ddp_two_processes_on_cpu_equal_one_process_at_the_same_global_batch(tin
            f"train.output_dir={ddp_out}", "dataloader.test.mapper.augmentations.min_size=64",
            "dataloader.test.mapper.augmentations.max_size=80"]
     # One thread per process: two processes share the two cores.
+    # PYTHONPATH: the driver (in tmp_path) imports train_net.py from the repository root.
     env = dict(os.environ, DETR_PLUS_DATASETS=os.environ["DETR_PLUS_DATASETS"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               DETR_PLUS_REPO=str(tiny.repo), DDP_RECORD_DIR=str(records))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tiny.repo), os.environ.get("PYTHONPATH")])),
+               DDP_RECORD_DIR=str(records))
     proc = subprocess.run(cmd, cwd=tiny.repo, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         print(proc.stdout[-5000:])

@@ -2,33 +2,31 @@
 """Run a trained checkpoint on your own images (Detectron2's ``demo/demo.py`` for detr_plus):
 
     python tools/demo.py --config-file CONFIG --input IMG|DIR|GLOB ... [--output DIR]
-        [--confidence-threshold 0.5] [--eval-route NAME] train.init_checkpoint=CKPT [key=value ...]
+        [--confidence-threshold 0.5] [--eval-variant NAME] train.init_checkpoint=CKPT [key=value ...]
 
 Per image it writes ``DIR/<name>.png`` (the detections drawn by Detectron2's ``Visualizer``, class
 names from the dataset metadata or the checkpoint's ``config.yaml``) and ``DIR/<name>.json`` (boxes
 XYXY in original image pixels, scores, class ids and names), and prints a one-line summary. The
 model runs in eval mode on the config's device with the config's test-time resize; a method's
-training routes and teachers are not run. Unreadable or non-image files are reported and skipped.
+training variants, query groups and teachers are not run. Unreadable or non-image files are reported and skipped.
 """
 import argparse
 import glob
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.catalog import Metadata  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
 
-from detr_plus.data.custom import register_config_datasets  # noqa: E402
-from detr_plus.data.mapper import IMAGE_ERRORS, read_image_checked  # noqa: E402
-from detr_plus.engine.checkpoint import check_checkpoint_matches, checkpoint_state_dict  # noqa: E402
-from detr_plus.engine.config import apply_overrides, resolve_device  # noqa: E402
+from detr_plus.data.custom import register_config_datasets
+from detr_plus.data.mapper import IMAGE_ERRORS, read_image_checked
+from detr_plus.engine.checkpoint import check_checkpoint_matches, checkpoint_state_dict
+from detr_plus.engine.config import apply_overrides, resolve_device
 
 
 def parse_args(argv=None):
@@ -37,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", default="./output/demo", help="folder for the PNG and JSON files")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--eval-route", default=None, help="a training route to run instead of the primary one")
+    parser.add_argument("--eval-variant", default=None, help="a training variant (model.variants) to evaluate instead of the primary queries")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -81,8 +79,8 @@ def build_predictor(args):
         # own-data config without its files: the class count is the checkpoint's
         heads = [v for k, v in state.items() if k.endswith("class_heads.0.weight")]
         cfg.data.num_classes = int(heads[0].shape[0]) if heads else None
-    if args.eval_route is not None:
-        cfg.model.eval_route = args.eval_route
+    if args.eval_variant is not None:
+        cfg.model.eval_variant = args.eval_variant
     model = instantiate(cfg.model)
     check_checkpoint_matches(model, checkpoint, require_all=True, state=state)
     model.load_state_dict(state, strict=False)  # training-only keys may be absent / extra

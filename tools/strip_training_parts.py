@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Drop every training route (``routes.*``: auxiliary FFNs, LoRA branches, instruction tokens, ...)
+"""Drop every training-only part (``variants.*``: auxiliary FFNs, LoRA branches, instruction tokens, ...;
+``group_sources.*``, ``extra_output_criteria.*``, and the same under older checkpoints' names)
 from a checkpoint of any detr_plus method, so that it loads into the plain ``DeformableDETR``.
 
-    python tools/strip_training_routes.py IN.pth OUT.pth [--ema] [--check-config CONFIG [key=value ...]]
+    python tools/strip_training_parts.py IN.pth OUT.pth [--ema] [--check-config CONFIG [key=value ...]]
 
 ``IN.pth``: a detectron2 checkpoint ({"model": ..., "optimizer": ..., ...}) or a bare state dict.
 ``OUT.pth``: {"model": stripped state dict}; the optimizer state is not kept (it refers to the
@@ -12,14 +13,11 @@ config's model (a baseline config, e.g. ``configs/deformable_detr/deformable_det
 and loads the result with ``strict=True``.
 """
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import detr_plus  # noqa: F401,E402  (detectron2 compatibility layer first)
-from detr_plus.modeling import strip_training_routes  # noqa: E402
+import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus.modeling import strip_training_parts
 
 
 def checkpoint_weights(checkpoint, ema=False):
@@ -54,9 +52,9 @@ def main(argv=None):
     if args.overrides and not args.check_config:
         parser.error("key=value overrides are for --check-config")
     weights = checkpoint_weights(torch.load(args.input, map_location="cpu", weights_only=False), args.ema)
-    state = strip_training_routes(weights)
+    state = strip_training_parts(weights)
     torch.save({"model": state}, args.output)
-    print(f"{args.output}: kept {len(state)} tensors, dropped {len(weights) - len(state)} training-route tensors")
+    print(f"{args.output}: kept {len(state)} tensors, dropped {len(weights) - len(state)} training-only tensors")
     if args.check_config:
         model = load_strictly(args.check_config, state, args.overrides)
         print(f"loads strictly into {type(model).__name__} of {args.check_config}")

@@ -1,4 +1,5 @@
-"""Deformable-DETR++ (H-DETR's baseline; papers/README.md): the published two-stage model with mixed
+"""Deformable-DETR++ (H-DETR's baseline; docs/authors_code_facts.md#shared-deformable-detr-conventions):
+the published two-stage model with mixed
 query selection (learned content queries, reference boxes and positional part from the top-k
 proposals), look-forward-twice, FFN 2048, dropout 0, 900 queries."""
 from .deformable_detr_two_stage_r50 import model

@@ -13,6 +13,7 @@ from detr_plus.modeling import (
     DeformableDETR,
     DeformableEncoder,
     DeformableTransformer,
+    FocalLoss,
     HungarianMatcher,
     SetCriterion,
     resnet_stages,
@@ -48,7 +49,7 @@ model = L(DeformableDETR)(
     criterion=L(SetCriterion)(
         matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-        class_loss="focal",
+        class_loss=L(FocalLoss)(),
     ),
     select_box_nums_for_evaluation=100,
     enc_loss_weight=1.0,

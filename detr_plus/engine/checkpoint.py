@@ -6,7 +6,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..modeling.routes import TRAINING_ONLY_PREFIXES
+from ..modeling.variants import TRAINING_ONLY_PREFIXES, rename_legacy_keys
 
 CLASS_HEAD_SUFFIX = "class_heads.0.weight"
 
@@ -21,12 +21,13 @@ def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = Fa
     """``ValueError`` naming the parameters of checkpoint ``path`` whose shapes differ from ``model``'s;
     when the class heads differ, the message leads with both class counts (a checkpoint trained on
     other classes than the dataset's). ``require_all``: also the model's tensors the checkpoint lacks
-    and the checkpoint's the model lacks, training-only ones (routes, query groups, extra outputs)
-    excepted, so any method's checkpoint runs in its baseline's config and vice versa. A path that
+    and the checkpoint's the model lacks, training-only ones (variants, group sources, extra outputs)
+    excepted, so any method's checkpoint runs in its baseline's config and vice versa; older
+    checkpoints' names (``routes.*``, ``query_groups.*``) count as their core v3 names. A path that
     is not a local file (a URL) is left to the checkpointer. ``state``: the file's weights, if already loaded."""
     if not os.path.isfile(path):
         return
-    state = checkpoint_state_dict(path) if state is None else state
+    state = rename_legacy_keys(checkpoint_state_dict(path) if state is None else state)
     own = model.state_dict()
     mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                   if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}

@@ -1,12 +1,57 @@
+"""The public surface of the shared core: what a project imports (``contracts`` first)."""
+from . import losses
 from .backbone import ChannelMapper, resnet_stages
-from .branches import OwnFFNBranch
-from .criterion import LossContext, SetCriterion
-from .decoder import DecoderOutput, DeformableDecoder, LayerBranch, LayerOutput, LayerPredictions
+from .blocks import FFN, CrossAttentionBlock, FFNBlock, SelfAttentionBlock
+from .contracts import (
+    PRIMARY,
+    ClassLoss,
+    Criterion,
+    DecoderLayer,
+    DecoderOutput,
+    DecoderQueries,
+    DecoderVariant,
+    DetectionPass,
+    EncoderState,
+    GroupSource,
+    Head,
+    Indices,
+    LayerInputs,
+    LayerOutput,
+    LayerPredictions,
+    LayerVariant,
+    LayerWrapper,
+    LossContext,
+    PredictWith,
+    QueryContext,
+    QueryGroup,
+    QuerySelection,
+    QueryStream,
+    Stream,
+    Targets,
+    TrainingBatch,
+)
+from .criterion import SetCriterion
+from .decoder import DeformableDecoder
+from .decoder_layer import DeformableDecoderLayer
 from .encoder import DeformableEncoder
 from .gather import QuerySubset
-from .groups import QueryGroup, group_attention_mask, group_self_attn_mask, pad_per_image
+from .groups import JointQueries, group_attention_mask, pad_per_image
+from .heads import init_detection_heads
+from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher
-from .meta_arch import DeformableDETR, DetectionPass, TrainingBatch
-from .routes import RouteQuerySelection, TrainingRoute, strip_training_routes
-from .structures import DecoderQueries, EncoderState
-from .transformer import DeformableTransformer, QuerySelection
+from .meta_arch import DeformableDETR
+from .transformer import DeformableTransformer
+from .variants import OwnFFNVariant, TrainingVariant, VariantQuerySelection, rename_legacy_keys, strip_training_parts
+
+__all__ = [
+    "ChannelMapper", "ClassLoss", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
+    "DecoderQueries", "DecoderVariant", "DeformableDETR", "DeformableDecoder", "DeformableDecoderLayer",
+    "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
+    "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "Indices", "JointQueries", "LayerInputs",
+    "LayerOutput", "LayerPredictions", "LayerVariant", "LayerWrapper", "LossContext", "OneToManyMatcher",
+    "OwnFFNVariant", "PRIMARY", "PredictWith", "QualityFocalLoss", "QueryContext", "QueryGroup",
+    "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
+    "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
+    "init_detection_heads", "losses", "pad_per_image", "rename_legacy_keys", "resnet_stages",
+    "strip_training_parts",
+]

@@ -1,32 +1,13 @@
 """Set-prediction criterion: a matcher plus classification and box losses, for one layer's predictions."""
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
-from . import losses as L
+from . import losses
+from .contracts import Indices, LossContext, Targets
 
-CLASS_LOSSES = ("focal", "vfl_plus", "qfl")
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class LossContext:
-    """What the meta-architecture tells a criterion besides the predictions: which decoder layer (or
-    "enc"), which route or group (``name``, "" for the primary queries), the ``QueryGroup`` if any,
-    and the training batch (targets, encoder state, the EMA teacher's pass when the model has one).
-    ``matching``: the assignments computed so far in this step, by loss prefix ("primary", "enc",
-    route and group names), one entry per layer; the primary queries' come first in every layer,
-    so a route's criterion can read its layer's one-to-one pairs (LoRA-DETR's 900-query recipe
-    merges them into each branch's positives)."""
-
-    layer: Any
-    name: str = ""
-    batch: Any = None
-    group: Any = None
-    matching: Optional[Dict[str, List[Indices]]] = None
+LOSS_TERMS = ("class", "bbox", "giou")
 
 
 class SetCriterion(nn.Module):
@@ -37,7 +18,7 @@ class SetCriterion(nn.Module):
     * ``quality``: the soft target of positives, "iou" (IoU with the matched GT, the o2o choice) or
       "matching_score" (M of LoRA-DETR Eq. 7, the o2m choice; uses ``quality_class_weight``);
     * ``vfl_scale``: a factor on every VFL+ term before the sum / ``num_boxes`` (default 1; LoRA-DETR's
-      public code uses 0.25, papers/README.md). It equals a class weight times ``vfl_scale`` but keeps
+      public code uses 0.25, docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights). It equals a class weight times ``vfl_scale`` but keeps
       the weights as the paper prints them; the other class losses ignore it;
     * L1 and GIoU box losses on matched pairs; every term is summed and divided by ``num_boxes``.
 
@@ -47,24 +28,20 @@ class SetCriterion(nn.Module):
     more than one assignment (OD-DETR's matching distillation, Eq. 3-4).
     """
 
-    def __init__(self, matcher, loss_weights: Optional[Dict[str, float]] = None, class_loss="focal", quality="iou",
-                 focal_alpha=0.25, focal_gamma=2.0, vfl_gamma=1.5, qfl_gamma=2.0, quality_class_weight=0.3, vfl_scale=1.0):
+    def __init__(self, matcher, loss_weights: Optional[Dict[str, float]] = None, class_loss: Optional[nn.Module] = None):
         super().__init__()
-        if class_loss not in CLASS_LOSSES:
-            raise ValueError(f"criterion.class_loss={class_loss!r}: expected one of {CLASS_LOSSES}")
-        if quality not in ("iou", "matching_score"):
-            raise ValueError(f"criterion.quality={quality!r}: expected 'iou' or 'matching_score'")
+        if isinstance(class_loss, str):
+            raise TypeError(f"SetCriterion(class_loss={class_loss!r}): give a class-loss module, e.g. "
+                            "detr_plus.modeling.FocalLoss(), VarifocalPlusLoss(...) or QualityFocalLoss(...)")
         self.matcher = matcher
         self.loss_weights = dict(loss_weights or {"class": 2.0, "bbox": 5.0, "giou": 2.0})
-        unknown = set(self.loss_weights) - {"class", "bbox", "giou"}
+        unknown = set(self.loss_weights) - set(LOSS_TERMS)
         if unknown:
-            raise ValueError(f"criterion.loss_weights has unknown keys {sorted(unknown)}; use class, bbox, giou")
-        self.class_loss, self.quality = class_loss, quality
-        self.focal_alpha, self.focal_gamma, self.vfl_gamma, self.qfl_gamma = focal_alpha, focal_gamma, vfl_gamma, qfl_gamma
-        self.quality_class_weight, self.vfl_scale = quality_class_weight, vfl_scale
+            raise ValueError(f"criterion.loss_weights has unknown keys {sorted(unknown)}; use {', '.join(LOSS_TERMS)}")
+        self.class_loss = class_loss if class_loss is not None else losses.FocalLoss()
 
-    def forward(self, logits, boxes, targets: List[Dict[str, torch.Tensor]], num_boxes: float, indices: Optional[Indices] = None,
-                valid: Optional[torch.Tensor] = None, context: Optional[LossContext] = None) -> Tuple[Dict, Indices]:
+    def forward(self, logits, boxes, targets: Targets, num_boxes: float, indices: Optional[Indices] = None,
+                valid: Optional[torch.Tensor] = None, context: Optional[LossContext] = None):
         """``valid`` (B, Q): False on padded queries (never matched or supervised); ``context`` is
         for criteria that need more than the predictions (unused here)."""
         if indices is None:
@@ -89,8 +66,8 @@ class SetCriterion(nn.Module):
             class_loss = class_loss * valid[..., None].to(class_loss.dtype)
         batch_idx, query_idx, gt_boxes, _ = self.pairs(box_indices, targets)
         matched_boxes = boxes[batch_idx, query_idx]
-        l1 = L.l1_box_loss(matched_boxes, gt_boxes).sum(-1)
-        giou = L.giou_box_loss(matched_boxes, gt_boxes)
+        l1 = losses.l1_box_loss(matched_boxes, gt_boxes).sum(-1)
+        giou = losses.giou_box_loss(matched_boxes, gt_boxes)
         if box_weights is not None:
             weight = torch.cat(list(box_weights)).to(l1.dtype) if box_weights else l1.new_zeros(0)
             l1, giou = l1 * weight, giou * weight
@@ -109,32 +86,17 @@ class SetCriterion(nn.Module):
     def class_loss_of(self, logits, boxes, targets, class_indices: Sequence[Indices], class_weights=None) -> torch.Tensor:
         """Elementwise class loss (B, Q, C) with the targets of every assignment in ``class_indices``."""
         onehot = torch.zeros_like(logits)
-        quality = torch.zeros_like(logits) if self.class_loss != "focal" else None
+        quality = torch.zeros_like(logits) if self.class_loss.needs_quality else None
         weight = None
         # The first assignment has priority: write the others first, so it overwrites shared entries.
         for k in reversed(range(len(class_indices))):
             b, q, gt_boxes, labels = self.pairs(class_indices[k], targets)
             onehot[b, q, labels] = 1.0
             if quality is not None:
-                quality[b, q, labels] = self.positive_quality(logits[b, q, labels], boxes[b, q], gt_boxes)
+                quality[b, q, labels] = self.class_loss.positive_quality(logits[b, q, labels], boxes[b, q], gt_boxes)
             pair_weights = None if class_weights is None else class_weights[k]
             if pair_weights is not None and len(b):
                 weight = torch.ones_like(logits) if weight is None else weight
                 weight[b, q, labels] = torch.cat(list(pair_weights)).to(logits.dtype)
-        if self.class_loss == "focal":
-            loss = L.sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
-        elif self.class_loss == "vfl_plus":
-            loss = L.vfl_plus_loss(logits, quality, onehot.bool(), self.vfl_gamma, self.vfl_scale)
-        else:
-            loss = L.quality_focal_loss(logits, quality, self.qfl_gamma)
+        loss = self.class_loss(logits, onehot, quality)
         return loss if weight is None else loss * weight
-
-    @torch.no_grad()
-    def positive_quality(self, matched_logits, matched_boxes, gt_boxes):
-        """Soft target of each matched pair: IoU, or M = a * class prob + (1 - a) * IoU (LoRA-DETR Eq. 7)
-        computed on the pairs alone (the same values as ``matcher.matching_quality`` at those entries)."""
-        iou = paired_box_iou(box_cxcywh_to_xyxy(matched_boxes.float()), box_cxcywh_to_xyxy(gt_boxes.float()))
-        if self.quality == "iou":
-            return iou.to(matched_logits.dtype)
-        score = self.quality_class_weight * matched_logits.float().sigmoid() + (1 - self.quality_class_weight) * iou
-        return score.to(matched_logits.dtype)

@@ -29,11 +29,6 @@ class QuerySubset:
         valid = torch.arange(size, device=mask.device)[None] < counts[:, None]
         return QuerySubset(index, valid, padded=smallest < size)
 
-    @staticmethod
-    def everything(batch: int, num: int, device=None) -> "QuerySubset":
-        index = torch.arange(num, device=device).expand(batch, -1)
-        return QuerySubset(index, torch.ones(batch, num, dtype=torch.bool, device=device))
-
     @property
     def size(self) -> int:
         return self.index.shape[1]
@@ -49,8 +44,3 @@ class QuerySubset:
         values = torch.where(valid, values, self.gather(base))  # padding writes back what is there
         index = self.index.view(*self.index.shape, *([1] * (base.dim() - 2))).expand(-1, -1, *base.shape[2:])
         return base.scatter(1, index, values)
-
-    def mask(self, num_queries: int) -> torch.Tensor:
-        """(B, Q) bool: True at the selected positions."""
-        out = torch.zeros(self.index.shape[0], num_queries, dtype=torch.bool, device=self.index.device)
-        return out.scatter(1, self.index, self.valid)

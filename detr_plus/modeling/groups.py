@@ -1,40 +1,20 @@
 """Query groups: extra queries a method decodes beside the primary ones, in training only.
 
-A group brings its own initial queries (content, reference boxes, optionally static positions and
-per-image padding), the criterion its predictions are trained with, and optionally a fixed
-assignment (denoising groups know their targets). The decoder concatenates every group after the
-primary queries, masks self-attention so that each group sees only itself (``sees_primary`` lets
-a group also read the primary queries, as DINO's denoising groups do), decodes all of them in one
-pass, and splits the predictions back per group and per layer. Examples: OD-DETR's teacher-query
-and auxiliary groups (Sec. 3.3-3.4), H-DETR's hybrid group, DINO's denoising groups.
+A group (``QueryGroup`` in ``contracts``) brings its own initial queries (content, reference boxes,
+optionally static positions and per-image padding), the criterion its predictions are trained with,
+and optionally a fixed assignment (denoising groups know their targets). ``JointQueries`` does the
+bookkeeping of one pass: it concatenates every group after the primary queries, masks
+self-attention so that each group sees only itself (``sees_primary`` lets a group also read the
+primary queries, as DINO's denoising groups do), and splits the predictions back per group and per
+layer. Examples: OD-DETR's teacher-query and auxiliary groups (Sec. 3.3-3.4), H-DETR's hybrid
+group, DINO's denoising groups.
 """
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .structures import DecoderQueries
-
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class QueryGroup:
-    """One training batch's extra query group (see the module docstring).
-
-    ``criterion`` is called like ``SetCriterion``: ``criterion(logits, boxes, targets, num_boxes,
-    indices=..., valid=..., context=LossContext)``; ``indices`` (per image ``(query, gt)``, query
-    indices within the group) fixes the assignment of every layer; ``loss_scale`` multiplies the
-    group's losses; ``extras`` carries what the criterion needs besides the predictions (e.g. a
-    teacher's outputs for the same queries)."""
-
-    queries: DecoderQueries
-    criterion: Any
-    indices: Optional[Indices] = None
-    sees_primary: bool = False
-    loss_scale: float = 1.0
-    extras: Dict[str, Any] = field(default_factory=dict)
+from .contracts import DecoderOutput, DecoderQueries, LayerPredictions, QueryGroup
 
 
 def group_attention_mask(sizes: Sequence[int], sees_primary: Sequence[bool] = (), device=None) -> torch.Tensor:
@@ -50,18 +30,50 @@ def group_attention_mask(sizes: Sequence[int], sees_primary: Sequence[bool] = ()
     return blocked
 
 
-def group_self_attn_mask(group_sizes: Sequence[int], device=None) -> torch.Tensor:
-    """(Q, Q) bool mask, True where a query may NOT attend: queries attend only within their group."""
-    return group_attention_mask(group_sizes, device=device)
-
-
 def pad_per_image(rows: Sequence[torch.Tensor], min_length: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-image (n_b, ...) tensors -> ((B, N, ...) zero-padded, (B, N) bool valid), N = max n_b
     (at least ``min_length``): how a group whose size depends on the image (OD-DETR's 2 queries per
-    GT, DINO's denoising queries) is given to the decoder."""
+    GT, DINO's denoising queries) is given to the decoder. N may be 0 (no image has a row)."""
     lengths = torch.tensor([len(r) for r in rows], device=rows[0].device)
     padded = pad_sequence(list(rows), batch_first=True)
     if padded.shape[1] < min_length:
         padded = torch.cat([padded, padded.new_zeros((len(rows), min_length - padded.shape[1]) + padded.shape[2:])], 1)
     valid = torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]
     return padded, valid
+
+
+class JointQueries:
+    """The primary queries and every group's, as one decoder pass sees them: ``queries`` (the
+    concatenation), ``mask`` (the self-attention mask between the parts, None without groups),
+    ``padding`` (True on padded queries, None without padding) and ``sizes`` (primary first)."""
+
+    def __init__(self, primary: DecoderQueries, groups: Optional[Mapping[str, QueryGroup]] = None):
+        self.groups = dict(groups or {})
+        self.sizes = [len(primary)] + [len(g.queries) for g in self.groups.values()]
+        self.queries = self.with_groups(primary)
+        self.mask = None
+        if self.groups:
+            sees = [g.sees_primary for g in self.groups.values()]
+            self.mask = group_attention_mask(self.sizes, sees, primary.content.device)
+        self.padding = None if self.queries.valid is None else ~self.queries.valid
+
+    def with_groups(self, start: DecoderQueries) -> DecoderQueries:
+        """``start`` (queries in place of the primary ones) followed by every group's queries."""
+        return DecoderQueries.concat([start] + [g.queries for g in self.groups.values()]) if self.groups else start
+
+    def split(self, layers: List[LayerPredictions], variants: Dict[str, List[Optional[LayerPredictions]]]) -> DecoderOutput:
+        """The joint pass's per-layer predictions as a ``DecoderOutput``: the primary part, every
+        variant's primary part and every group's part; ``extras`` stay with the primary layers."""
+        if not self.groups:
+            return DecoderOutput(layers, variants)
+        bounds = torch.tensor(self.sizes).cumsum(0).tolist()
+        primary = []
+        for joint in layers:
+            part = joint.part(0, self.sizes[0])
+            part.extras = joint.extras
+            primary.append(part)
+        variants = {name: [None if p is None else p.part(0, self.sizes[0]) for p in layers_of]
+                    for name, layers_of in variants.items()}
+        groups = {name: [p.part(start, end) for p in layers]
+                  for name, start, end in zip(self.groups, bounds[:-1], bounds[1:])}
+        return DecoderOutput(primary, variants, groups)

@@ -8,10 +8,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
-from ..layers.box_ops import box_cxcywh_to_xyxy
+from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -20,6 +21,9 @@ __all__ = [
     "vfl_plus_loss",
     "quality_focal_loss",
     "multi_target_quality_focal_loss",
+    "FocalLoss",
+    "VarifocalPlusLoss",
+    "QualityFocalLoss",
 ]
 
 
@@ -54,7 +58,7 @@ def vfl_plus_loss(logits: torch.Tensor, quality: torch.Tensor, positive_mask: to
       negatives (y = 0): -p^gamma log(1 - p)
 
     ``scale`` multiplies every term (default 1: Eq. 8 as printed). LoRA-DETR's public code multiplies
-    the VFL+ terms by 0.25 before the sum / GT count (papers/README.md, "More facts ... LoRA-DETR"),
+    the VFL+ terms by 0.25 before the sum / GT count (docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights),
     which the paper does not print; ``scale=0.25`` reproduces it.
 
     logits, quality, positive_mask: all (N, C); quality is ignored where the mask is False.
@@ -110,3 +114,78 @@ def multi_target_quality_focal_loss(logits: torch.Tensor, target_a: torch.Tensor
         mask_a = target_a > 0
     merged = torch.where(mask_a.bool(), target_a, target_b)
     return quality_focal_loss(logits, merged, gamma=gamma)
+
+
+# --- class losses a SetCriterion is given (contracts.ClassLoss) ------------------------------------
+@torch.no_grad()
+def matched_iou(matched_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of each matched (predicted, GT) box pair, both (N, 4) normalized cxcywh, in float32."""
+    return paired_box_iou(box_cxcywh_to_xyxy(matched_boxes.float()), box_cxcywh_to_xyxy(gt_boxes.float()))
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss with one-hot targets (Deformable DETR's class loss)."""
+
+    needs_quality = False
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, logits, onehot, quality=None):
+        return sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}, gamma={self.gamma}"
+
+
+class VarifocalPlusLoss(nn.Module):
+    """VFL+ (LoRA-DETR Eq. 8) with the soft target ``quality`` of each positive: "iou" (IoU with the
+    matched GT, the one-to-one choice) or "matching_score" (M = a * class prob + (1 - a) * IoU of
+    Eq. 7, the one-to-many choice, a = ``quality_class_weight``); ``scale`` multiplies every term
+    (LoRA-DETR's public code: 0.25)."""
+
+    needs_quality = True
+    QUALITIES = ("iou", "matching_score")
+
+    def __init__(self, gamma: float = 1.5, scale: float = 1.0, quality: str = "iou", quality_class_weight: float = 0.3):
+        super().__init__()
+        if quality not in self.QUALITIES:
+            raise ValueError(f"VarifocalPlusLoss quality={quality!r}: expected one of {self.QUALITIES}")
+        self.gamma, self.scale, self.quality, self.quality_class_weight = gamma, scale, quality, quality_class_weight
+
+    @torch.no_grad()
+    def positive_quality(self, matched_logits, matched_boxes, gt_boxes):
+        """Soft target of each matched pair, computed on the pairs alone (the same values as
+        ``matcher.matching_quality`` at those entries)."""
+        iou = matched_iou(matched_boxes, gt_boxes)
+        if self.quality == "iou":
+            return iou.to(matched_logits.dtype)
+        score = self.quality_class_weight * matched_logits.float().sigmoid() + (1 - self.quality_class_weight) * iou
+        return score.to(matched_logits.dtype)
+
+    def forward(self, logits, onehot, quality):
+        return vfl_plus_loss(logits, quality, onehot.bool(), self.gamma, self.scale)
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, scale={self.scale}, quality={self.quality}"
+
+
+class QualityFocalLoss(nn.Module):
+    """QFL (OD-DETR Eq. 2) with the IoU of each positive with its matched GT as the target."""
+
+    needs_quality = True
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    @torch.no_grad()
+    def positive_quality(self, matched_logits, matched_boxes, gt_boxes):
+        return matched_iou(matched_boxes, gt_boxes).to(matched_logits.dtype)
+
+    def forward(self, logits, onehot, quality):
+        return quality_focal_loss(logits, quality, self.gamma)
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}"

@@ -153,7 +153,7 @@ class OneToManyMatcher:
     Hence every positive that is not a top-1 pair has M >= threshold. Returns, per image,
     (query_idx, gt_idx) sorted by query_idx on the inputs' device; zero GTs / queries -> empty.
 
-    Mr. DETR's public code (papers/README.md "The o2m matcher"), with ``selection="dynamic_k"`` and
+    Mr. DETR's public code (docs/authors_code_facts.md#mr-detr-one-to-many-matcher), with ``selection="dynamic_k"`` and
     ``max_positives``:
       2'. a GT's candidate count c_j is the number of queries whose best GT is j with M >= threshold;
       3'. GT j takes its top-min(c_j, topk) queries by M[:, j] among ALL queries (candidates of

@@ -1,54 +1,21 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
-from dataclasses import dataclass, field
-from itertools import chain
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import META_ARCH_REGISTRY, detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
 from detectron2.utils import comm
 from torch import nn
-from torchvision.ops import batched_nms
 
-from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
-from .criterion import LossContext, SetCriterion
-from .decoder import DecoderOutput, LayerPredictions
-from .groups import QueryGroup
-from .structures import EncoderState
-from .transformer import DeformableTransformer, QuerySelection
-
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class DetectionPass:
-    """One pass of the primary queries with what each stage computed (an EMA teacher's forward, and
-    what matching-stability metrics read): per-layer queries, boxes and logits in ``decoder``, the
-    initial queries and (two-stage) top-k proposal indices in ``selection``, and per decoder layer the
-    Hungarian assignment to ``targets`` (when the inputs have instances)."""
-
-    image_sizes: List[Tuple[int, int]]
-    targets: Optional[List[Dict[str, torch.Tensor]]]
-    state: EncoderState
-    selection: QuerySelection
-    decoder: DecoderOutput
-    matching: Optional[List[Indices]] = None
-
-
-@dataclass
-class TrainingBatch:
-    """What query-group sources and criteria may read in a training step (``LossContext.batch``)."""
-
-    inputs: List[Dict]
-    targets: List[Dict[str, torch.Tensor]]
-    image_sizes: List[Tuple[int, int]]
-    state: EncoderState
-    selection: QuerySelection
-    teacher: Optional[DetectionPass] = None
-    num_boxes: float = 1.0
-    transformer: Optional[DeformableTransformer] = None  # the student's (``queries_at`` builds new queries)
-    route_selections: Dict[str, QuerySelection] = field(default_factory=dict)  # routes with their own query selection
+from ..layers.box_ops import box_xyxy_to_cxcywh
+from .contracts import (DecoderOutput, DecoderVariant, DetectionPass, EncoderState, GroupSource, Head, Indices,
+                        LayerPredictions, QueryGroup, QuerySelection, TrainingBatch)
+from .criterion import SetCriterion
+from .loss_book import LossBook
+from .postprocess import top_detections
+from .transformer import DeformableTransformer
+from .variants import rename_legacy_keys
 
 
 class _Unregistered:
@@ -62,34 +29,52 @@ class _Unregistered:
         return _Unregistered(None)
 
 
+def _load_legacy_names(state_dict, prefix, *unused):
+    """A checkpoint written before core v3 (``routes.*``, ``query_groups.*``) loads under the new names."""
+    renamed = rename_legacy_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+    state_dict.update({prefix + k: v for k, v in renamed.items()})
+
+
+def reads_teacher(module) -> bool:
+    """True for an extension that asks for the EMA teacher's pass (``requires_teacher = True``)."""
+    return bool(getattr(module, "requires_teacher", False))
+
+
 @META_ARCH_REGISTRY.register()
 class DeformableDETR(nn.Module):
     """Backbone -> neck -> deformable transformer -> per-layer heads.
 
-    Training returns a dict of weighted losses: the primary (one-to-one) queries on every decoder
-    layer (``loss_class`` for the last layer, ``loss_class_{i}`` for layer i), the encoder's
-    two-stage proposals (``loss_class_enc``, scaled by ``enc_loss_weight``, with ``enc_criterion``,
-    default ``criterion``; class-agnostic targets when the transformer's proposal head is; pairs from
-    ``enc_anchor_matcher`` on the proposal anchors when given, e.g. ``HungarianMatcher(cost_class=0)``
-    as Mr. DETR's public code matches, else from the criterion's matcher on the predictions), and under
-    ``{name}/`` every training route in ``routes``, every query group that ``query_groups`` makes for
-    the batch, and every extra layer output with a criterion in ``extra_output_criteria``. Inference
-    returns Detectron2 ``Instances`` in original image coordinates: the top
-    ``select_box_nums_for_evaluation`` of queries x classes.
+    Training returns a dict of weighted losses (the keys of ``contracts``): the primary
+    (one-to-one) queries on every decoder layer (``loss_class`` for the last layer,
+    ``loss_class_{i}`` for layer i), the encoder's two-stage proposals (``loss_class_enc``, scaled by
+    ``enc_loss_weight``, with ``enc_criterion``, default ``criterion``; class-agnostic targets when
+    the transformer's proposal head is; pairs from ``enc_anchor_matcher`` on the proposal anchors
+    when given, e.g. ``HungarianMatcher(cost_class=0)`` as Mr. DETR's public code matches, else from
+    the criterion's matcher on the predictions), and under ``{name}/`` every decoder variant, every
+    query group and every extra layer output with a criterion in ``extra_output_criteria``. The
+    same keys come out of every step. Inference returns Detectron2 ``Instances`` in original image
+    coordinates: the top ``select_box_nums_for_evaluation`` of queries x classes, with a field per
+    head.
 
-    Training-only extensions (none exists at inference; inference costs what the baseline costs):
-    * ``routes``: ``TrainingRoute``s, variants of the decoder layers (``detr_plus.modeling.routes``);
-      a route with a ``query_selection`` starts from its own top-k proposals and gets its own encoder
-      loss (``{name}/loss_*_enc``, same criterion and weight as the primary one);
-    * ``query_groups``: modules called with the ``TrainingBatch``, each returning a ``QueryGroup``
-      (or None) decoded beside the primary queries;
-    * a teacher: when a criterion or group source has ``requires_teacher = True``, the trainer
-      attaches the EMA model (``attach_teacher``) and every step runs its ``detection_pass`` on the
-      same batch, without gradient, into ``TrainingBatch.teacher``.
+    The extension points (``contracts`` describes each; none of the training-only ones exists at
+    inference, which costs what the baseline costs):
+    * ``variants``: ``{name: DecoderVariant}``, training-only variants of the decoder layers
+      (``TrainingVariant``); a variant with a ``query_selection`` starts from its own top-k proposals
+      and gets its own encoder loss (``{name}/loss_*_enc``, same criterion and weight as the primary);
+    * ``group_sources``: ``{name: GroupSource}``, called with the ``TrainingBatch``, each returning
+      ``QueryGroup``s decoded beside the primary queries;
+    * ``extra_output_criteria``: ``{name: Criterion}`` for ``LayerPredictions`` a layer wrapper puts
+      in its layer's ``extras`` under that name (QR-DETR's exit heads);
+    * ``heads``: ``{name: Head}``, per-query outputs with their own losses (part of the model);
+    * a teacher: when any of these has ``requires_teacher = True``, the trainer attaches the EMA model
+      (``attach_teacher``) and every step runs its ``detection_pass`` on the same batch, without
+      gradient, into ``TrainingBatch.teacher``.
 
-    Evaluating a training route (default off):
-    * ``eval_route``: name of a route whose last-layer predictions are evaluated instead (the decoder
-      then runs that one route in eval mode too), e.g. a one-to-many route;
+    Evaluating a training variant (default off):
+    * ``eval_variant``: name of a variant whose last-layer predictions are evaluated instead (the
+      decoder then runs that one variant in eval mode too), e.g. a one-to-many variant;
     * ``eval_nms_threshold``: class-wise NMS at this IoU over the top ``eval_pre_nms_topk``
       (query, class) pairs, then the top ``select_box_nums_for_evaluation`` are kept (one-to-many
       predictions have duplicates by design: LoRA-DETR Table 5 "Aux. w. NMS", Mr. DETR "w/ NMS").
@@ -98,28 +83,44 @@ class DeformableDETR(nn.Module):
     def __init__(self, *, backbone, neck, position_embedding, transformer: DeformableTransformer, criterion: SetCriterion,
                  pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375), input_format="RGB",
                  size_divisibility=32, select_box_nums_for_evaluation=100, enc_loss_weight=1.0,
-                 enc_criterion: Optional[nn.Module] = None, enc_anchor_matcher=None, routes: Optional[Dict[str, nn.Module]] = None,
-                 query_groups: Optional[Dict[str, nn.Module]] = None, extra_output_criteria: Optional[Dict[str, nn.Module]] = None,
-                 eval_route: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
+                 enc_criterion: Optional[nn.Module] = None, enc_anchor_matcher=None,
+                 variants: Optional[Dict[str, nn.Module]] = None, group_sources: Optional[Dict[str, nn.Module]] = None,
+                 extra_output_criteria: Optional[Dict[str, nn.Module]] = None, heads: Optional[Dict[str, nn.Module]] = None,
+                 eval_variant: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
         super().__init__()
         self.backbone, self.neck, self.position_embedding = backbone, neck, position_embedding
         self.transformer, self.criterion, self.enc_criterion = transformer, criterion, enc_criterion
         self.enc_anchor_matcher = enc_anchor_matcher
-        self.routes = nn.ModuleDict(routes or {})
-        self.query_groups = nn.ModuleDict(query_groups or {})
+        self.variants = nn.ModuleDict(variants or {})
+        self.group_sources = nn.ModuleDict(group_sources or {})
         self.extra_output_criteria = nn.ModuleDict(extra_output_criteria or {})
-        names = list(self.routes) + list(self.query_groups) + list(self.extra_output_criteria)
-        clashes = sorted({n for n in names if names.count(n) > 1} | ({"enc"} & set(names)))
-        if clashes:
-            raise ValueError(f"routes, query_groups and extra_output_criteria need distinct names other than 'enc' (loss prefixes): {clashes}")
-        if eval_route is not None and eval_route not in self.routes:
-            raise ValueError(f"eval_route={eval_route!r} is not one of the model's routes {list(self.routes)}")
-        self.eval_route, self.eval_nms_threshold, self.eval_pre_nms_topk = eval_route, eval_nms_threshold, eval_pre_nms_topk
+        self.heads = nn.ModuleDict(heads or {})
+        self.check_extensions()
+        if eval_variant is not None and eval_variant not in self.variants:
+            raise ValueError(f"eval_variant={eval_variant!r} is not one of the model's variants {list(self.variants)}")
+        self.eval_variant, self.eval_nms_threshold, self.eval_pre_nms_topk = eval_variant, eval_nms_threshold, eval_pre_nms_topk
         self.input_format, self.size_divisibility = input_format, size_divisibility
         self.select_box_nums_for_evaluation, self.enc_loss_weight = select_box_nums_for_evaluation, enc_loss_weight
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._teacher = _Unregistered(None)
+        self._loss_keys: Optional[frozenset] = None  # the first training step's, which every later step must repeat
+        self._register_load_state_dict_pre_hook(_load_legacy_names)
+
+    def check_extensions(self):
+        """Every extension honours its protocol, and names do not collide (they are loss prefixes)."""
+        slots = {"variants": (self.variants, DecoderVariant), "group_sources": (self.group_sources, GroupSource),
+                 "heads": (self.heads, Head)}
+        for slot, (modules, protocol) in slots.items():
+            for name, module in modules.items():
+                if not isinstance(module, protocol):
+                    raise TypeError(f"model.{slot}[{name!r}] is a {type(module).__name__}, not a {protocol.__name__} "
+                                    f"(detr_plus.modeling.contracts.{protocol.__name__} lists what it must have)")
+        names = list(self.variants) + list(self.group_sources) + list(self.extra_output_criteria) + list(self.heads)
+        clashes = sorted({n for n in names if names.count(n) > 1} | ({"enc", "primary"} & set(names)))
+        if clashes:
+            raise ValueError("variants, group_sources, extra_output_criteria and heads need distinct names other than "
+                             f"'enc' and 'primary' (they prefix loss keys): {clashes}")
 
     @property
     def device(self):
@@ -128,10 +129,10 @@ class DeformableDETR(nn.Module):
     # --- teacher -------------------------------------------------------------------------------
     @property
     def requires_teacher(self) -> bool:
-        """True when a criterion or query-group source reads the EMA teacher's pass."""
-        users = chain([self.criterion, self.enc_criterion], self.query_groups.values(), self.extra_output_criteria.values(),
-                      (route.criterion for route in self.routes.values()))
-        return any(getattr(m, "requires_teacher", False) for m in users)
+        """True when a criterion, variant, group source or head reads the EMA teacher's pass."""
+        users = [self.criterion, self.enc_criterion, *self.group_sources.values(), *self.extra_output_criteria.values(),
+                 *self.heads.values(), *(variant.criterion for variant in self.variants.values())]
+        return any(reads_teacher(m) for m in users)
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -178,15 +179,17 @@ class DeformableDETR(nn.Module):
         if self.training:
             return self.training_losses(batched_inputs)[0]
         images, state, selection = self.encode_and_select(batched_inputs)
-        routes = self.decoder_routes()
-        starts = {name: s.queries for name, s in self.route_selections(state, routes or {}).items()}
-        out = self.transformer.decode(selection.queries, state, routes=routes, route_queries=starts)
+        variants = self.decoder_variants()
+        starts = {name: s.queries for name, s in self.variant_selections(state, variants).items()}
+        out = self.transformer.decode(selection.queries, state, variants=variants, variant_queries=starts)
         final = self.inference_predictions(out)
-        return self.inference(final.logits, final.boxes, images.image_sizes, batched_inputs)
+        per_query = {head.field: head(final, state) for head in self.heads.values()}
+        return top_detections(final.logits, final.boxes, images.image_sizes, batched_inputs, self.select_box_nums_for_evaluation,
+                              self.eval_nms_threshold, self.eval_pre_nms_topk, per_query)
 
     @torch.no_grad()
     def detection_pass(self, batched_inputs: List[Dict], match: bool = True) -> DetectionPass:
-        """The primary queries' pass on ``batched_inputs`` (no routes, no groups, no gradient), with the
+        """The primary queries' pass on ``batched_inputs`` (no variants, no groups, no gradient), with the
         primary criterion's assignment of every decoder layer when ``match`` and the inputs have
         instances. An EMA teacher's forward (OD-DETR Sec. 3); run it on a model in eval mode."""
         images, state, selection = self.encode_and_select(batched_inputs)
@@ -198,7 +201,7 @@ class DeformableDETR(nn.Module):
         return DetectionPass(images.image_sizes, targets, state, selection, out, matching)
 
     def training_losses(self, batched_inputs: List[Dict]) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[Indices]]]:
-        """(weighted losses, matching indices by loss prefix) of one training batch (see ``losses``)."""
+        """(weighted losses, matching indices by name) of one training batch (see ``losses``)."""
         images, state, selection = self.encode_and_select(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images.image_sizes)
         teacher = None
@@ -208,44 +211,45 @@ class DeformableDETR(nn.Module):
                                    "train_net.py (it attaches the train.ema model) or call model.attach_teacher(...)")
             teacher = self.teacher.detection_pass(batched_inputs)
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
-                              self.num_boxes(targets, self.device), self.transformer)
-        groups = self.make_query_groups(batch)
-        batch.route_selections = self.route_selections(state, self.routes)
-        route_queries = {name: s.queries for name, s in batch.route_selections.items()}
-        out = self.transformer.decode(selection.queries, state, routes=self.routes, groups=groups, route_queries=route_queries)
-        return self.losses(out, batch, groups)
+                              self.num_boxes(targets, self.device), self.transformer,
+                              self.variant_selections(state, self.variants))
+        groups = self.make_groups(batch)
+        starts = {name: s.queries for name, s in batch.variant_selections.items()}
+        out = self.transformer.decode(selection.queries, state, variants=self.variants, groups=groups, variant_queries=starts)
+        losses, matching = self.losses(out, batch, groups)
+        self.check_loss_keys(losses)
+        return losses, matching
 
-    def route_selections(self, state: EncoderState, routes: Mapping[str, nn.Module]) -> Dict[str, QuerySelection]:
-        """The own query selection of every route in ``routes`` that has one (``TrainingRoute.query_selection``)."""
-        return {name: route.query_selection(self.transformer, state) for name, route in routes.items()
-                if getattr(route, "query_selection", None) is not None}
+    def variant_selections(self, state: EncoderState, variants: Mapping[str, nn.Module]) -> Dict[str, QuerySelection]:
+        """The own query selection of every variant in ``variants`` that has one."""
+        return {name: variant.query_selection(self.transformer, state) for name, variant in (variants or {}).items()
+                if variant.query_selection is not None}
 
-    def make_query_groups(self, batch: TrainingBatch) -> Dict[str, QueryGroup]:
-        """Every source's group(s) for the batch: a source returns a ``QueryGroup``, None, or a dict of
-        groups (one per teacher stage, say), named ``{source}_{key}``."""
+    def make_groups(self, batch: TrainingBatch) -> Dict[str, QueryGroup]:
+        """Every source's groups for the batch, named ``{source}_{key}`` (``{source}`` for the key "")."""
         groups = {}
-        for name, source in self.query_groups.items():
+        for name, source in self.group_sources.items():
             made = source(batch)
-            if isinstance(made, QueryGroup):
-                groups[name] = made
-            elif made is not None:
-                groups.update((f"{name}_{key}", group) for key, group in made.items())
+            if not isinstance(made, Mapping):
+                raise TypeError(f"group source {name!r} returned a {type(made).__name__}: a GroupSource returns "
+                                "{key: QueryGroup}, the same keys every step (a group without queries where there is nothing to supervise)")
+            groups.update((f"{name}_{key}" if key != "" else name, group) for key, group in made.items())
         return groups
 
-    def decoder_routes(self) -> Optional[Dict[str, nn.Module]]:
-        """The routes the decoder runs: all in training, none at inference (inference costs what the
-        baseline costs) unless ``eval_route`` names one to evaluate."""
+    def decoder_variants(self) -> Optional[Dict[str, nn.Module]]:
+        """The variants the decoder runs: all in training, none at inference (inference costs what the
+        baseline costs) unless ``eval_variant`` names one to evaluate."""
         if self.training:
-            return self.routes
-        return None if self.eval_route is None else {self.eval_route: self.routes[self.eval_route]}
+            return dict(self.variants)
+        return None if self.eval_variant is None else {self.eval_variant: self.variants[self.eval_variant]}
 
     def inference_predictions(self, out: DecoderOutput) -> LayerPredictions:
-        """The predictions inference post-processes: the primary route's (or ``eval_route``'s) last decoder layer."""
-        if self.eval_route is None:
+        """The predictions inference post-processes: the primary queries' (or ``eval_variant``'s) last decoder layer."""
+        if self.eval_variant is None:
             return out.layers[-1]
-        final = out.routes[self.eval_route][-1]
+        final = out.variants[self.eval_variant][-1]
         if final is None:
-            raise ValueError(f"route {self.eval_route!r} has no branch in the last decoder layer")
+            raise ValueError(f"variant {self.eval_variant!r} has no layer variant in the last decoder layer")
         return final
 
     @staticmethod
@@ -259,69 +263,50 @@ class DeformableDETR(nn.Module):
 
     def losses(self, out: DecoderOutput, batch: TrainingBatch, groups: Optional[Dict[str, QueryGroup]] = None):
         """(weighted losses, matching indices): "primary" (one list entry per decoder layer), "enc", and
-        one list per route, query group and extra output under its name."""
-        targets, num_boxes, groups = batch.targets, batch.num_boxes, groups or {}
-        losses: Dict[str, torch.Tensor] = {}
-        matching: Dict[str, List] = {}
-
-        def add(criterion, predictions, key, prefix, suffix, layer, scale=1.0, group=None, indices=None, targets=targets):
-            context = LossContext(layer=layer, name=key, batch=batch, group=group, matching=matching)
-            terms, matched = criterion(predictions["logits"], predictions["boxes"], targets, num_boxes, indices=indices,
-                                       valid=predictions.get("valid"), context=context)
-            losses.update({f"{prefix}{k}{suffix}": v * scale for k, v in terms.items()})
-            matching.setdefault(key, []).append(matched)
-
+        one list per variant, query group and extra output under its name."""
+        book = LossBook(batch, self.heads, len(out.layers))
         last = len(out.layers) - 1
         for i, layer in enumerate(out.layers):
-            add(self.criterion, vars(layer), "primary", "", "" if i == last else f"_{i}", i)
+            book.add_layer(self.criterion, layer, "primary", "", "" if i == last else f"_{i}", i)
             for name, criterion in self.extra_output_criteria.items():
                 extra = layer.extras.get(name)
                 if isinstance(extra, LayerPredictions):
-                    add(criterion, vars(extra), name, f"{name}/", f"_{i}", i)
-        enc_targets = targets
-        if self.transformer.enc_class_agnostic:
-            enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-        selections = [("enc", "", batch.selection)] + [(f"{name}/enc", f"{name}/", s) for name, s in batch.route_selections.items()]
-        for key, prefix, selection in selections:
-            enc = selection.encoder_predictions
-            if enc is not None:
-                indices = None
-                if self.enc_anchor_matcher is not None:  # pairs from the proposal anchors, not the predictions
-                    indices = self.enc_anchor_matcher(enc["logits"], enc["anchors"], enc_targets, valid=enc.get("valid"))
-                add(self.enc_criterion or self.criterion, enc, key, prefix, "_enc", "enc", self.enc_loss_weight,
-                    indices=indices, targets=enc_targets)
-        for name, layers in out.routes.items():
-            route = self.routes[name]
+                    book.add(criterion, extra.logits, extra.boxes, extra.valid, name, f"{name}/", f"_{i}", i)
+        self.encoder_losses(book, batch)
+        for name, layers in out.variants.items():
+            variant = self.variants[name]
             for i, layer in enumerate(layers):
                 if layer is not None:
-                    add(route.criterion, vars(layer), name, f"{name}/", f"_{i}", i, route.loss_scale)
+                    book.add_layer(variant.criterion, layer, name, f"{name}/", f"_{i}", i, variant.loss_scale)
         for name, layers in out.groups.items():
-            group = groups[name]
+            group = (groups or {})[name]
             for i, layer in enumerate(layers):
-                add(group.criterion, vars(layer), name, f"{name}/", f"_{i}", i, group.loss_scale, group, group.indices)
-        return losses, matching
+                book.add_layer(group.criterion, layer, name, f"{name}/", f"_{i}", i, group.loss_scale, group)
+        return book.losses, book.matching
 
-    def inference(self, logits, boxes, image_sizes, batched_inputs):
-        """Top-k over queries x classes (Deformable DETR's post-processing), boxes back to input size;
-        k = ``select_box_nums_for_evaluation`` (after NMS with ``eval_nms_threshold``)."""
-        num_classes = logits.shape[-1]
-        num_select = self.select_box_nums_for_evaluation
-        nms = self.eval_nms_threshold is not None
-        k = min(max(self.eval_pre_nms_topk, num_select) if nms else num_select, logits.shape[1] * num_classes)
-        scores, flat = logits.sigmoid().flatten(1).topk(k, dim=1)
-        query, labels = flat // num_classes, flat % num_classes
-        boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            instances = Instances((h, w))
-            instances.pred_boxes = Boxes(boxes[i] * torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device))
-            instances.pred_boxes.clip((h, w))
-            instances.scores = scores[i]
-            instances.pred_classes = labels[i]
-            x = batched_inputs[i]
-            instances = detector_postprocess(instances, x.get("height", h), x.get("width", w))
-            if nms:
-                keep = batched_nms(instances.pred_boxes.tensor, instances.scores, instances.pred_classes, self.eval_nms_threshold)
-                instances = instances[keep[:num_select]]
-            results.append({"instances": instances})
-        return results
+    def encoder_losses(self, book: LossBook, batch: TrainingBatch):
+        """The two-stage encoder loss of the primary selection ("enc") and of every variant's own one."""
+        targets = batch.targets
+        if self.transformer.enc_class_agnostic:
+            targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+        selections = [("enc", "", batch.selection)] + [(f"{name}/enc", f"{name}/", s) for name, s in batch.variant_selections.items()]
+        for name, prefix, selection in selections:
+            enc = selection.encoder_predictions
+            if enc is None:
+                continue
+            indices = None
+            if self.enc_anchor_matcher is not None:  # pairs from the proposal anchors, not the predictions
+                indices = self.enc_anchor_matcher(enc["logits"], enc["anchors"], targets, valid=enc.get("valid"))
+            book.add(self.enc_criterion or self.criterion, enc["logits"], enc["boxes"], enc.get("valid"), name, prefix, "_enc",
+                     "enc", self.enc_loss_weight, indices=indices, targets=targets)
+
+    def check_loss_keys(self, losses: Dict[str, torch.Tensor]):
+        """Every training step gives the first step's loss keys: detectron2 averages metrics across
+        processes by the first process's keys, so a key missing on one process ends a DDP run."""
+        keys = frozenset(losses)
+        if self._loss_keys is None:
+            self._loss_keys = keys
+        elif keys != self._loss_keys:
+            raise RuntimeError(f"the loss keys changed from one training step to the next (missing: {sorted(self._loss_keys - keys)}, "
+                               f"new: {sorted(keys - self._loss_keys)}): every extension must give the same keys every step "
+                               "(a group source: the same groups, empty where there is nothing to supervise)")

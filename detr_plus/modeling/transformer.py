@@ -19,41 +19,21 @@ layer's boxes, DAB / DINO). "embedding" needs "static", "anchors" needs "box_sin
 inits take either.
 """
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..layers import MLP, box_sine_embedding
-from .decoder import DecoderOutput, DeformableDecoder
+from .contracts import DecoderOutput, DecoderQueries, EncoderState, QueryGroup, QuerySelection
+from .decoder import DeformableDecoder
 from .encoder import DeformableEncoder
-from .groups import QueryGroup
-from .structures import DecoderQueries, EncoderState
+from .heads import init_detection_heads
 
 QUERY_INITS = ("embedding", "anchors", "proposals", "mixed")
 POSITION_OF_INIT = {"embedding": "static", "anchors": "box_sine"}
 TWO_STAGE_INITS = ("proposals", "mixed")
 ENC_LOSS_TOKENS = ("topk", "all")
-
-
-def init_proposal_heads(class_head: nn.Linear, box_head: MLP):
-    """The two-stage proposal heads' init: class prior probability 0.01, zero box offsets (a token's
-    box starts at its proposal)."""
-    nn.init.constant_(class_head.bias, -4.59511985)
-    nn.init.zeros_(box_head.layers[-1].weight)
-    nn.init.zeros_(box_head.layers[-1].bias)
-
-
-@dataclass
-class QuerySelection:
-    """The primary queries and what the encoder loss reads."""
-
-    queries: DecoderQueries
-    # Two-stage only: the encoder's class logits / boxes (and validity) over the tokens its loss
-    # covers (the top-k, or every token), and the encoder positions of the selected proposals.
-    encoder_predictions: Optional[Dict[str, torch.Tensor]] = None
-    topk_indices: Optional[torch.Tensor] = None  # (B, Q)
 
 
 class DeformableTransformer(nn.Module):
@@ -117,7 +97,7 @@ class DeformableTransformer(nn.Module):
                     module.reset_parameters()
         nn.init.normal_(self.level_embed)
         if self.two_stage:
-            init_proposal_heads(self.enc_class_head, self.enc_box_head)
+            init_detection_heads(self.enc_class_head, self.enc_box_head)
         if self.query_init == "embedding":
             nn.init.constant_(self.reference_points.bias, 0.0)
         if self.query_init == "anchors":  # spread over the image
@@ -172,7 +152,7 @@ class DeformableTransformer(nn.Module):
 
         ``heads``: (class head, box head) to score and regress the encoder tokens with instead of the
         transformer's own (two-stage only): another top-k selection from the same encoder output,
-        with the same learned content queries (Mr. DETR's Route-3, ``RouteQuerySelection``)."""
+        with the same learned content queries (Mr. DETR's Route-3, ``VariantQuerySelection``)."""
         batch = state.memory.shape[0]
         d_model = self.decoder.d_model
         if self.query_init == "embedding":
@@ -228,14 +208,14 @@ class DeformableTransformer(nn.Module):
         return DecoderQueries(content, boxes, position)
 
     # --- decoder -------------------------------------------------------------------------------
-    def decode(self, queries: DecoderQueries, state: EncoderState, routes: Optional[Mapping] = None,
-               groups: Optional[Mapping[str, QueryGroup]] = None, route_queries: Optional[Mapping[str, DecoderQueries]] = None) -> DecoderOutput:
+    def decode(self, queries: DecoderQueries, state: EncoderState, variants: Optional[Mapping] = None,
+               groups: Optional[Mapping[str, QueryGroup]] = None, variant_queries: Optional[Mapping[str, DecoderQueries]] = None) -> DecoderOutput:
         """Decode any given queries (the selected ones, an EMA teacher's, several query groups, a
-        route's own initial queries)."""
-        return self.decoder(queries, state, routes=routes, groups=groups, route_queries=route_queries)
+        variant's own initial queries)."""
+        return self.decoder(queries, state, variants=variants, groups=groups, variant_queries=variant_queries)
 
-    def forward(self, features, masks, pos_embeds, routes: Optional[Mapping] = None, groups: Optional[Mapping] = None):
+    def forward(self, features, masks, pos_embeds, variants: Optional[Mapping] = None, groups: Optional[Mapping] = None):
         """(decoder output, query selection, encoder state)."""
         state = self.encode(features, masks, pos_embeds)
         selection = self.select_queries(state)
-        return self.decode(selection.queries, state, routes=routes, groups=groups), selection, state
+        return self.decode(selection.queries, state, variants=variants, groups=groups), selection, state

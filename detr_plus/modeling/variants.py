@@ -1,82 +1,167 @@
-"""Training routes: extra ways to supervise the shared decoder that exist only in training (DESIGN.md).
+"""Decoder variants: extra ways to supervise the shared decoder that exist only in training.
 
-A ``TrainingRoute`` gives each decoder layer an optional ``LayerBranch`` (its per-layer module
-variants) and owns the criterion (matcher + losses + weights) its predictions are trained with.
-The meta-architecture runs routes only in training; at inference only the primary route exists,
-and ``strip_training_routes`` turns a method's checkpoint into a plain baseline checkpoint.
+A ``TrainingVariant`` gives each decoder layer an optional ``LayerVariant`` (the blocks it replaces
+for its queries) and owns the criterion its predictions are trained with (``DecoderVariant`` in
+``contracts``). ``VariantStreams`` carries every variant's state through one decoder pass. The
+meta-architecture runs variants only in training; ``strip_training_parts`` turns a method's
+checkpoint into a plain baseline checkpoint.
 """
-from typing import Dict, Optional, Sequence
+import re
+from dataclasses import replace
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from torch import nn
 
 from ..layers import MLP
-from .criterion import SetCriterion
-from .decoder import LayerBranch
-from .structures import EncoderState
-from .transformer import DeformableTransformer, QuerySelection, init_proposal_heads
+from .blocks import FFN, FFNBlock
+from .contracts import (DecoderQueries, DecoderVariant, EncoderState, LayerOutput, LayerVariant, QueryContext,
+                        QuerySelection, QueryStream, Stream)
+from .groups import JointQueries
+from .heads import init_detection_heads
 
-ROUTES_PREFIX = "routes."
-TRAINING_ONLY_PREFIXES = (ROUTES_PREFIX, "query_groups.", "extra_output_criteria.")
+TRAINING_ONLY_PREFIXES = ("variants.", "group_sources.", "extra_output_criteria.")
+# Checkpoints written before the core v3 names (issue #25): old prefix -> new prefix; a route's
+# per-layer "branches" are a variant's "layer_variants".
+LEGACY_PREFIXES = {"routes.": "variants.", "query_groups.": "group_sources."}
+LEGACY_BRANCHES = re.compile(r"^routes\.([^.]+)\.branches\.")
 
 
-class TrainingRoute(nn.Module):
-    """``branches``: one ``LayerBranch`` (or None to skip that layer) per decoder layer.
-    ``loss_scale`` multiplies every loss of the route (e.g. 1/N for N LoRA-DETR branches).
-    ``own_stream``: the route's output of a layer (queries and refined boxes) is its input to the
+class TrainingVariant(nn.Module):
+    """``layer_variants``: one ``LayerVariant`` (or None to skip that layer) per decoder layer.
+    ``loss_scale`` multiplies every loss of the variant (e.g. 1/N for N LoRA-DETR branches).
+    ``own_stream``: the variant's output of a layer (queries and refined boxes) is its input to the
     next layer, i.e. a full pass through the weight-shared decoder (Mr. DETR's routes); otherwise
-    every layer's branch reads the primary route's state and only the primary output goes on
-    (LoRA-DETR's branches).
-    ``detach_reference``: the route's boxes are refined from its input reference without the
+    every layer's variant reads the primary state and only the primary output goes on (LoRA-DETR's
+    branches).
+    ``detach_reference``: the variant's boxes are refined from its input reference without the
     look-forward-twice graph, so its box losses send no gradient into the previous layer's
-    refinement (LoRA-DETR's public code refines the o2m branches from the primary route's detached
+    refinement (LoRA-DETR's public code refines its branches from the primary queries' detached
     reference).
-    ``query_selection``: a ``RouteQuerySelection`` (two-stage models, ``own_stream`` routes): the
-    route starts from its own top-k encoder proposals instead of the primary queries, and its
+    ``query_selection``: a ``VariantQuerySelection`` (two-stage models, ``own_stream`` variants): the
+    variant starts from its own top-k encoder proposals instead of the primary queries, and its
     selection gets an encoder loss of its own (``{name}/loss_*_enc``)."""
 
-    def __init__(self, branches: Sequence[Optional[LayerBranch]], criterion: SetCriterion, loss_scale: float = 1.0,
+    def __init__(self, layer_variants: Sequence[Optional[LayerVariant]], criterion: nn.Module, loss_scale: float = 1.0,
                  own_stream: bool = False, detach_reference: bool = False, query_selection: Optional[nn.Module] = None):
         super().__init__()
         if query_selection is not None and not own_stream:
-            raise ValueError("a route with its own query_selection must carry its own stream (own_stream=True)")
+            raise ValueError("a variant with its own query_selection must carry its own stream (own_stream=True)")
+        if own_stream and any(v is None for v in layer_variants):
+            raise ValueError("a variant with own_stream=True needs a LayerVariant in every decoder layer (LayerVariant() shares all)")
         self.query_selection = query_selection
-        if own_stream and any(b is None for b in branches):
-            raise ValueError("a route with own_stream=True needs a branch in every decoder layer (LayerBranch() shares all)")
         self.own_stream, self.detach_reference = own_stream, detach_reference
-        self.branches = nn.ModuleList(b if b is not None else nn.Identity() for b in branches)
+        self.layer_variants = nn.ModuleList(v if v is not None else nn.Identity() for v in layer_variants)
         self.criterion = criterion
         self.loss_scale = loss_scale
 
-    def layer_branch(self, layer_index: int) -> Optional[LayerBranch]:
-        if layer_index >= len(self.branches):
+    def layer_variant(self, layer_index: int) -> Optional[LayerVariant]:
+        if layer_index >= len(self.layer_variants):
             return None
-        branch = self.branches[layer_index]
-        return branch if isinstance(branch, LayerBranch) else None
+        variant = self.layer_variants[layer_index]
+        return variant if isinstance(variant, LayerVariant) else None
 
 
-class RouteQuerySelection(nn.Module):
-    """A route's own two-stage query selection: its own encoder class and box heads score and regress
-    the shared encoder output, and its top-k proposals give the route its own reference boxes (and,
-    in static-position models, positions); the learned content queries are the primary ones
-    (Mr. DETR's Route-3, papers/README.md "Route-3 has its OWN query selection"). ``num_classes``:
-    1 for a class-agnostic proposal head, like the transformer's ``enc_class_agnostic``."""
+class OwnFFNVariant(LayerVariant):
+    """A layer variant with its own FFN weights (both linears) inside the layer's shared residual and
+    norm: Mr. DETR's Route-1 (a variant with its own stream) and LoRA-DETR's "naive" multi-FFN
+    architecture (Fig. 1(c), reading the primary queries' post-cross-attention state)."""
+
+    replaces_ffn = True
+
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+        super().__init__()
+        self.ffn = FFN(d_model, d_ffn, dropout)
+
+    def feed_forward(self, query, context: QueryContext, shared: FFNBlock):
+        return shared(query, context, ffn=self.ffn)
+
+
+class VariantQuerySelection(nn.Module):
+    """A variant's own two-stage query selection: its own encoder class and box heads score and
+    regress the shared encoder output, and its top-k proposals give the variant its own reference
+    boxes (and, in static-position models, positions); the learned content queries are the primary
+    ones (Mr. DETR's Route-3 in the authors' code, docs/authors_code_facts.md#mr-detr).
+    ``num_classes``: 1 for a class-agnostic proposal head, like the transformer's
+    ``enc_class_agnostic``."""
 
     def __init__(self, d_model: int, num_classes: int):
         super().__init__()
         self.class_head = nn.Linear(d_model, num_classes)
         self.box_head = MLP(d_model, d_model, 4, 3)
-        init_proposal_heads(self.class_head, self.box_head)
+        init_detection_heads(self.class_head, self.box_head)
 
-    def forward(self, transformer: DeformableTransformer, state: EncoderState) -> QuerySelection:
+    def forward(self, transformer, state: EncoderState) -> QuerySelection:
+        """``transformer``: the model's ``DeformableTransformer``."""
         if not transformer.two_stage:
-            raise ValueError("RouteQuerySelection needs a two-stage transformer (query_init 'proposals' or 'mixed')")
+            raise ValueError("VariantQuerySelection needs a two-stage transformer (query_init 'proposals' or 'mixed')")
         if self.class_head.out_features != transformer.enc_class_head.out_features:
-            raise ValueError(f"RouteQuerySelection has {self.class_head.out_features} proposal classes, "
+            raise ValueError(f"VariantQuerySelection has {self.class_head.out_features} proposal classes, "
                              f"the transformer's proposal head {transformer.enc_class_head.out_features}")
         return transformer.select_queries(state, heads=(self.class_head, self.box_head))
 
 
-def strip_training_routes(state_dict: Dict) -> Dict:
-    """Drop every training-only parameter (``routes.*``, ``query_groups.*``, ``extra_output_criteria.*``)
-    so the state dict loads into the baseline."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+class VariantStreams:
+    """Every variant's state through one decoder pass, and its per-layer predictions.
+
+    A variant without its own stream branches from the primary state in every layer. A variant with
+    ``own_stream`` reads the primary stream until its first layer has run (or starts from its own
+    ``starts[name]`` queries: its own query selection), then its own queries and boxes; it carries
+    the query groups' queries too (masked as in the primary pass) and its predictions keep only
+    the primary queries' part."""
+
+    def __init__(self, variants: Optional[Mapping[str, DecoderVariant]], joint: JointQueries,
+                 starts: Optional[Mapping[str, DecoderQueries]] = None):
+        self.variants = dict(variants or {})
+        self.states: Dict[str, QueryStream] = {}
+        for name, start in (starts or {}).items():
+            if name not in self.variants or not self.variants[name].own_stream:
+                raise ValueError(f"variant_queries[{name!r}]: only a decoded variant with own_stream=True starts from its own queries")
+            if len(start) != joint.sizes[0]:
+                raise ValueError(f"variant_queries[{name!r}] has {len(start)} queries, the primary ones {joint.sizes[0]}")
+            self.states[name] = QueryStream.start(joint.with_groups(start))
+        self.predictions: Dict[str, list] = {name: [] for name in self.variants}
+
+    def layer_variants(self, index: int) -> Dict[str, LayerVariant]:
+        chosen = {name: variant.layer_variant(index) for name, variant in self.variants.items()}
+        return {name: v for name, v in chosen.items() if v is not None}
+
+    def streams(self, context_of: Callable[[QueryStream], QueryContext]) -> Dict[str, Stream]:
+        return {name: Stream(state.query, context_of(state)) for name, state in self.states.items()}
+
+    def advance(self, index: int, result: LayerOutput, primary: QueryStream, step) -> None:
+        """Record layer ``index``'s predictions of every variant (None where it has no layer variant)
+        and move the own streams on; ``step`` is the decoder's (predictions, next state) function."""
+        for name, variant in self.variants.items():
+            hidden = result.variants.get(name)
+            if hidden is None:
+                self.predictions[name].append(None)
+                continue
+            source = self.states.get(name, primary)
+            if variant.detach_reference:
+                source = replace(source, reference_for_grad=source.reference)
+            predictions, following = step(index, hidden, source, result.variant_updated.get(name))
+            if variant.own_stream:
+                self.states[name] = following
+            self.predictions[name].append(predictions)
+
+
+def strip_training_parts(state_dict: Dict) -> Dict:
+    """Drop every training-only parameter (``variants.*``, ``group_sources.*``,
+    ``extra_output_criteria.*``, and the same under the names of older checkpoints) so the state
+    dict loads into the baseline."""
+    prefixes = TRAINING_ONLY_PREFIXES + tuple(LEGACY_PREFIXES)
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+
+def rename_legacy_keys(state_dict: Dict) -> Dict:
+    """A state dict with the parameter names of core v3 (``routes.*`` -> ``variants.*``,
+    ``query_groups.*`` -> ``group_sources.*``); other keys as they are."""
+    renamed = {}
+    for key, value in state_dict.items():
+        key = LEGACY_BRANCHES.sub(r"routes.\1.layer_variants.", key)
+        for old, new in LEGACY_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    return renamed

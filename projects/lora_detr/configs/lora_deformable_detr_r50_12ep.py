@@ -10,8 +10,8 @@ from ....configs.deformable_detr.deformable_detr_two_stage_r50_12ep import datal
 from .models.lora_detr import lora_detr as _lora_detr  # "_": not itself a key of this config
 
 model.update(_lora_detr)
-# The authors' code: "sampling offsets train at the full LR (only the box head is x0.1)"
-# (papers/README.md); the baseline's recipe has them at x0.1. Backbone stays at x0.1.
+# In the authors' code the sampling offsets train at the full LR and only the box head is at x0.1
+# (docs/authors_code_facts.md#lora-detr-optimiser); the baseline's recipe has them at x0.1. Backbone stays at x0.1.
 optimizer.lr_factors.pop("sampling_offsets")
 optimizer.lr_factors.box_heads = 0.1  # the decoder's box-regression heads (transformer.decoder.box_heads)
 train.output_dir = "./output/lora_deformable_detr_r50_12ep"

@@ -1,6 +1,6 @@
 """LoRA-DETR on the CPU-sized Deformable-DETR++ of ``configs/shapes/deformable_detr_tiny.py``
 (synthetic shapes, d_model 128, 3 decoder layers, 100 queries): N_aux = 3, k {2, 4, 6}, rank 32.
-N_aux = 1: ``model.routes.ks=[6]``. ``lora_detr_shapes_tiny_vfl_plus_baseline.py`` is this config
+N_aux = 1: ``model.variants.ks=[6]``. ``lora_detr_shapes_tiny_vfl_plus_baseline.py`` is this config
 without the branches (same VFL+ primary loss and LR factors); the focal baseline is the core tiny
 config itself.
 """

@@ -5,5 +5,5 @@ and no auxiliary branch (N_aux = 0). Table 7 counts the assignment-quality loss 
 """
 from .lora_detr_shapes_tiny import dataloader, lr_multiplier, model, optimizer, train
 
-model.routes = None
+model.variants = None
 train.output_dir = "./output/lora_detr_shapes_tiny_vfl_plus_baseline"

@@ -1,6 +1,6 @@
 from .criterion import O2OMergedCriterion, union_pairs
 from .lora import LORA_INITS, LoRAFFNBranch, lora_param_count
-from .routes import DEFAULT_VFL_SCALE, TABLE4_DIVERSE_K, TABLE4_IDENTICAL_K, build_lora_routes
+from .branches import DEFAULT_VFL_SCALE, TABLE4_DIVERSE_K, TABLE4_IDENTICAL_K, build_lora_branches
 
 __all__ = ["O2OMergedCriterion", "union_pairs", "LORA_INITS", "LoRAFFNBranch", "lora_param_count", "DEFAULT_VFL_SCALE",
-           "TABLE4_DIVERSE_K", "TABLE4_IDENTICAL_K", "build_lora_routes"]
+           "TABLE4_DIVERSE_K", "TABLE4_IDENTICAL_K", "build_lora_branches"]

@@ -1,7 +1,7 @@
 """A LoRA branch's criterion that adds the layer's one-to-one positives to its one-to-many ones.
 
-The 900-query recipe of LoRA-DETR's public code "adds the o2o positives to each branch's positives"
-(papers/README.md, "More facts ... LoRA-DETR"); the paper does not mention it. The core hands a
+In the 900-query recipe of LoRA-DETR's public code each branch's positives also include the o2o
+positives (docs/authors_code_facts.md#lora-detr-one-to-many-assignment); the paper does not mention it. The core hands a
 route's criterion the primary (one-to-one) pairs of the same decoder layer in
 ``LossContext.matching["primary"][context.layer]`` (the primary losses are computed first).
 """
@@ -9,8 +9,7 @@ from typing import Tuple
 
 import torch
 
-from detr_plus.modeling import SetCriterion
-from detr_plus.modeling.criterion import Indices, LossContext
+from detr_plus.modeling import Indices, LossContext, SetCriterion
 
 
 def union_pairs(pairs: Indices, extra: Indices) -> Tuple[Indices, Indices]:

@@ -1,6 +1,6 @@
 """LoRA branches on the decoder FFN (LoRA-DETR Eq. 2-6, Fig. 1(d)).
 
-A branch is a ``LayerBranch`` of the shared core: the decoder layer hands it the layer's shared
+A branch is a ``LayerVariant`` of the shared core: the decoder layer hands it the layer's shared
 post-cross-attention state (``CA o SA (Q_j)``, Eq. 6) and its shared ``FFNBlock``; the branch runs
 the block's FFN with its own low-rank updates inside the block's residual and shared norm. Its
 output feeds only that layer's one-to-many prediction through the shared heads; only the primary
@@ -11,13 +11,12 @@ import math
 import torch
 from torch import nn
 
-from detr_plus.modeling import LayerBranch
-from detr_plus.modeling.blocks import FFN, FFNBlock, QueryContext
+from detr_plus.modeling import FFN, FFNBlock, LayerVariant, QueryContext
 
 LORA_INITS = ("zero_b", "normal", "xavier")
 
 
-class LoRAFFNBranch(LayerBranch):
+class LoRAFFNBranch(LayerVariant):
     """``FFN^{+LoRA_i}(x) = W2^i act(W1^i x + b1) + b2`` with ``W_j^i = W_j + s B_j^i A_j^i`` (Eq. 3-4).
 
     The base weights ``W_j, b_j`` are the SHARED FFN's (``shared.ffn.linear1/linear2``) and are not
@@ -26,7 +25,8 @@ class LoRAFFNBranch(LayerBranch):
     ``A_j, B_j``. Shapes: ``A1 (r, d)``, ``B1 (d_ffn, r)``, ``A2 (r, d_ffn)``, ``B2 (d, r)``, i.e.
     ``2 r (d + d_ffn)`` parameters per branch and layer (``lora_param_count``).
 
-    ``init`` (papers/README.md: "make the init configurable, default zero B"):
+    ``init`` (the authors' two public copies differ, so it is a switch whose default is B = 0;
+    docs/authors_code_facts.md#lora-detr-branches-and-lora-initialisation):
       * "zero_b" (default): B = 0 and A as ``nn.Linear``'s Kaiming-uniform, so the branch starts equal
         to the main FFN (one public copy of the code);
       * "normal": A, B ~ N(0, 1) / sqrt(r), what the other public copy draws;

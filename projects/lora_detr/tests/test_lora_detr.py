@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.route_nms_case import nms_case  # run from the repository root, as make test does
+from route_nms_case import nms_case  # tests/route_nms_case.py (pytest.ini: pythonpath = tests)
 import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 
 from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.optim import build_adamw
-from detr_plus.modeling import DeformableDETR, OneToManyMatcher, OwnFFNBranch, strip_training_routes
-from detr_plus.modeling.blocks import FFNBlock
-from detr_plus.modeling.criterion import LossContext
+from detr_plus.modeling import (DeformableDETR, FFNBlock, FocalLoss, LossContext, OneToManyMatcher, OwnFFNVariant, VarifocalPlusLoss,
+                                 strip_training_parts)
 from detr_plus.modeling.matcher import matching_quality
-from projects.lora_detr.modeling import (TABLE4_DIVERSE_K, LoRAFFNBranch, O2OMergedCriterion, build_lora_routes,
-                                         lora_param_count, union_pairs)
+from detr_plus_projects.lora_detr.modeling import (TABLE4_DIVERSE_K, LoRAFFNBranch, O2OMergedCriterion, build_lora_branches,
+                                                   lora_param_count, union_pairs)
 
 REPO = Path(__file__).resolve().parents[3]
 PROJECT_CONFIGS = REPO / "projects" / "lora_detr" / "configs"
@@ -56,10 +55,10 @@ def synthetic_batch(seed=0):
     return batch
 
 
-def decode_all_routes(model, batch):
+def decode_all_branches(model, batch):
     images, masks = model.preprocess_images(batch)
     features, level_masks, pos = model.extract_features(images, masks)
-    out, _, _ = model.transformer(features, level_masks, pos, routes=model.routes)
+    out, _, _ = model.transformer(features, level_masks, pos, variants=model.variants)
     return out
 
 
@@ -92,7 +91,7 @@ def test_zero_b_branch_equals_main_ffn_exactly_and_follows_eq_3_4():
 
 
 def test_xavier_init_draws_a_and_b_within_the_xavier_bounds():
-    """init="xavier" (the authors' effective init, papers/README.md): U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
+    """init="xavier" (the authors' effective init, docs/authors_code_facts.md#lora-detr-branches-and-lora-initialisation): U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
     on each of A1 (32 x 128), B1 (512 x 32), A2 (32 x 512), B2 (128 x 32); B is not zero."""
     torch.manual_seed(0)
     branch = LoRAFFNBranch(D_MODEL, D_FFN, rank=RANK, init="xavier")
@@ -106,9 +105,9 @@ def test_xavier_init_draws_a_and_b_within_the_xavier_bounds():
         assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # std of U(-a, a)
     block, query = FFNBlock(D_MODEL, D_FFN), torch.randn(2, 7, D_MODEL)
     assert not torch.allclose(branch.feed_forward(query, None, block), block(query))  # B != 0: differs from the main FFN
-    # Through the config: the model keeps the xavier draw (the core's xavier pass does not touch routes).
-    model = build(tiny_cfg(LORA_TINY, "model.routes.init=xavier"))
-    b2 = model.routes["aux2"].branches[1].lora_b2
+    # Through the config: the model keeps the xavier draw (the core's xavier pass does not touch variants).
+    model = build(tiny_cfg(LORA_TINY, "model.variants.init=xavier"))
+    b2 = model.variants["aux2"].layer_variants[1].lora_b2
     assert 0.99 * bounds["lora_b2"] < b2.abs().max() <= bounds["lora_b2"]
 
 
@@ -120,10 +119,10 @@ def test_zero_b_branches_predict_what_the_main_branch_predicts_in_every_layer():
         for block in (layer.self_attn, layer.cross_attn):
             block.register_forward_hook(lambda module, args, output: calls.append(module))
     with torch.no_grad():
-        out = decode_all_routes(model, synthetic_batch())
+        out = decode_all_branches(model, synthetic_batch())
     assert len(calls) == 2 * NUM_LAYERS and len(set(map(id, calls))) == 2 * NUM_LAYERS
-    assert list(out.routes) == ["aux0", "aux1", "aux2"]
-    for layers in out.routes.values():
+    assert list(out.variants) == ["aux0", "aux1", "aux2"]
+    for layers in out.variants.values():
         assert len(layers) == NUM_LAYERS
         for primary, branch in zip(out.layers, layers):
             for field in ("hidden", "logits", "boxes"):
@@ -142,7 +141,7 @@ def test_auxiliary_losses_reach_the_shared_base_ffn():
     for i, layer in enumerate(model.transformer.decoder.layers):
         for linear in (layer.ffn.ffn.linear1, layer.ffn.ffn.linear2):
             assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0, f"layer {i}: no aux gradient"
-        branch = model.routes["aux0"].branches[i]
+        branch = model.variants["aux0"].layer_variants[i]
         assert branch.lora_b1.grad.abs().sum() > 0 and branch.lora_b2.grad.abs().sum() > 0
         assert branch.lora_a1.grad.abs().sum() == 0  # dL/dA = s B^T (...) = 0 while B = 0
 
@@ -157,13 +156,13 @@ def test_auxiliary_losses_reach_the_shared_base_ffn():
 def test_naive_ffn_branches_leave_the_last_base_ffn_without_auxiliary_gradient():
     """Fig. 1(c): each branch has its own FFN, so the last layer's base FFN gets no auxiliary gradient."""
     cfg = tiny_cfg()
-    cfg.model.routes.naive = True
+    cfg.model.variants.naive = True
     model = build(cfg).train()
-    assert all(isinstance(b, OwnFFNBranch) for route in model.routes.values() for b in route.branches)
+    assert all(isinstance(b, OwnFFNVariant) for variant in model.variants.values() for b in variant.layer_variants)
     losses = model(synthetic_batch())
     sum(v for k, v in losses.items() if "/" in k).backward()
     assert model.transformer.decoder.layers[-1].ffn.ffn.linear1.weight.grad is None
-    assert model.routes["aux0"].branches[-1].ffn.linear1.weight.grad.abs().sum() > 0
+    assert model.variants["aux0"].layer_variants[-1].ffn.linear1.weight.grad.abs().sum() > 0
     assert model.transformer.decoder.layers[0].ffn.ffn.linear1.weight.grad.abs().sum() > 0  # via layer 1's input
 
 
@@ -173,20 +172,20 @@ def box_head_grad(loss, head):
 
 
 def test_branch_box_losses_reach_no_earlier_box_head_with_a_detached_reference():
-    """The authors' code refines the o2m branches' boxes from the primary route's DETACHED reference
-    (papers/README.md; ``routes.detach_reference``, default True): a branch's layer-1 box loss reaches
+    """The authors' code refines the o2m branches' boxes from the primary queries' DETACHED reference
+    (docs/authors_code_facts.md#lora-detr-branches-and-lora-initialisation; ``variants.detach_reference``, default True): a branch's layer-1 box loss reaches
     box_heads[1] only, while the primary layer-1 loss reaches box_heads[0] through look-forward-twice
     (and so does a branch's without the option). The loss values do not depend on the option."""
-    assert tiny_cfg().model.routes.detach_reference is True
+    assert tiny_cfg().model.variants.detach_reference is True
     values = {}
     for detach in (True, False):
-        model = build(tiny_cfg(LORA_TINY, f"model.routes.detach_reference={detach}")).train()
+        model = build(tiny_cfg(LORA_TINY, f"model.variants.detach_reference={detach}")).train()
         assert model.transformer.decoder.look_forward_twice
-        assert all(route.detach_reference == detach for route in model.routes.values())
+        assert all(variant.detach_reference == detach for variant in model.variants.values())
         losses = model(synthetic_batch())
         heads = model.transformer.decoder.box_heads
         assert box_head_grad(losses["loss_bbox"] + losses["loss_giou"], heads[0]) > 0  # primary, layer 1 (the last)
-        for name in model.routes:
+        for name in model.variants:
             branch_box = losses[f"{name}/loss_bbox_1"] + losses[f"{name}/loss_giou_1"]
             assert box_head_grad(branch_box, heads[1]) > 0
             reached = box_head_grad(branch_box, heads[0])
@@ -216,14 +215,14 @@ def random_predictions(num_queries=40, num_classes=3, seed=0):
 
 @pytest.mark.parametrize("taus,alphas", [(None, None), ((0.3, 0.4, 0.5), None), (None, (0.1, 0.3, 0.5))])
 def test_each_branch_assigns_at_most_k_positives_per_gt_above_tau(taus, alphas):
-    routes = build_lora_routes(1, 16, 32, ks=TABLE4_DIVERSE_K[3], taus=taus, alphas=alphas)
+    branches = build_lora_branches(1, 16, 32, ks=TABLE4_DIVERSE_K[3], taus=taus, alphas=alphas)
     logits, boxes, targets = random_predictions()
-    for i, route in enumerate(routes.values()):
-        matcher, criterion = route.criterion.matcher, route.criterion
+    for i, branch in enumerate(branches.values()):
+        matcher, criterion = branch.criterion.matcher, branch.criterion
         k, tau, alpha = TABLE4_DIVERSE_K[3][i], (taus or [0.4] * 3)[i], (alphas or [0.3] * 3)[i]
         assert (matcher.topk, matcher.threshold, matcher.class_weight) == (k, tau, alpha)
-        assert criterion.quality == "matching_score" and criterion.quality_class_weight == alpha
-        assert route.loss_scale == pytest.approx(1 / 3)
+        assert criterion.class_loss.quality == "matching_score" and criterion.class_loss.quality_class_weight == alpha
+        assert branch.loss_scale == pytest.approx(1 / 3)
         binding = False
         for b, (query_idx, gt_idx) in enumerate(matcher(logits, boxes, targets)):
             m = matching_quality(logits[b], boxes[b], targets[b]["labels"], targets[b]["boxes"], alpha)
@@ -242,7 +241,7 @@ def test_each_branch_assigns_at_most_k_positives_per_gt_above_tau(taus, alphas):
 def test_vfl_plus_equals_a_hand_computation_for_both_branches():
     """One image, 2 queries x 2 classes, one GT of class 1 at (0.5, 0.5, 0.4, 0.4). Query 0 has the
     box (0.5, 0.5, 0.4, 0.2) (IoU 0.5), query 1 a far box (IoU 0). Every VFL+ term is x 0.25 before the
-    sum / GT count, as in the authors' code (papers/README.md), in both branches; vfl_scale=1 is Eq. 8."""
+    sum / GT count, as in the authors' code (docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights), in both branches; vfl_scale=1 is Eq. 8."""
     logits = torch.tensor([[[0.2, 1.0], [-1.0, 0.5]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.2], [0.2, 0.2, 0.1, 0.1]]])
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
@@ -256,14 +255,14 @@ def test_vfl_plus_equals_a_hand_computation_for_both_branches():
 
     negatives = negative(0.2) + negative(-1.0) + negative(0.5)
     # Auxiliary branch: s = M = 0.3 p + 0.7 IoU (Eq. 7); query 1 has M = 0.3 sigmoid(0.5) < tau: negative.
-    aux = build_lora_routes(1, 16, 32, ks=[6])["aux0"].criterion
+    aux = build_lora_branches(1, 16, 32, ks=[6])["aux0"].criterion
     terms, indices = aux(logits, boxes, targets, num_boxes=1.0)
     assert [(q.tolist(), g.tolist()) for q, g in indices] == [([0], [0])]
     s = 0.3 * sig(1.0) + 0.7 * 0.5
     assert s == pytest.approx(0.569318, abs=1e-6)
     assert terms["loss_class"].item() == pytest.approx(2.0 * 0.25 * (positive(1.0, s) + negatives), rel=1e-5)
     assert terms["loss_class"].item() == pytest.approx(0.795703, abs=1e-5)  # the same, evaluated
-    eq8 = build_lora_routes(1, 16, 32, ks=[6], vfl_scale=1.0)["aux0"].criterion
+    eq8 = build_lora_branches(1, 16, 32, ks=[6], vfl_scale=1.0)["aux0"].criterion
     assert eq8(logits, boxes, targets, num_boxes=1.0)[0]["loss_class"].item() == pytest.approx(4 * 0.795703, abs=4e-5)
     # Primary branch (the LoRA-DETR config's criterion): Hungarian, s = IoU, class weight 1; the box
     # losses are not scaled (L1 |0.2 - 0.4| x 5 = 1.0).
@@ -274,7 +273,7 @@ def test_vfl_plus_equals_a_hand_computation_for_both_branches():
     assert terms["loss_class"].item() == pytest.approx(0.415181, abs=1e-5)
     assert terms["loss_bbox"].item() == pytest.approx(1.0, rel=1e-6)
     # Focal loss stays selectable: alpha 0.25, gamma 2.
-    focal = build_lora_routes(1, 16, 32, ks=[6], class_loss="focal")["aux0"].criterion
+    focal = build_lora_branches(1, 16, 32, ks=[6], class_loss="focal")["aux0"].criterion
     terms, _ = focal(logits, boxes, targets, num_boxes=1.0)
     fl_pos = 0.25 * (1 - sig(1.0)) ** 2 * -math.log(sig(1.0))
     fl_neg = sum(0.75 * sig(x) ** 2 * -math.log(1 - sig(x)) for x in (0.2, -1.0, 0.5))
@@ -302,7 +301,7 @@ def test_o2o_positives_are_merged_into_the_branch_positives_once():
     matcher = OneToManyMatcher(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=1.0)
     assert pairs_of(matcher(logits, boxes, targets)) == [[(0, 0), (1, 0), (2, 1)], [(1, 0)]]
     weights = {"class": 2.0, "bbox": 5.0, "giou": 2.0}
-    merged = O2OMergedCriterion(matcher, weights, class_loss="vfl_plus", quality="matching_score", vfl_scale=0.25)
+    merged = O2OMergedCriterion(matcher, weights, class_loss=VarifocalPlusLoss(scale=0.25, quality="matching_score"))
     context = LossContext(layer=0, name="aux0", matching={"primary": [o2o]})
     terms, indices = merged(logits, boxes, targets, num_boxes=3.0, context=context)
     assert pairs_of(indices) == [[(0, 0), (1, 0), (2, 1), (3, 1)], [(1, 0), (4, 0)]]
@@ -320,18 +319,18 @@ def test_o2o_positives_are_merged_into_the_branch_positives_once():
 
 
 def test_the_plusplus_config_merges_each_layers_o2o_pairs_into_every_branch():
-    """Through the model: with ``routes.merge_o2o_positives`` each branch's pairs in layer i are exactly its
+    """Through the model: with ``variants.merge_o2o_positives`` each branch's pairs in layer i are exactly its
     one-to-many pairs (the same model without the option) united with the primary pairs of layer i."""
-    assert LazyConfig.load(str(PROJECT_CONFIGS / "lora_deformable_detr_plusplus_r50_12ep.py")).model.routes.merge_o2o_positives
-    assert not tiny_cfg().model.routes.merge_o2o_positives
+    assert LazyConfig.load(str(PROJECT_CONFIGS / "lora_deformable_detr_plusplus_r50_12ep.py")).model.variants.merge_o2o_positives
+    assert not tiny_cfg().model.variants.merge_o2o_positives
     matching = {}
     for merge in (False, True):
         # init "normal": the branches predict other boxes than the primary queries, so their pairs differ.
-        model = build(tiny_cfg(LORA_TINY, f"model.routes.merge_o2o_positives={merge}", "model.routes.init=normal")).train()
-        assert all(isinstance(route.criterion, O2OMergedCriterion) == merge for route in model.routes.values())
+        model = build(tiny_cfg(LORA_TINY, f"model.variants.merge_o2o_positives={merge}", "model.variants.init=normal")).train()
+        assert all(isinstance(variant.criterion, O2OMergedCriterion) == merge for variant in model.variants.values())
         matching[merge] = model.training_losses(synthetic_batch())[1]
     added = 0
-    for name in model.routes:
+    for name in model.variants:
         for layer in range(NUM_LAYERS):
             primary = matching[True]["primary"][layer]
             assert pairs_of(primary) == pairs_of(matching[False]["primary"][layer])
@@ -351,7 +350,7 @@ def test_training_parameters_are_the_baseline_plus_the_lora_branches():
     assert count(build(tiny_cfg())) == baseline + lora_param_count(NUM_LAYERS, D_MODEL, D_FFN, RANK, 3)
     assert lora_param_count(NUM_LAYERS, D_MODEL, D_FFN, RANK, 3) == 3 * NUM_LAYERS * 2 * RANK * (D_MODEL + D_FFN)
     naive = tiny_cfg()
-    naive.model.routes.naive = True
+    naive.model.variants.naive = True
     assert count(build(naive)) == baseline + 3 * NUM_LAYERS * (2 * D_MODEL * D_FFN + D_MODEL + D_FFN)
     # The paper's columns (millions; d 256, d_ffn 2048, 6 layers, baseline 47.3 / 47.5 for "++").
     per_branch = lora_param_count(6, 256, 2048, 32) / 1e6
@@ -366,7 +365,7 @@ def test_training_parameters_are_the_baseline_plus_the_lora_branches():
 
 # --- inference: main branch only, strips to the baseline ----------------------------------------
 def load_strip_tool():
-    spec = importlib.util.spec_from_file_location("strip_training_routes", REPO / "tools" / "strip_training_routes.py")
+    spec = importlib.util.spec_from_file_location("strip_training_parts", REPO / "tools" / "strip_training_parts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -378,7 +377,7 @@ def test_eval_runs_the_main_branch_only_and_equals_the_stripped_baseline(tmp_pat
     optimizer = build_adamw(model, lr=1e-3)
     sum(model(synthetic_batch()).values()).backward()
     optimizer.step()  # B != 0 from here on: the branches now differ from the main FFN
-    assert model.routes["aux0"].branches[0].lora_b1.abs().sum() > 0
+    assert model.variants["aux0"].layer_variants[0].lora_b1.abs().sum() > 0
     model.eval()
 
     def fail(*args, **kwargs):
@@ -390,10 +389,10 @@ def test_eval_runs_the_main_branch_only_and_equals_the_stripped_baseline(tmp_pat
 
     torch.save({"model": model.state_dict(), "iteration": 1}, tmp_path / "lora.pth")
     argv = [str(tmp_path / "lora.pth"), str(tmp_path / "plain.pth"), "--check-config", str(BASE_TINY), *TINY]
-    state = load_strip_tool().main(argv)  # tools/strip_training_routes.py: loads strictly into the baseline
+    state = load_strip_tool().main(argv)  # tools/strip_training_parts.py: loads strictly into the baseline
     assert "loads strictly into DeformableDETR" in capsys.readouterr().out
-    assert state.keys() == strip_training_routes(model.state_dict()).keys()
-    assert not any(k.startswith("routes.") for k in state)
+    assert state.keys() == strip_training_parts(model.state_dict()).keys()
+    assert not any(k.startswith("variants.") for k in state)
     baseline = build(tiny_cfg(BASE_TINY), seed=1)
     baseline.load_state_dict(torch.load(tmp_path / "plain.pth")["model"], strict=True)
     with torch.no_grad():
@@ -401,17 +400,17 @@ def test_eval_runs_the_main_branch_only_and_equals_the_stripped_baseline(tmp_pat
 
 
 def test_an_auxiliary_branch_can_be_evaluated_with_nms(monkeypatch):
-    """Table 5 "Aux. w. NMS": ``eval_route`` / ``eval_nms_threshold`` of the core meta-architecture. With
+    """Table 5 "Aux. w. NMS": ``eval_variant`` / ``eval_nms_threshold`` of the core meta-architecture. With
     B = 0 the branch predicts what the main branch predicts; with class-wise NMS at IoU 0.5 the branch's
     last-layer predictions (replaced by ``nms_case``'s hand-made duplicates) give exactly the expected
     survivors in score order, each with its own query's box in original image coordinates."""
     cfg = tiny_cfg()
-    cfg.model.eval_route = "aux0"
+    cfg.model.eval_variant = "aux0"
     model = build(cfg).eval()
     batch = synthetic_batch(seed=2)
     with torch.no_grad():
         aux = model(batch)
-        model.eval_route = None
+        model.eval_variant = None
         primary = model(batch)
     assert_same_predictions(aux, primary)  # B = 0: the branch predicts what the main branch predicts
 
@@ -420,14 +419,14 @@ def test_an_auxiliary_branch_can_be_evaluated_with_nms(monkeypatch):
 
     def decode_with_hand_made_aux0(*args, **kwargs):
         out = decode(*args, **kwargs)
-        assert list(out.routes) == ["aux0"]  # only the evaluated branch runs
-        last = out.routes["aux0"][-1]
+        assert list(out.variants) == ["aux0"]  # only the evaluated branch runs
+        last = out.variants["aux0"][-1]
         last.logits, last.boxes = logits, boxes
         return out
 
     with monkeypatch.context() as patch, torch.no_grad():
         patch.setattr(model.transformer, "decode", decode_with_hand_made_aux0)
-        model.eval_route, model.eval_nms_threshold, model.select_box_nums_for_evaluation = "aux0", 0.5, 4
+        model.eval_variant, model.eval_nms_threshold, model.select_box_nums_for_evaluation = "aux0", 0.5, 4
         for x in batch:
             x["height"], x["width"] = 2 * x["image"].shape[1], 2 * x["image"].shape[2]
         outputs = model(batch)
@@ -443,18 +442,18 @@ def test_an_auxiliary_branch_can_be_evaluated_with_nms(monkeypatch):
 
     model.eval_nms_threshold, model.select_box_nums_for_evaluation = None, 100
     with torch.no_grad():
-        for route in model.routes.values():
-            for branch in route.branches:
+        for variant in model.variants.values():
+            for branch in variant.layer_variants:
                 branch.reset_parameters("normal")
         assert not torch.equal(predictions(model(batch))[0][1], predictions(primary)[0][1])
-    cfg.model.eval_route = "aux9"
+    cfg.model.eval_variant = "aux9"
     with pytest.raises(ValueError, match="aux9"):
         build(cfg)
 
 
 # --- configs --------------------------------------------------------------------------------------
 EXPERIMENTS = sorted(p for p in glob.glob(str(PROJECT_CONFIGS / "**" / "*.py"), recursive=True) if "/models/" not in p)
-EXPECTED_ROUTES = {  # file stem: (ks, rank, naive)
+EXPECTED_BRANCHES = {  # file stem: (ks, rank, naive)
     "lora_deformable_detr_r50_12ep": ([2, 4, 6], 32, False),
     "lora_deformable_detr_plusplus_r50_12ep": ([2, 4, 6], 48, False),
     "lora_detr_shapes_tiny": ([2, 4, 6], 32, False),
@@ -476,8 +475,8 @@ FULLY_INSTANTIATED = {"lora_deformable_detr_r50_12ep", "lora_deformable_detr_plu
 
 
 SHAPES = {"lora_detr_shapes_tiny", "lora_detr_shapes_tiny_vfl_plus_baseline"}
-# The authors' LR factors (papers/README.md): "sampling offsets train at the full LR (only the box head
-# is x0.1)"; the COCO backbone stays at x0.1, the shapes backbone trains from scratch at the full LR.
+# The authors' LR factors (docs/authors_code_facts.md#lora-detr-optimiser): the sampling offsets train at
+# the full LR and only the box head is at x0.1; the COCO backbone stays at x0.1, the shapes backbone trains from scratch at the full LR.
 COCO_LR_FACTORS, SHAPES_LR_FACTORS = {"backbone": 0.1, "box_heads": 0.1}, {"box_heads": 0.1}
 
 
@@ -490,27 +489,34 @@ def test_config_loads_and_instantiates(path):
     assert cfg.train.clip_grad_norm == 0.1
     assert cfg.train.output_dir.endswith(stem)
     criterion = instantiate(cfg.model.criterion)
-    assert criterion.class_loss == ("focal" if stem == "focal" else "vfl_plus") and criterion.quality == "iou"
-    assert criterion.vfl_scale == 0.25  # the authors' VFL+ x 0.25 (unused by the focal ablation)
+    if stem == "focal":
+        assert isinstance(criterion.class_loss, FocalLoss)
+    else:
+        assert isinstance(criterion.class_loss, VarifocalPlusLoss) and criterion.class_loss.quality == "iou"
+        assert criterion.class_loss.scale == 0.25  # the authors' VFL+ x 0.25
     # "The encoder loss is focal 2/5/2 with the encoder-proposal matching of MS-DETR"
     enc = instantiate(cfg.model.enc_criterion)
-    assert (enc.class_loss, enc.loss_weights) == ("focal", {"class": 2.0, "bbox": 5.0, "giou": 2.0})
+    assert isinstance(enc.class_loss, FocalLoss) and enc.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0}
     assert (enc.matcher.cost_class, enc.matcher.cost_bbox, enc.matcher.cost_giou) == (2.0, 5.0, 2.0)
     if stem == "lora_detr_shapes_tiny_vfl_plus_baseline":  # N_aux = 0: the LoRA config without its branches
-        assert cfg.model.routes is None and not build(tiny_cfg(path)).routes
+        assert cfg.model.variants is None and not build(tiny_cfg(path)).variants
         return
-    ks, rank, naive = EXPECTED_ROUTES[stem]
-    assert (list(cfg.model.routes.ks), cfg.model.routes.rank, cfg.model.routes.naive) == (ks, rank, naive)
-    assert cfg.model.routes.vfl_scale == 0.25 and cfg.model.routes.detach_reference is True
-    assert cfg.model.routes.merge_o2o_positives == (stem == "lora_deformable_detr_plusplus_r50_12ep")
-    routes = instantiate(cfg.model.routes)
-    assert len(routes) == len(ks)
-    branch_type = OwnFFNBranch if naive else LoRAFFNBranch
-    assert all(isinstance(b, branch_type) for route in routes.values() for b in route.branches)
-    assert all(route.detach_reference and route.criterion.vfl_scale == 0.25 for route in routes.values())
+    ks, rank, naive = EXPECTED_BRANCHES[stem]
+    assert (list(cfg.model.variants.ks), cfg.model.variants.rank, cfg.model.variants.naive) == (ks, rank, naive)
+    assert cfg.model.variants.vfl_scale == 0.25 and cfg.model.variants.detach_reference is True
+    assert cfg.model.variants.merge_o2o_positives == (stem == "lora_deformable_detr_plusplus_r50_12ep")
+    variants = instantiate(cfg.model.variants)
+    assert len(variants) == len(ks)
+    branch_type = OwnFFNVariant if naive else LoRAFFNBranch
+    assert all(isinstance(b, branch_type) for variant in variants.values() for b in variant.layer_variants)
+    assert all(variant.detach_reference for variant in variants.values())
+    if stem == "focal":
+        assert all(isinstance(variant.criterion.class_loss, FocalLoss) for variant in variants.values())
+    else:
+        assert all(variant.criterion.class_loss.scale == 0.25 for variant in variants.values())
     if stem in FULLY_INSTANTIATED:
         model = instantiate(cfg.model)
-        assert isinstance(model, DeformableDETR) and model.eval_route == cfg.model.get("eval_route")
+        assert isinstance(model, DeformableDETR) and model.eval_variant == cfg.model.get("eval_variant")
         cfg.optimizer.model = model
         assert_lr_factors(model, instantiate(cfg.optimizer), cfg.optimizer.lr, backbone=0.1)
     if stem == "lora_detr_shapes_tiny":
@@ -528,7 +534,7 @@ def assert_lr_factors(model, optimizer, lr, backbone):
     offsets = [name for name in factors if "sampling_offsets" in name]
     assert offsets and all(factors[name] == pytest.approx(1.0) for name in offsets)
     assert factors["transformer.decoder.box_heads.0.layers.0.weight"] == pytest.approx(0.1)
-    assert factors["routes.aux0.branches.0.lora_a1"] == pytest.approx(1.0)
+    assert factors["variants.aux0.layer_variants.0.lora_a1"] == pytest.approx(1.0)
     trained_backbone = [name for name in factors if name.startswith("backbone.")]
     assert trained_backbone and all(factors[name] == pytest.approx(backbone) for name in trained_backbone)
     others = [name for name in factors if "box_heads" not in name and not name.startswith("backbone.")]
@@ -537,7 +543,7 @@ def assert_lr_factors(model, optimizer, lr, backbone):
 
 @pytest.mark.parametrize("stem, queries, rank", [("lora_deformable_detr_r50_12ep", 300, 32), ("lora_deformable_detr_plusplus_r50_12ep", 900, 48)])
 def test_coco_configs_have_the_papers_values(stem, queries, rank):
-    """papers/README.md (LoRA-DETR) against the COCO configs and what they instantiate: AdamW lr 2e-4,
+    """docs/authors_code_facts.md#lora-detr against the COCO configs and what they instantiate: AdamW lr 2e-4,
     weight decay 1e-4, the backbone and the box-regression heads at 2e-5, everything else (sampling
     offsets, LoRA) at 2e-4; grad clip 0.1; 12 epochs of 7500 iterations at batch 16 with the LR x0.1
     from epoch 11; 300 queries with rank 32, 900 with rank 48; three branches k 2/4/6 with tau 0.4,
@@ -548,7 +554,7 @@ def test_coco_configs_have_the_papers_values(stem, queries, rank):
     assert cfg.dataloader.train.total_batch_size == 16 and cfg.train.max_iter == 90000
     scheduler = cfg.lr_multiplier.scheduler
     assert (scheduler.num_updates, list(scheduler.milestones), list(scheduler["values"])) == (90000, [82500], [1.0, 0.1])
-    assert cfg.model.transformer.num_queries == queries and cfg.model.routes.rank == rank
+    assert cfg.model.transformer.num_queries == queries and cfg.model.variants.rank == rank
     model = build(tiny_cfg(PROJECT_CONFIGS / f"{stem}.py"))  # (TINY sizes)
     cfg.optimizer.model = model
     lrs = {name: g["lr"] for g in instantiate(cfg.optimizer).param_groups for name in g["names"]}
@@ -558,13 +564,15 @@ def test_coco_configs_have_the_papers_values(stem, queries, rank):
     assert any("sampling_offsets" in n for n in lrs) and any(".lora_a1" in n for n in lrs)
     primary = model.criterion
     assert (primary.matcher.cost_class, primary.matcher.cost_bbox, primary.matcher.cost_giou) == (2.0, 5.0, 2.0)
-    assert (primary.loss_weights, primary.class_loss, primary.quality, primary.vfl_gamma) == (
-        {"class": 1.0, "bbox": 5.0, "giou": 2.0}, "vfl_plus", "iou", 1.5)
-    assert list(model.routes) == ["aux0", "aux1", "aux2"]
-    for route, k in zip(model.routes.values(), (2, 4, 6)):
-        criterion, matcher = route.criterion, route.criterion.matcher
+    assert isinstance(primary.class_loss, VarifocalPlusLoss)
+    assert (primary.loss_weights, primary.class_loss.quality, primary.class_loss.gamma) == (
+        {"class": 1.0, "bbox": 5.0, "giou": 2.0}, "iou", 1.5)
+    assert list(model.variants) == ["aux0", "aux1", "aux2"]
+    for variant, k in zip(model.variants.values(), (2, 4, 6)):
+        criterion, matcher = variant.criterion, variant.criterion.matcher
         assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio, matcher.keep_top1) == (k, 0.4, 0.3, 0.25, True)
-        assert (criterion.loss_weights, criterion.class_loss, criterion.quality, criterion.vfl_gamma) == (
-            {"class": 2.0, "bbox": 5.0, "giou": 2.0}, "vfl_plus", "matching_score", 1.5)
-        assert route.loss_scale == pytest.approx(1 / 3)
-        assert all(branch.rank == rank and branch.scaling == 1.0 for branch in route.branches)
+        assert isinstance(criterion.class_loss, VarifocalPlusLoss)
+        assert (criterion.loss_weights, criterion.class_loss.quality, criterion.class_loss.gamma) == (
+            {"class": 2.0, "bbox": 5.0, "giou": 2.0}, "matching_score", 1.5)
+        assert variant.loss_scale == pytest.approx(1 / 3)
+        assert all(branch.rank == rank and branch.scaling == 1.0 for branch in variant.layer_variants)

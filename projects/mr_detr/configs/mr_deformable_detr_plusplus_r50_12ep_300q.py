@@ -1,4 +1,4 @@
-"""Mr. DETR on Deformable-DETR++ with 300 queries, R50, 12 epochs (papers/README.md: 49.5 AP)."""
+"""Mr. DETR on Deformable-DETR++ with 300 queries, R50, 12 epochs (published: 49.5 AP; docs/authors_code_facts.md#mr-detr-inference-and-published-numbers)."""
 from .mr_deformable_detr_plusplus_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
 model.transformer.num_queries = 300

@@ -2,7 +2,7 @@
 Deformable-DETR++ (encoder loss weight and matching back to the baseline's), with the recipe's optimizer."""
 from .mr_deformable_detr_plusplus_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.routes.routes = []
+model.variants.routes = []
 model.enc_loss_weight = 1.0
 model.enc_anchor_matcher = None
 train.output_dir = "./output/mr_deformable_detr_plusplus_r50_12ep_primary_only"

@@ -1,5 +1,5 @@
 """Route ablation (project page): primary Route-2 + Route-3 (instructive self-attention) only."""
 from .mr_deformable_detr_plusplus_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.routes.routes = ["route3"]
+model.variants.routes = ["route3"]
 train.output_dir = "./output/mr_deformable_detr_plusplus_r50_12ep_route3_only"

@@ -1,15 +1,14 @@
 """Route-3 of Mr. DETR: instructive self-attention (project page, "Method" and the attention-map
-figure; papers/README.md, "Instructive self-attention")."""
+figure; docs/authors_code_facts.md#mr-detr-instructive-self-attention)."""
 from typing import Optional
 
 import torch
 from torch import nn
 
-from detr_plus.modeling import LayerBranch
-from detr_plus.modeling.blocks import QueryContext, SelfAttentionBlock
+from detr_plus.modeling import LayerVariant, QueryContext, SelfAttentionBlock
 
 
-class InstructiveSelfAttentionBranch(LayerBranch):
+class InstructiveSelfAttentionBranch(LayerVariant):
     """One decoder layer's Route-3 variant: the layer's shared self-attention weights, with
     ``num_tokens`` learnable instruction tokens (a content and a position embedding, each
     ``num_tokens x d``) prepended to the keys (content + position) and values (content); the

@@ -1,16 +1,17 @@
-"""Mr. DETR's training routes as ``TrainingRoute``s (project page, "Method" and the route ablation;
-papers/README.md, Mr. DETR facts).
+"""Mr. DETR's training routes as the core's ``TrainingVariant``s (project page, "Method" and the route ablation;
+docs/authors_code_facts.md#mr-detr).
 
 * Route-2, the primary one-to-one route, is the baseline model itself (not built here).
 * ``"route1"``: one-to-many with an independent FFN (both linears, every layer): the core's
-  ``OwnFFNBranch``.
+  ``OwnFFNVariant``.
 * ``"route3"``: one-to-many with instructive self-attention (``InstructiveSelfAttentionBranch``).
 * ``"share_all"``: one-to-many on the primary route's own predictions (ablation table row 2,
-  "Share All"): the base ``LayerBranch``, which shares everything.
+  "Share All"): the base ``LayerVariant``, which shares everything.
 """
 from typing import Dict, Optional, Sequence
 
-from detr_plus.modeling import LayerBranch, OneToManyMatcher, OwnFFNBranch, RouteQuerySelection, SetCriterion, TrainingRoute
+from detr_plus.modeling import (LayerVariant, OneToManyMatcher, OwnFFNVariant, SetCriterion, TrainingVariant,
+                                VariantQuerySelection)
 
 from .instructive_attention import InstructiveSelfAttentionBranch
 
@@ -21,11 +22,12 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
                          num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
                          own_streams: bool = True, loss_scale: float = 1.0,
-                         route3_proposal_classes: Optional[int] = None) -> Dict[str, TrainingRoute]:
+                         route3_proposal_classes: Optional[int] = None) -> Dict[str, TrainingVariant]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
-    ``criterion`` defaults to the facts of papers/README.md: ``OneToManyMatcher`` with quality
+    ``criterion`` defaults to the authors' code (docs/authors_code_facts.md#mr-detr-one-to-many-matcher):
+    ``OneToManyMatcher`` with quality
     0.3 class + 0.7 IoU, threshold 0.4, top-1 per GT kept, k = 6, positives capped at 0.25 x queries,
     and focal class 2, L1 5, GIoU 2. An empty ``routes`` gives the primary route alone (the baseline).
 
@@ -37,9 +39,10 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
     (1 in the paper: the same weights on every route).
 
     ``route3_proposal_classes`` (two-stage models): Route-3 gets its own query selection
-    (``RouteQuerySelection`` with that many proposal classes, 1 for a class-agnostic proposal head):
+    (``VariantQuerySelection`` with that many proposal classes, 1 for a class-agnostic proposal head):
     its own encoder heads, top-k proposals, reference boxes and positions, and its own encoder loss;
-    the content queries stay shared (papers/README.md: "Route-3 has its OWN query selection").
+    the content queries stay shared, as in the authors' code
+    (docs/authors_code_facts.md#mr-detr-two-stage-selection-and-encoder-losses).
     None: Route-3 starts from the primary queries.
     """
     unknown = [name for name in routes if name not in ROUTE_NAMES]
@@ -49,9 +52,9 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         criterion = SetCriterion(OneToManyMatcher(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25),
                                  loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
     branch_of = {
-        "route1": lambda: OwnFFNBranch(d_model, d_ffn, dropout),
+        "route1": lambda: OwnFFNVariant(d_model, d_ffn, dropout),
         "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
-        "share_all": LayerBranch,
+        "share_all": LayerVariant,
     }
     if route3_proposal_classes is not None and not own_streams:
         raise ValueError("Route-3's own query selection starts its own stream: needs own_streams=True")
@@ -59,8 +62,8 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
     def selection_of(name):
         if name != "route3" or route3_proposal_classes is None:
             return None
-        return RouteQuerySelection(d_model, route3_proposal_classes)
+        return VariantQuerySelection(d_model, route3_proposal_classes)
 
-    return {name: TrainingRoute([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams,
+    return {name: TrainingVariant([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams,
                                 query_selection=selection_of(name))
             for name in routes}

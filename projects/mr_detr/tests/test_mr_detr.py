@@ -1,5 +1,5 @@
 """Mr. DETR on the shared core: routes, gradient flow, instructive attention, inference cost,
-checkpoint stripping (the core's ``tools/strip_training_routes.py``), route evaluation with NMS,
+checkpoint stripping (the core's ``tools/strip_training_parts.py``), route evaluation with NMS,
 configs and the attention-map tool (issue #3, "What must be shown").
 
 Models come from ``projects/mr_detr/configs/mr_detr_shapes_tiny.py`` made smaller (1 encoder and
@@ -13,16 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.route_nms_case import nms_case  # run from the repository root, as make test does
+from route_nms_case import nms_case  # tests/route_nms_case.py (pytest.ini: pythonpath = tests)
 import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.modeling import DeformableDETR, strip_training_routes
-from detr_plus.modeling.blocks import QueryContext, SelfAttentionBlock
-from projects.mr_detr.modeling import InstructiveSelfAttentionBranch, build_mr_detr_routes
-from projects.mr_detr.tools import attention_map
+from detr_plus.modeling import DeformableDETR, FocalLoss, QueryContext, SelfAttentionBlock, VarifocalPlusLoss, strip_training_parts
+from detr_plus_projects.mr_detr.modeling import InstructiveSelfAttentionBranch, build_mr_detr_routes
+from detr_plus_projects.mr_detr.tools import attention_map
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "mr_detr" / "configs"
@@ -34,8 +33,8 @@ SMALL = [
     f"model.transformer.decoder.num_layers={NUM_LAYERS}",
     "model.transformer.num_queries=24",
 ]
-SMALL_MR = SMALL + [f"model.routes.num_instruction_tokens={NUM_TOKENS}"]
-_spec = importlib.util.spec_from_file_location("strip_training_routes", REPO / "tools" / "strip_training_routes.py")
+SMALL_MR = SMALL + [f"model.variants.num_instruction_tokens={NUM_TOKENS}"]
+_spec = importlib.util.spec_from_file_location("strip_training_parts", REPO / "tools" / "strip_training_parts.py")
 strip_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(strip_tool)
 
@@ -63,11 +62,11 @@ def images(with_instances=True):
 
 def decode_all_routes(model, batch, routes=None):
     """The decoder output with every route of ``routes`` (default: the model's) run."""
-    routes = model.routes if routes is None else routes
+    routes = model.variants if routes is None else routes
     with torch.no_grad():
         _, state, selection = model.encode_and_select(batch)
-        starts = {name: s.queries for name, s in model.route_selections(state, routes).items()}
-        return model.transformer.decode(selection.queries, state, routes=routes, route_queries=starts)
+        starts = {name: s.queries for name, s in model.variant_selections(state, routes).items()}
+        return model.transformer.decode(selection.queries, state, variants=routes, variant_queries=starts)
 
 
 def with_moving_boxes(model):
@@ -114,8 +113,8 @@ def test_route_gradients(model, train_losses):
     for group, keys in groups.items():
         grads = torch.autograd.grad(sum(losses[k] for k in keys), params, allow_unused=True, retain_graph=True)
         got[group] = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
-    route1 = {n for n in names if n.startswith("routes.route1.")}
-    route3 = {n for n in names if n.startswith("routes.route3.")}
+    route1 = {n for n in names if n.startswith("variants.route1.")}
+    route3 = {n for n in names if n.startswith("variants.route3.")}
     # linear1/2 w+b; tokens x2 + norm w+b, and Route-3's proposal heads (class w+b, 3-layer box MLP w+b)
     assert len(route1) == 4 * NUM_LAYERS and len(route3) == 4 * NUM_LAYERS + 8
     assert route1 <= got["route1"] and not route1 & (got["primary"] | got["route3"])
@@ -140,12 +139,12 @@ def test_route_gradients(model, train_losses):
 def test_routes_carry_their_own_query_stream(own_streams):
     """Default: a route's layer input is its own previous output and refined boxes (all routes start
     from the shared queries and boxes); the ablation ``own_streams=False`` branches from the primary state."""
-    own_selection = [] if own_streams else ["model.routes.route3_proposal_classes=null"]
-    model = with_moving_boxes(build(f"model.routes.own_streams={own_streams}", *own_selection).eval())
+    own_selection = [] if own_streams else ["model.variants.route3_proposal_classes=null"]
+    model = with_moving_boxes(build(f"model.variants.own_streams={own_streams}", *own_selection).eval())
     out = decode_all_routes(model, images(with_instances=False))
     primary = out.layers
     for name in ("route1", "route3"):
-        route = out.routes[name]
+        route = out.variants[name]
         if name == "route1" or not own_streams:  # Route-3 has its own start (next test)
             assert torch.equal(route[0].reference, primary[0].reference)  # the shared start
         expected = route[0].boxes if own_streams else primary[0].boxes
@@ -159,7 +158,7 @@ def test_route3_starts_from_its_own_query_selection():
     positions) with the shared learned content queries; Route-1 reads the primary selection. The
     instruction tokens are Xavier-uniform like the other matrices (|x| <= sqrt(6 / (T + d)))."""
     model = build().eval()
-    route3 = model.routes["route3"]
+    route3 = model.variants["route3"]
     with torch.no_grad():  # proposal heads unlike the primary ones
         route3.query_selection.class_head.weight.normal_(0, 0.5)
     batch = images(with_instances=False)
@@ -170,11 +169,11 @@ def test_route3_starts_from_its_own_query_selection():
     torch.testing.assert_close(own.queries.content, primary.queries.content, rtol=0, atol=0)
     assert not torch.allclose(own.queries.position, primary.queries.position)
     out = decode_all_routes(model, batch)
-    torch.testing.assert_close(out.routes["route3"][0].reference, own.queries.reference, rtol=0, atol=0)
-    torch.testing.assert_close(out.routes["route1"][0].reference, primary.queries.reference, rtol=0, atol=0)
+    torch.testing.assert_close(out.variants["route3"][0].reference, own.queries.reference, rtol=0, atol=0)
+    torch.testing.assert_close(out.variants["route1"][0].reference, primary.queries.reference, rtol=0, atol=0)
     d_model = model.transformer.decoder.d_model
     bound = (6 / (NUM_TOKENS + d_model)) ** 0.5
-    for branch in route3.branches:
+    for branch in route3.layer_variants:
         for tokens in (branch.token_content, branch.token_pos):
             assert tokens.abs().max() <= bound and tokens.std() > bound / 3  # uniform on [-bound, bound]
 
@@ -186,8 +185,8 @@ def test_routes_together_predict_what_each_predicts_alone():
     batch = images(with_instances=False)
     both = decode_all_routes(model, batch)
     for name in ("route1", "route3"):
-        alone = decode_all_routes(model, batch, {name: model.routes[name]})
-        for together, single in zip(both.routes[name] + both.layers, alone.routes[name] + alone.layers):
+        alone = decode_all_routes(model, batch, {name: model.variants[name]})
+        for together, single in zip(both.variants[name] + both.layers, alone.variants[name] + alone.layers):
             for field in ("hidden", "logits", "boxes", "reference"):
                 torch.testing.assert_close(getattr(together, field), getattr(single, field), rtol=0, atol=1e-5)
 
@@ -196,19 +195,19 @@ def test_instruction_tokens_change_route3_only(model):
     model.eval()
     batch = images(with_instances=False)
     before = decode_all_routes(model, batch)
-    saved = {n: p.detach().clone() for n, p in model.routes.route3.named_parameters() if "token" in n}
+    saved = {n: p.detach().clone() for n, p in model.variants.route3.named_parameters() if "token" in n}
     try:
         with torch.no_grad():
-            for n, p in model.routes.route3.named_parameters():
+            for n, p in model.variants.route3.named_parameters():
                 if "token" in n:
                     p.add_(torch.randn_like(p))
         after = decode_all_routes(model, batch)
     finally:
-        model.routes.route3.load_state_dict(saved, strict=False)
+        model.variants.route3.load_state_dict(saved, strict=False)
     for i in range(NUM_LAYERS):
         assert torch.equal(before.layers[i].hidden, after.layers[i].hidden)  # Route-2 (primary)
-        assert torch.equal(before.routes["route1"][i].hidden, after.routes["route1"][i].hidden)
-        assert not torch.allclose(before.routes["route3"][i].hidden, after.routes["route3"][i].hidden)
+        assert torch.equal(before.variants["route1"][i].hidden, after.variants["route1"][i].hidden)
+        assert not torch.allclose(before.variants["route3"][i].hidden, after.variants["route3"][i].hidden)
 
 
 def test_share_all_route_is_o2m_on_the_primary_predictions(model):
@@ -217,13 +216,13 @@ def test_share_all_route_is_o2m_on_the_primary_predictions(model):
     assert not list(routes["share_all"].parameters())
     model.eval()
     out = decode_all_routes(model, images(with_instances=False), routes)
-    for primary, shared in zip(out.layers, out.routes["share_all"]):
+    for primary, shared in zip(out.layers, out.variants["share_all"]):
         assert torch.equal(primary.logits, shared.logits) and torch.equal(primary.boxes, shared.boxes)
 
 
 def test_eval_runs_only_the_primary_route_and_equals_the_stripped_baseline(model, tmp_path, monkeypatch):
     calls = []
-    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.routes.modules()]
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.variants.modules()]
     original_attend = InstructiveSelfAttentionBranch.attend
     monkeypatch.setattr(InstructiveSelfAttentionBranch, "attend", lambda *a, **k: calls.append(1) or original_attend(*a, **k))
     model.eval()
@@ -233,14 +232,14 @@ def test_eval_runs_only_the_primary_route_and_equals_the_stripped_baseline(model
     finally:
         for hook in hooks:
             hook.remove()
-    assert not calls, "eval-mode forward ran auxiliary route modules"  # (test_eval_route_with_nms: hooks do fire)
+    assert not calls, "eval-mode forward ran auxiliary route modules"  # (test_eval_variant_with_nms: hooks do fire)
 
     torch.save({"model": model.state_dict(), "iteration": 3}, tmp_path / "mr.pth")
     strip_tool.main([str(tmp_path / "mr.pth"), str(tmp_path / "plain.pth")])
     stripped = torch.load(tmp_path / "plain.pth")["model"]
-    assert stripped.keys() == strip_training_routes(model.state_dict()).keys()
+    assert stripped.keys() == strip_training_parts(model.state_dict()).keys()
     baseline = strip_tool.load_strictly(str(BASELINE_TINY), stripped, SMALL)
-    assert type(baseline) is DeformableDETR and not baseline.routes
+    assert type(baseline) is DeformableDETR and not baseline.variants
     baseline.eval()
     with torch.no_grad():
         expected = baseline(images(with_instances=False))
@@ -250,8 +249,8 @@ def test_eval_runs_only_the_primary_route_and_equals_the_stripped_baseline(model
         assert torch.equal(got.scores, want.scores) and torch.equal(got.pred_classes, want.pred_classes)
 
 
-def test_eval_route_with_nms(model, monkeypatch):
-    """``eval_route=route1`` with class-wise NMS at IoU 0.5: the route's last-layer predictions (replaced
+def test_eval_variant_with_nms(model, monkeypatch):
+    """``eval_variant=route1`` with class-wise NMS at IoU 0.5: the route's last-layer predictions (replaced
     by ``nms_case``'s hand-made duplicates) give exactly the expected survivors, in score order, each
     with its own query's box in original image coordinates (inputs with height/width 2x the tensor's);
     Route-1's FFN runs once, in the last layer only for this route."""
@@ -261,19 +260,19 @@ def test_eval_route_with_nms(model, monkeypatch):
 
     def decode_with_hand_made_route1(*args, **kwargs):
         out = decode(*args, **kwargs)
-        last = out.routes["route1"][-1]
+        last = out.variants["route1"][-1]
         last.logits, last.boxes = logits, boxes
         return out
 
     monkeypatch.setattr(model.transformer, "decode", decode_with_hand_made_route1)
-    monkeypatch.setattr(model, "eval_route", "route1")
+    monkeypatch.setattr(model, "eval_variant", "route1")
     monkeypatch.setattr(model, "eval_nms_threshold", 0.5)
     monkeypatch.setattr(model, "select_box_nums_for_evaluation", 4)
     batch = images(with_instances=False)
     for x in batch:
         x["height"], x["width"] = 2 * x["image"].shape[1], 2 * x["image"].shape[2]
     calls = []
-    hook = model.routes.route1.branches[-1].ffn.register_forward_hook(lambda *a: calls.append(1))
+    hook = model.variants.route1.layer_variants[-1].ffn.register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
             outputs = model(batch)
@@ -289,8 +288,8 @@ def test_eval_route_with_nms(model, monkeypatch):
         cx, cy, w, h = boxes[i, list(queries)].unbind(-1)
         xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * torch.tensor([x["width"], x["height"]] * 2)
         torch.testing.assert_close(instances.pred_boxes.tensor, xyxy, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match="eval_route"):
-        build("model.eval_route=route9")
+    with pytest.raises(ValueError, match="eval_variant"):
+        build("model.eval_variant=route9")
 
 
 def manual_instructive_attention(query, query_pos, token_content, token_pos, mha, blocked=None):
@@ -363,10 +362,10 @@ def test_instructive_attention_weights_and_masks():
 def test_route_builder():
     routes = build_mr_detr_routes(num_layers=3, d_model=16, d_ffn=32)
     assert list(routes) == ["route1", "route3"]
-    assert all(len(r.branches) == 3 for r in routes.values())
+    assert all(len(r.layer_variants) == 3 for r in routes.values())
     matcher = routes["route1"].criterion.matcher
     assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio) == (6, 0.4, 0.3, 0.25)
-    assert routes["route3"].branches[0].num_tokens == 10
+    assert routes["route3"].layer_variants[0].num_tokens == 10
     assert build_mr_detr_routes(2, 16, 32, routes=[]) == {}
     for bad in (["route2"], ["route1", "route1"]):
         with pytest.raises(ValueError):
@@ -387,12 +386,12 @@ def test_configs_load_and_instantiate(name, routes, queries):
     assert set(cfg) == {"dataloader", "lr_multiplier", "model", "optimizer", "train"}
     assert cfg.train.output_dir.endswith(name)
     model = instantiate(cfg.model)
-    assert type(model) is DeformableDETR and list(model.routes) == routes and model.transformer.num_queries == queries
-    assert model.enc_loss_weight == (1.0 if not routes else 3.0) and model.eval_route is None
+    assert type(model) is DeformableDETR and list(model.variants) == routes and model.transformer.num_queries == queries
+    assert model.enc_loss_weight == (1.0 if not routes else 3.0) and model.eval_variant is None
     num_layers = len(model.transformer.decoder.layers)
-    assert all(len(route.branches) == num_layers for route in model.routes.values())
+    assert all(len(route.layer_variants) == num_layers for route in model.variants.values())
     if "route3" in routes:
-        assert model.routes.route3.branches[0].num_tokens == 10
+        assert model.variants.route3.layer_variants[0].num_tokens == 10
 
 
 def test_vfl_plus_primary_diagnostic_configs_change_only_the_one_to_one_class_loss():
@@ -402,11 +401,12 @@ def test_vfl_plus_primary_diagnostic_configs_change_only_the_one_to_one_class_lo
                          ("mr_detr_vfl_plus_primary", TINY)):
         cfg, base = LazyConfig.load(str(CONFIGS / "diagnostics" / f"{name}.py")), LazyConfig.load(str(source))
         model, base_model = instantiate(cfg.model), instantiate(base.model)
-        assert (model.criterion.class_loss, model.criterion.quality, model.criterion.vfl_scale) == ("vfl_plus", "iou", 0.25)
+        assert isinstance(model.criterion.class_loss, VarifocalPlusLoss)
+        assert (model.criterion.class_loss.quality, model.criterion.class_loss.scale) == ("iou", 0.25)
         assert model.criterion.loss_weights == {**base_model.criterion.loss_weights, "class": 1.0}
-        assert base_model.enc_criterion is None and model.enc_criterion.class_loss == "focal"
+        assert base_model.enc_criterion is None and isinstance(model.enc_criterion.class_loss, FocalLoss)
         assert model.enc_criterion.loss_weights == base_model.criterion.loss_weights
-        assert list(model.routes) == list(base_model.routes) and model.enc_loss_weight == base_model.enc_loss_weight
+        assert list(model.variants) == list(base_model.variants) and model.enc_loss_weight == base_model.enc_loss_weight
         assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in base_model.state_dict().items()}
         assert cfg.optimizer == base.optimizer and cfg.train.output_dir.endswith(name)
 
@@ -426,21 +426,21 @@ def test_attention_map_tool(model, tmp_path):
     # Layer 1 sees Route-3's own stream: its layer-0 output and its refined boxes.
     weights, _ = attention_map.instructive_attention(model, images()[0]["image"], 1)
     batch = images(with_instances=False)[:1]
-    route3 = decode_all_routes(model, batch, {"route3": model.routes.route3}).routes["route3"]
+    route3 = decode_all_routes(model, batch, {"route3": model.variants.route3}).variants["route3"]
     decoder = model.transformer.decoder
     with torch.no_grad():
         # The ++ model's positions are static: Route-3's own selected proposals' positional part at every layer.
         _, state, _ = model.encode_and_select(batch)
-        query_pos = model.routes.route3.query_selection(model.transformer, state).queries.position
-        branch = model.routes.route3.branches[1]
+        query_pos = model.variants.route3.query_selection(model.transformer, state).queries.position
+        branch = model.variants.route3.layer_variants[1]
         expected = manual_instructive_attention(route3[0].hidden, query_pos, branch.token_content, branch.token_pos,
                                                 decoder.layers[1].self_attn.attn)[1]
     torch.testing.assert_close(weights, expected[0], rtol=0, atol=1e-6)
-    assert "self_attention" not in vars(model.routes.route3.branches[1]) and model.eval_route is None  # restored
+    assert "self_attention" not in vars(model.variants.route3.layer_variants[1]) and model.eval_variant is None  # restored
 
 
 def test_coco_config_has_the_authors_recipe():
-    """papers/README.md, Mr. DETR's Deformable-DETR++ 12 ep: AdamW lr 1e-4 with only the backbone at
+    """docs/authors_code_facts.md#mr-detr-losses-initialisation-and-recipe, Deformable-DETR++ 12 ep: AdamW lr 1e-4 with only the backbone at
     x0.1 (sampling offsets at the full LR), weight decay 1e-4, clip 0.1, LR drop at epoch 11 of 12
     (7500 iterations each at batch 16), no warm-up; encoder losses x3 matched on the anchors without
     a class cost; Route-3 with its own class-agnostic selection."""
@@ -452,7 +452,7 @@ def test_coco_config_has_the_authors_recipe():
     assert (scheduler.num_updates, list(scheduler.milestones), list(scheduler["values"])) == (90000, [82500], [1.0, 0.1])
     assert (cfg.model.enc_loss_weight, cfg.model.enc_anchor_matcher.cost_class) == (3.0, 0.0)
     assert (cfg.model.enc_anchor_matcher.cost_bbox, cfg.model.enc_anchor_matcher.cost_giou) == (5.0, 2.0)
-    assert cfg.model.routes.route3_proposal_classes == 1 and cfg.model.transformer.enc_class_agnostic
+    assert cfg.model.variants.route3_proposal_classes == 1 and cfg.model.transformer.enc_class_agnostic
     model = build(config=CONFIGS / "mr_deformable_detr_plusplus_r50_12ep.py")
     cfg.optimizer.model = model
     lrs = {}
@@ -467,7 +467,7 @@ def test_coco_config_has_the_authors_recipe():
 
 @pytest.mark.parametrize("name, queries", [("mr_deformable_detr_plusplus_r50_12ep", 900), ("mr_deformable_detr_plusplus_r50_12ep_300q", 300)])
 def test_coco_configs_have_the_papers_losses_matcher_and_queries(name, queries):
-    """papers/README.md, Mr. DETR (Deformable variant), against the instantiated model: 900 queries (the
+    """docs/authors_code_facts.md#mr-detr (Deformable variant), against the instantiated model: 900 queries (the
     headline) or 300; Route-1 and Route-3 with a branch in every decoder layer and 10 instruction
     tokens; every route's losses focal (alpha 0.25, gamma 2) class 2, L1 5, GIoU 2 on every layer,
     unscaled; the o2m matcher with quality 0.7 IoU + 0.3 class, threshold 0.4, top-1 kept, k 6 and at
@@ -475,15 +475,15 @@ def test_coco_configs_have_the_papers_losses_matcher_and_queries(name, queries):
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
     assert cfg.model.transformer.num_queries == queries and cfg.model.transformer.decoder.num_layers == 6
     model = build(config=CONFIGS / f"{name}.py")  # (SMALL sizes: 2 decoder layers, 24 queries)
-    assert list(model.routes) == ["route1", "route3"] and model.enc_loss_weight == 3.0
-    assert model.routes.route3.branches[0].num_tokens == 10
+    assert list(model.variants) == ["route1", "route3"] and model.enc_loss_weight == 3.0
+    assert model.variants.route3.layer_variants[0].num_tokens == 10
     primary = model.criterion
     assert (primary.matcher.cost_class, primary.matcher.cost_bbox, primary.matcher.cost_giou) == (2.0, 5.0, 2.0)
-    assert primary.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0} and primary.class_loss == "focal"
-    for route in model.routes.values():
-        assert len(route.branches) == NUM_LAYERS and route.loss_scale == 1.0
+    assert primary.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0} and isinstance(primary.class_loss, FocalLoss)
+    for route in model.variants.values():
+        assert len(route.layer_variants) == NUM_LAYERS and route.loss_scale == 1.0
         criterion, matcher = route.criterion, route.criterion.matcher
         assert criterion.loss_weights == {"class": 2.0, "bbox": 5.0, "giou": 2.0}
-        assert (criterion.class_loss, criterion.focal_alpha, criterion.focal_gamma) == ("focal", 0.25, 2.0)
+        assert isinstance(criterion.class_loss, FocalLoss) and (criterion.class_loss.alpha, criterion.class_loss.gamma) == (0.25, 2.0)
         assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.keep_top1) == (6, 0.4, 0.3, True)
         assert int(matcher.max_positive_ratio * 900) == 225 if matcher.max_positives is None else matcher.max_positives == 225

@@ -59,11 +59,11 @@ class TeacherStageGroups(nn.Module):
             original.append((entries, gt[entries]))
         return chosen, original
 
-    def forward(self, batch) -> Optional[Dict[str, QueryGroup]]:
+    def forward(self, batch) -> Dict[str, QueryGroup]:
+        """``{str(stage): QueryGroup}``, the same stages every step: a batch without objects gives
+        groups without queries (their losses are zero), so every step has the same loss keys."""
         teacher = batch.teacher
         stages = range(len(teacher.decoder.layers)) if self.stages is None else self.stages
-        if sum(len(t["labels"]) for t in batch.targets) == 0:
-            return None
         groups = {}
         for stage in stages:
             layer = teacher.decoder.layers[stage]

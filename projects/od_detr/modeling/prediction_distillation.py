@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from detr_plus.layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
-from detr_plus.modeling import DecoderQueries, QueryGroup, SetCriterion
-from detr_plus.modeling import losses as L
+from detr_plus.modeling import DecoderQueries, QueryGroup, SetCriterion, losses
 
 PD_MODES = ("tood_listen2stu", "tood", "naive", "query_prior")
 
@@ -34,12 +33,13 @@ class TeacherQueriesGroup(nn.Module):
         self.distillation, self.gt_criterion, self.mode, self.loss_scale = distillation, gt_criterion, mode, loss_scale
         self.distillation.set_mode(mode)
 
-    def forward(self, batch) -> QueryGroup:
+    def forward(self, batch) -> Dict[str, QueryGroup]:
+        """One group, named after the source (key "")."""
         student = batch.selection.queries
         content = batch.teacher.selection.queries.content
         queries = DecoderQueries(content, student.reference, student.position, student.valid)
         criterion = self.gt_criterion if self.mode == "query_prior" else self.distillation
-        return QueryGroup(queries, criterion, loss_scale=self.loss_scale, extras={"teacher": batch.teacher})
+        return {"": QueryGroup(queries, criterion, loss_scale=self.loss_scale, extras={"teacher": batch.teacher})}
 
 
 class PredictionDistillationLoss(nn.Module):
@@ -84,7 +84,7 @@ class PredictionDistillationLoss(nn.Module):
         teacher = context.group.extras["teacher"]
         teacher_layer = teacher.decoder.layers[context.layer]
         target, matched = self.soft_targets(teacher_layer, teacher.matching[context.layer], targets)
-        class_loss = L.quality_focal_loss(logits, target, self.gamma)
+        class_loss = losses.quality_focal_loss(logits, target, self.gamma)
         if valid is not None:
             class_loss = class_loss * valid[..., None].to(class_loss.dtype)
         l1_terms, giou_terms = [], []
@@ -97,7 +97,7 @@ class PredictionDistillationLoss(nn.Module):
                     student_iou = paired_box_iou(box_cxcywh_to_xyxy(boxes[b, q].float()), box_cxcywh_to_xyxy(targets[b]["boxes"][g].float()))
                 weight = weight * (teacher_iou > student_iou.to(teacher_iou.dtype)).to(weight.dtype)
             teacher_boxes = teacher_layer.boxes[b, q]
-            l1_terms.append(weight * L.l1_box_loss(boxes[b, q], teacher_boxes).sum(-1))
-            giou_terms.append(weight * L.giou_box_loss(boxes[b, q], teacher_boxes))
+            l1_terms.append(weight * losses.l1_box_loss(boxes[b, q], teacher_boxes).sum(-1))
+            giou_terms.append(weight * losses.giou_box_loss(boxes[b, q], teacher_boxes))
         terms = {"class": class_loss.sum(), "bbox": torch.cat(l1_terms).sum(), "giou": torch.cat(giou_terms).sum()}
         return {f"loss_{k}": v / num_boxes * self.loss_weights.get(k, 0.0) for k, v in terms.items()}, teacher.matching[context.layer]

@@ -4,7 +4,6 @@ the stability metrics on hand-made matchings, inference equal to the baseline, a
 train_net run with the EMA teacher, Stop Update and the stability hook."""
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +16,9 @@ from detectron2.config import LazyConfig, instantiate
 from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.engine.hooks import resolve_stop_update_iter
-from detr_plus.modeling import DecoderOutput, HungarianMatcher, LayerPredictions, LossContext, QueryGroup, SetCriterion, strip_training_routes
-from projects.od_detr.modeling import (
+from detr_plus.modeling import (DecoderOutput, FocalLoss, HungarianMatcher, LayerPredictions, LossContext, QualityFocalLoss, QueryGroup,
+                                 SetCriterion, strip_training_parts)
+from detr_plus_projects.od_detr.modeling import (
     MatchingDistillation,
     PredictionDistillationLoss,
     TeacherStageGroups,
@@ -26,14 +26,13 @@ from projects.od_detr.modeling import (
     consistency,
     instability,
 )
+from model_utils import SMALL_IMAGE_SIZES, synthetic_batch, tiny_model_config  # tests/model_utils.py (pytest.ini: pythonpath = tests)
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "od_detr" / "configs"
 TINY = CONFIGS / "od_detr_shapes_tiny.py"
 BASELINE = CONFIGS / "od_detr_shapes_tiny_baseline.py"
 SMALL = ["model.transformer.encoder.num_layers=1", "model.transformer.decoder.num_layers=2", "model.transformer.num_queries=20"]
-sys.path.insert(0, str(REPO / "tests"))
-from model_utils import SMALL_IMAGE_SIZES, synthetic_batch, tiny_model_config  # noqa: E402
 
 
 def sig(x):
@@ -69,7 +68,7 @@ def teacher_context(teacher_pairs, layer=0):
 
 
 def md(**kwargs):
-    base = SetCriterion(HungarianMatcher(), {"class": 2.0, "bbox": 5.0, "giou": 2.0}, class_loss="qfl")
+    base = SetCriterion(HungarianMatcher(), {"class": 2.0, "bbox": 5.0, "giou": 2.0}, class_loss=QualityFocalLoss())
     return MatchingDistillation(base, **kwargs)
 
 
@@ -187,7 +186,7 @@ def test_auxiliary_groups_select_two_lowest_cost_queries_per_gt_per_stage():
     teacher = ModelEMA(model, 0.9).module
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
     t = teacher.detection_pass(batch)
-    source = model.query_groups["ag"]
+    source = model.group_sources["ag"]
     assert isinstance(source, TeacherStageGroups) and source.queries_per_gt == 2
     groups = source(SimpleNamespace(teacher=t, targets=t.targets, transformer=model.transformer))
     assert list(groups) == ["0", "1"]  # one group per teacher stage
@@ -221,7 +220,7 @@ def test_auxiliary_groups_of_the_single_stage_model_take_the_slots_positions():
     positional part of the teacher query it came from and its box's centre (``queries_at``)."""
     model = build(TINY, 1)
     t = ModelEMA(model, 0.9).module.detection_pass(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
-    source = model.query_groups["ag"]
+    source = model.group_sources["ag"]
     groups = source(SimpleNamespace(teacher=t, targets=t.targets, transformer=model.transformer))
     chosen, _ = source.select(t.decoder.layers[0], t.matching[0], t.targets)
     q = groups["0"].queries
@@ -249,13 +248,13 @@ def test_inference_equals_the_stripped_baseline_bit_for_bit():
     model = build(TINY, 3)
     model.attach_teacher(ModelEMA(model, 0.9).module)
     baseline = build(BASELINE, 4)
-    state = strip_training_routes(model.state_dict())
+    state = strip_training_parts(model.state_dict())
     assert state.keys() == model.state_dict().keys()  # OD-DETR adds no parameters
     baseline.load_state_dict(state, strict=True)
     model.eval()
     baseline.eval()
     calls = []
-    model.query_groups["pd"].register_forward_hook(lambda *a: calls.append(1))
+    model.group_sources["pd"].register_forward_hook(lambda *a: calls.append(1))
     batch = synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES)
     with torch.no_grad():
         got, expected = model(batch), baseline(batch)
@@ -272,12 +271,12 @@ def test_configs(name):
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
     assert cfg.train.output_dir.endswith(name)
     if name.endswith("baseline"):
-        assert cfg.model.criterion.class_loss == "qfl" and not instantiate(cfg.model).requires_teacher
+        assert isinstance(instantiate(cfg.model.criterion.class_loss), QualityFocalLoss) and not instantiate(cfg.model).requires_teacher
         assert cfg.train.ema.decay == 0.99  # as OD-DETR's tiny config, so the stability curves compare
         return
     assert cfg.train.ema.decay == (0.99 if "shapes" in name else 0.9996) and cfg.train.ema.stop_update_iter == "first_lr_decay"
-    assert cfg.model.criterion.box_down_weight == 0.51 and cfg.model.criterion.criterion.class_loss == "qfl"
-    assert cfg.model.query_groups.queries_per_gt == 2 and (cfg.model.query_groups.alpha, cfg.model.query_groups.beta) == (0.25, 0.75)
+    assert cfg.model.criterion.box_down_weight == 0.51 and isinstance(instantiate(cfg.model.criterion.criterion.class_loss), QualityFocalLoss)
+    assert cfg.model.group_sources.queries_per_gt == 2 and (cfg.model.group_sources.alpha, cfg.model.group_sources.beta) == (0.25, 0.75)
     assert cfg.model.transformer.decoder.share_layers == ("plusplus" not in name)
     stop = resolve_stop_update_iter(cfg.train.ema.stop_update_iter, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
     assert stop == {"od_deformable_detr_r50_12ep": 82500, "od_deformable_detr_r50_24ep": 165000,
@@ -324,21 +323,21 @@ ABLATIONS = {  # file: (PD, AG, regression, conditional IoU, box w_d, class w_d,
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_configs_are_the_table_rows(name):
     cfg = LazyConfig.load(str(CONFIGS / "ablations" / f"{name}.py"))
-    c, g = cfg.model.criterion, cfg.model.query_groups
+    c, g = cfg.model.criterion, cfg.model.group_sources
     got = (g.prediction_distillation, g.auxiliary_groups, c.regression, c.conditional_iou, c.box_down_weight, c.class_down_weight,
            g.pd_mode, g.ag_matching, cfg.train.ema.stop_update_iter == "first_lr_decay", cfg.model.transformer.decoder.share_layers)
     assert got == ABLATIONS[name]
     assert cfg.train.max_iter == 24 * 7500 and cfg.train.output_dir.endswith(name)
-    assert c.criterion.class_loss == ("focal" if name == "table3_conditional_md" else "qfl")
+    assert isinstance(instantiate(c.criterion.class_loss), FocalLoss if name == "table3_conditional_md" else QualityFocalLoss)
 
 
 def test_qfl_baseline_ablation_has_no_teacher():
     cfg = LazyConfig.load(str(CONFIGS / "ablations" / "table3_qfl_without_md.py"))
-    assert cfg.model.criterion.class_loss == "qfl" and cfg.model.query_groups == {} and not cfg.train.ema.enabled
+    assert isinstance(instantiate(cfg.model.criterion.class_loss), QualityFocalLoss) and cfg.model.group_sources == {} and not cfg.train.ema.enabled
 
 
 def test_compare_stability_tool(tmp_path):
-    from projects.od_detr.tools import compare_stability
+    from detr_plus_projects.od_detr.tools import compare_stability
 
     for name, value in (("a", 0.2), ("b", 0.1)):
         (tmp_path / name).mkdir()

@@ -1,19 +1,23 @@
 """Entry-exit query routing (QR-DETR Sec. 4, Eq. 5-11) as decoder-layer wrappers of the shared core.
 
 A wrapper holds the core ``DeformableDecoderLayer`` it wraps (built by the decoder's
-``layer_wrapper`` factory) and a router ``Linear(d, 2)``; only the queries the router passes go
-through the routed block(s): they are gathered (``QuerySubset``, padded per image), processed with
-the gathered context, and scattered back to their original positions.
+``layer_wrapper`` factory) and a router ``Linear(d, 2)``; it composes the layer's blocks in their
+order (``layer.blocks_for(variant)``), and only the queries the router passes go through the routed
+block(s): they are gathered (``QuerySubset``, padded per image), processed with the gathered
+context, and scattered back to their original positions. Every stream of the layer's inputs is
+routed the same way: a decoder variant's (Mr. DETR's routes, LoRA-DETR's branches) goes through the
+layer's blocks with the variant's blocks swapped in, so QR-DETR composes with them.
 """
-from typing import Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from detr_plus.layers import MLP
-from detr_plus.modeling import LayerOutput, QuerySubset
+from detr_plus.modeling import LayerInputs, LayerOutput, PredictWith, QuerySubset, Stream, init_detection_heads
 
 MODES = ("SA", "CA", "F")
+ROUTED_BLOCKS = {"SA": ("self_attn",), "CA": ("cross_attn",), "F": ("self_attn", "cross_attn")}
 STARTS = ("random", "pass", "bypass")
 EXIT_HEADS = ("shared", "own")
 REGROUPS = ("scatter", "concat")
@@ -68,9 +72,7 @@ class EEQRLayer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         if hasattr(self, "exit_class_head"):  # as the detection heads: prior 0.01, boxes start at the reference
-            nn.init.constant_(self.exit_class_head.bias, -4.59511985)
-            nn.init.zeros_(self.exit_box_head.layers[-1].weight)
-            nn.init.zeros_(self.exit_box_head.layers[-1].bias)
+            init_detection_heads(self.exit_class_head, self.exit_box_head)
         self.init_router(self.start)
 
     @torch.no_grad()
@@ -110,39 +112,53 @@ class EEQRLayer(nn.Module):
         order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices  # passing first, then bypassed
         return processed.gather(1, order[..., None].expand_as(processed))
 
-    def whole_layer(self, query, context):
-        """EEQR_F's routed block: the layer's SA -> CA (-> FFN) on the queries given."""
-        layer = self.layer
-        x = layer.cross_attn(layer.self_attn(query, context), context)
-        return layer.ffn(x, context) if self.ffn_on == "routed" else x
+    def segments(self, blocks: List[Tuple[str, Callable]]) -> List[Tuple[bool, Callable]]:
+        """The layer's blocks as (routed, block) segments in their order: the blocks ``mode`` routes,
+        and the FFN when ``ffn_on`` is "routed". EEQR_F routes its blocks as ONE segment: the passing
+        queries go through the whole layer together (one gather, one scatter)."""
+        routed = set(ROUTED_BLOCKS[self.mode]) | ({"ffn"} if self.ffn_on == "routed" else set())
+        segments: List[Tuple[bool, list]] = []
+        for name, block in blocks:
+            if self.mode == "F" and name in routed and segments and segments[-1][0]:
+                segments[-1][1].append(block)
+            else:
+                segments.append((name in routed, [block]))
+        return [(is_routed, parts[0] if len(parts) == 1 else _composed(parts)) for is_routed, parts in segments]
 
-    def forward(self, query, context, branches: Sequence = (), **unused) -> LayerOutput:
-        if any(b is not None for b in branches):
-            raise NotImplementedError("QR-DETR's routed layers do not take training-route branches")
-        passes, sigma = self.route(query)
+    def route_stream(self, stream: Stream, blocks):
+        """One stream through the routed layer: (output, passes, sigma_EE, updated)."""
+        passes, sigma = self.route(stream.query)
         subset = QuerySubset.of(passes)
-        layer = self.layer
-        ffn = layer.ffn
-        updated = None
-        if self.mode == "SA":
-            x = layer.cross_attn(self.through(layer.self_attn, query, context, subset, passes, sigma), context)
-        elif self.mode == "CA":
-            x = self.through(layer.cross_attn, layer.self_attn(query, context), context, subset, passes, sigma)
-        else:
-            x = self.through(self.whole_layer, query, context, subset, passes, sigma)
-            if self.ffn_on == "all":
-                x = ffn(x, context)
-            elif self.regroup == "scatter":
-                updated = passes
-        if self.mode != "F":
-            x = self.through(ffn, x, context, subset, passes, sigma) if self.ffn_on == "routed" else ffn(x, context)
+        x = stream.query
+        for is_routed, block in self.segments(blocks):
+            x = self.through(block, x, stream.context, subset, passes, sigma) if is_routed else block(x, stream.context)
+        bypass_keeps_box = self.mode == "F" and self.ffn_on == "routed" and self.regroup == "scatter"
+        return x, passes, sigma, passes if bypass_keeps_box else None
+
+    def forward(self, inputs: LayerInputs) -> LayerOutput:
+        x, passes, sigma, updated = self.route_stream(inputs.primary, self.layer.blocks_for(None))
         self.last_passed = passes.sum(1).detach()
-        out = LayerOutput(x, [None] * len(branches), updated, extras={"passed": passes})
+        out = LayerOutput(x, updated=updated, extras={"passed": passes})
+        for name, variant in inputs.variants.items():
+            hidden, _, _, variant_updated = self.route_stream(inputs.streams[inputs.stream_of(name)], self.layer.blocks_for(variant))
+            out.variants[name] = hidden
+            if variant_updated is not None:
+                out.variant_updated[name] = variant_updated
         if self.training:
             exit_states = sigma[..., None] * x
-            heads = (self.exit_class_head, self.exit_box_head) if hasattr(self, "exit_class_head") else ()
-            out.predict["exit"] = (exit_states, *heads) if heads else exit_states
+            own_heads = hasattr(self, "exit_class_head")
+            out.predict["exit"] = PredictWith(exit_states, self.exit_class_head, self.exit_box_head) if own_heads else exit_states
         return out
+
+
+def _composed(blocks: Sequence[Callable]) -> Callable:
+    """Blocks applied one after the other, ``block(query, context) -> query``."""
+    def run(query, context):
+        for block in blocks:
+            query = block(query, context)
+        return query
+
+    return run
 
 
 class EEQRWrapper:

@@ -16,17 +16,15 @@ import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.modeling import DecoderQueries, DeformableDecoder, QuerySubset
-from detr_plus.modeling.decoder import DeformableDecoderLayer, QueryStream
-from detr_plus.modeling.structures import EncoderState
-from projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
+from detr_plus.modeling import (PRIMARY, DecoderQueries, DeformableDecoder, DeformableDecoderLayer, EncoderState, LayerInputs, QueryStream,
+                                 QuerySubset, Stream)
+from detr_plus_projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
+from model_utils import SMALL_IMAGE_SIZES, synthetic_batch  # tests/model_utils.py (pytest.ini: pythonpath = tests)
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "qr_detr" / "configs"
 TINY = CONFIGS / "qr_detr_shapes_tiny.py"
 SMALL = ["model.transformer.encoder.num_layers=1", "model.transformer.num_queries=20"]
-sys.path.insert(0, str(REPO / "tests"))
-from model_utils import SMALL_IMAGE_SIZES, synthetic_batch  # noqa: E402
 
 D = 16
 
@@ -79,6 +77,18 @@ def routed(layer, mode, **kwargs):
     return wrapper
 
 
+def call(layer, query, context):
+    """A decoder layer (or wrapper) on the primary stream alone: ``layer(LayerInputs(...))``."""
+    return layer(LayerInputs({PRIMARY: Stream(query, context)}))
+
+
+def whole_layer(wrapper):
+    """EEQR_F's routed block: the wrapped layer's blocks it routes as one segment (SA -> CA (-> FFN))."""
+    is_routed, block = wrapper.segments(wrapper.layer.blocks_for(None))[0]
+    assert is_routed and wrapper.mode == "F"
+    return block
+
+
 def per_image(passes):
     """(image, its passing queries' indices): the reference processes each image's passing queries
     alone, with plain indexing and no padding."""
@@ -93,7 +103,7 @@ def test_each_wrapper_matches_its_equation(mode):
     context = context_for(boxes, position, state)
     wrapper = routed(layer, mode)
     with torch.no_grad():
-        out = wrapper(query, context)
+        out = call(wrapper, query, context)
         expected = query.clone()
         if mode == "CA":
             expected = layer.self_attn(query, context)  # every query through SA
@@ -121,7 +131,7 @@ def test_each_wrapper_matches_its_equation(mode):
     # FFN on all queries (the printed Eq. 9-11): the bypassed ones get the FFN too.
     all_ffn = routed(layer, mode, ffn_on="all")
     with torch.no_grad():
-        got = all_ffn(query, context).hidden
+        got = call(all_ffn, query, context).hidden
     assert (got[~passes] - out.hidden[~passes]).abs().max() > 1e-4
 
 
@@ -187,7 +197,7 @@ def test_concatenation_moves_the_processed_queries_first():
     context = context_for(boxes, position, state)
     scatter, concat = routed(layer, "F"), routed(layer, "F", regroup="concat")
     with torch.no_grad():
-        a, b = scatter(query, context), concat(query, context)
+        a, b = call(scatter, query, context), call(concat, query, context)
     for img in range(2):
         order = torch.cat([passes[img].nonzero().flatten(), (~passes[img]).nonzero().flatten()])
         torch.testing.assert_close(b.hidden[img], a.hidden[img, order], rtol=0, atol=0)
@@ -266,7 +276,7 @@ def test_ddp_with_blocks_that_receive_no_query(tiny, shapes_mini, tmp_path):
 
 
 def test_routing_stats_tool(tiny, shapes_mini, tmp_path):
-    from projects.qr_detr.tools import routing_stats
+    from detr_plus_projects.qr_detr.tools import routing_stats
 
     cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL)
     torch.manual_seed(0)
@@ -318,8 +328,8 @@ def test_residual_gate_scales_each_passing_querys_update_by_its_sigma(mode):
             full = exit_gate.through(layer.self_attn, query, context, QuerySubset.of(passes), passes, sigma)
             gated = residual.through(layer.self_attn, query, context, QuerySubset.of(passes), passes, sigma)
         else:
-            full = exit_gate.through(exit_gate.whole_layer, query, context, QuerySubset.of(passes), passes, sigma)
-            gated = residual.through(residual.whole_layer, query, context, QuerySubset.of(passes), passes, sigma)
+            full = exit_gate.through(whole_layer(exit_gate), query, context, QuerySubset.of(passes), passes, sigma)
+            gated = residual.through(whole_layer(residual), query, context, QuerySubset.of(passes), passes, sigma)
     expected = query + sigma[..., None] * (full - query)
     torch.testing.assert_close(gated, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(gated[~passes], query[~passes], rtol=0, atol=0)
@@ -336,8 +346,7 @@ def test_residual_gate_scales_each_passing_querys_update_by_its_sigma(mode):
 def test_bench_decoder_with_given_pass_counts_costs_less_than_the_plain_decoder():
     """benchmarks/bench_decoder.py --pass-counts: every routed layer passes exactly K queries per
     image, and the routed decoder's MACs fall below the plain one's (Table 3's saving)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import bench_decoder
+    from detr_plus_benchmarks import bench_decoder
 
     args = SimpleNamespace(device="cpu", image_size=(64, 80), repeats=1, warmup=0, pass_counts=None)
     plain = bench_decoder.measure(str(REPO / "configs" / "shapes" / "deformable_detr_plain_tiny.py"), SMALL, args)
@@ -350,7 +359,7 @@ def test_bench_decoder_with_given_pass_counts_costs_less_than_the_plain_decoder(
 def test_force_pass_eval_tool(tiny, shapes_mini, tmp_path):
     """On a model whose routers already pass every query, forcing them to pass changes no AP; the
     table names each routed layer."""
-    from projects.qr_detr.tools import force_pass_eval
+    from detr_plus_projects.qr_detr.tools import force_pass_eval
 
     overrides = SMALL + ["model.transformer.decoder.layer_wrapper.start=pass"]
     cfg = apply_overrides(LazyConfig.load(str(TINY)), overrides)

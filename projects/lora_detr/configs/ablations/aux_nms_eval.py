@@ -6,6 +6,6 @@ the primary branch (Table 5 "Aux. w. NMS"; the paper gives no IoU threshold: 0.7
 """
 from .naux1 import dataloader, lr_multiplier, model, optimizer, train
 
-model.eval_route = "aux0"
+model.eval_variant = "aux0"
 model.eval_nms_threshold = 0.7
 train.output_dir = "./output/lora_deformable_detr_r50_12ep_aux_nms_eval"

@@ -2,5 +2,5 @@
 comparison of Table 6 against LoRA branches)."""
 from ..lora_deformable_detr_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.routes.naive = True
+model.variants.naive = True
 train.output_dir = "./output/lora_deformable_detr_r50_12ep_naive_ffn_naux3"

@@ -4,34 +4,34 @@
 Default: N_aux = 3 LoRA branches with diverse k {2, 4, 6} (Table 4), rank 32, scaling 1.0, B = 0
 init; Eq. 7 with tau 0.4, alpha 0.3; VFL+ (Eq. 8, gamma 1.5) on the primary branch (s = IoU,
 weights 1 / 5 / 2) and on every branch (s = M, weights 2 / 5 / 2, averaged over the branches).
-From the authors' public code (papers/README.md, "More facts ... LoRA-DETR"): every VFL+ term x 0.25
+From the authors' public code (docs/authors_code_facts.md#lora-detr): every VFL+ term x 0.25
 (``vfl_scale``), the branches refine their boxes from the primary route's detached reference
-(``routes.detach_reference``); the 900-query config also merges the one-to-one positives into each
-branch's (``routes.merge_o2o_positives``); the encoder loss is focal 2 / 5 / 2 (``enc_criterion``).
+(``variants.detach_reference``); the 900-query config also merges the one-to-one positives into each
+branch's (``variants.merge_o2o_positives``); the encoder loss is focal 2 / 5 / 2 (``enc_criterion``).
 """
 from detectron2.config import LazyCall as L
 
-from detr_plus.modeling import HungarianMatcher, SetCriterion
-from projects.lora_detr.modeling import build_lora_routes
+from detr_plus.modeling import FocalLoss, HungarianMatcher, SetCriterion, VarifocalPlusLoss
+from detr_plus_projects.lora_detr.modeling import build_lora_branches
 
 lora_detr = dict(
     # Primary (one-to-one) branch: Hungarian matching with the baseline's costs, VFL+ with s = IoU.
     criterion=L(SetCriterion)(
         matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
         loss_weights={"class": 1.0, "bbox": 5.0, "giou": 2.0},
-        class_loss="vfl_plus",  # "focal" for the focal-loss baseline (then class weight 2.0)
-        quality="iou",
-        vfl_gamma=1.5,
-        vfl_scale=0.25,  # the authors' code: VFL+ terms x 0.25 before the sum / GT count (1.0: Eq. 8 as printed)
+        # VFL+ with s = IoU; L(FocalLoss)() for the focal-loss baseline (then class weight 2.0). scale: the
+        # authors' code multiplies the VFL+ terms by 0.25 before the sum / GT count (1.0: Eq. 8 as printed).
+        class_loss=L(VarifocalPlusLoss)(gamma=1.5, scale=0.25, quality="iou"),
     ),
-    # papers/README.md: "The encoder loss is focal 2/5/2 with the encoder-proposal matching of MS-DETR"
-    # (Hungarian on the encoder's predictions with the baseline's costs), not the primary VFL+ loss.
+    # The authors' encoder loss is focal 2/5/2 with MS-DETR's encoder-proposal matching
+    # (Hungarian on the encoder's predictions with the baseline's costs), not the primary VFL+ loss
+    # (docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights).
     enc_criterion=L(SetCriterion)(
         matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-        class_loss="focal",
+        class_loss=L(FocalLoss)(),
     ),
-    routes=L(build_lora_routes)(
+    variants=L(build_lora_branches)(
         num_layers="${..transformer.decoder.num_layers}",
         d_model="${..transformer.decoder.d_model}",
         d_ffn="${..transformer.decoder.d_ffn}",
@@ -49,8 +49,8 @@ lora_detr = dict(
         detach_reference=True,  # boxes refined from the primary route's detached reference (authors' code)
         merge_o2o_positives=False,  # True: add the layer's one-to-one pairs to each branch's (900-query recipe)
     ),
-    # Off by default (inference runs the main branch only). model.eval_route=aux0
+    # Off by default (inference runs the main branch only). model.eval_variant=aux0
     # model.eval_nms_threshold=0.7 evaluates that branch after class-wise NMS (Table 5 "Aux. w. NMS").
-    eval_route=None,
+    eval_variant=None,
     eval_nms_threshold=None,
 )

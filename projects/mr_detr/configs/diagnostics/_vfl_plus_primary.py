@@ -4,9 +4,13 @@ keeps the focal loss it had. Does an IoU-aware one-to-one target let the primary
 stacked near-copies apart? (Mr. DETR README, "Why the primary route lags".)"""
 import copy
 
+from detectron2.config import LazyCall as L
+
+from detr_plus.modeling import VarifocalPlusLoss
+
 
 def vfl_plus_primary(model):
     model.enc_criterion = copy.deepcopy(model.criterion)
-    model.criterion.update(class_loss="vfl_plus", quality="iou", vfl_gamma=1.5, vfl_scale=0.25)
+    model.criterion.class_loss = L(VarifocalPlusLoss)(gamma=1.5, scale=0.25, quality="iou")
     model.criterion.loss_weights["class"] = 1.0
     return model

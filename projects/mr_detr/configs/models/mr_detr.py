@@ -3,15 +3,15 @@
 
 Default: Route-1 + Route-3 next to the primary Route-2 (project page route ablation, last row),
 10 instruction tokens per decoder layer, Route-3's own query selection, o2m matcher, loss weights
-and encoder losses of papers/README.md (facts from the authors' code).
+and encoder losses of the authors' code (docs/authors_code_facts.md#mr-detr).
 """
 from detectron2.config import LazyCall as L
 
-from detr_plus.modeling import HungarianMatcher, OneToManyMatcher, SetCriterion
-from projects.mr_detr.modeling import build_mr_detr_routes
+from detr_plus.modeling import FocalLoss, HungarianMatcher, OneToManyMatcher, SetCriterion
+from detr_plus_projects.mr_detr.modeling import build_mr_detr_routes
 
 mr_detr = dict(
-    routes=L(build_mr_detr_routes)(
+    variants=L(build_mr_detr_routes)(
         num_layers="${..transformer.decoder.num_layers}",
         d_model="${..transformer.decoder.d_model}",
         d_ffn="${..transformer.decoder.d_ffn}",
@@ -30,19 +30,19 @@ mr_detr = dict(
             matcher=L(OneToManyMatcher)(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=0.25,
                                         selection="candidates", max_positives=None, seed=0),
             loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},  # every layer of every route
-            class_loss="focal",
+            class_loss=L(FocalLoss)(),
         ),
     ),
-    # papers/README.md: "Encoder losses: two, one for the primary selection and one for Route-3's
-    # selection, each weighted x3 ... class-agnostic, computed over all encoder tokens, matched to the
-    # GT by Hungarian matching on the anchors with no class cost" (the ++ model's encoder loss is
-    # already class-agnostic over all tokens). enc_anchor_matcher=None matches on the predictions.
+    # The authors' code has two encoder losses, the primary selection's and Route-3's, each x3,
+    # class-agnostic over all encoder tokens, matched to the GT by Hungarian matching on the anchors
+    # without a class cost (docs/authors_code_facts.md#mr-detr-two-stage-selection-and-encoder-losses;
+    # the ++ model's encoder loss is already class-agnostic over all tokens). enc_anchor_matcher=None matches on the predictions.
     enc_loss_weight=3.0,
     enc_anchor_matcher=L(HungarianMatcher)(cost_class=0.0, cost_bbox=5.0, cost_giou=2.0),
     # Evaluation of an auxiliary route (project page ablation, "o2m" / "w/ NMS" columns), off by
-    # default: inference runs the primary route only. E.g. model.eval_route=route1
+    # default: inference runs the primary route only. E.g. model.eval_variant=route1
     # model.eval_nms_threshold=0.7 evaluates Route-1's last-layer predictions after class-wise NMS.
-    eval_route=None,
+    eval_variant=None,
     eval_nms_threshold=None,
     eval_pre_nms_topk=1000,
 )

@@ -10,8 +10,8 @@ stages (Appendix B, Table 8). The matching-stability hook logs Fig. 1 / Fig. 5's
 """
 from detectron2.config import LazyCall as L
 
-from detr_plus.modeling import HungarianMatcher, SetCriterion
-from projects.od_detr.modeling import MatchingDistillation, MatchingStabilityHook, build_od_detr_groups
+from detr_plus.modeling import HungarianMatcher, QualityFocalLoss, SetCriterion
+from detr_plus_projects.od_detr.modeling import MatchingDistillation, MatchingStabilityHook, build_od_detr_groups
 
 
 def qfl_criterion():
@@ -19,7 +19,7 @@ def qfl_criterion():
     return L(SetCriterion)(
         matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-        class_loss="qfl",
+        class_loss=L(QualityFocalLoss)(),
     )
 
 
@@ -36,7 +36,7 @@ def md_criterion():
 
 od_detr = dict(
     criterion=md_criterion(),
-    query_groups=L(build_od_detr_groups)(
+    group_sources=L(build_od_detr_groups)(
         criterion=md_criterion(),  # the auxiliary groups' loss: matching distillation as in the main group
         prediction_distillation=True,
         auxiliary_groups=True,

@@ -10,8 +10,8 @@ set loss (Hungarian, focal 2 / L1 5 / GIoU 2), and the routing-statistics hook (
 """
 from detectron2.config import LazyCall as L
 
-from detr_plus.modeling import HungarianMatcher, SetCriterion
-from projects.qr_detr.modeling import EEQRWrapper, RoutingStatsHook, exit_head_criteria
+from detr_plus.modeling import FocalLoss, HungarianMatcher, SetCriterion
+from detr_plus_projects.qr_detr.modeling import EEQRWrapper, RoutingStatsHook, exit_head_criteria
 
 qr_layer_wrapper = L(EEQRWrapper)(
     d_model="${..d_model}",
@@ -27,7 +27,10 @@ qr_exit_criteria = L(exit_head_criteria)(
     criterion=L(SetCriterion)(
         matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-        class_loss="focal",
+        class_loss=L(FocalLoss)(),
     ),
 )
 qr_hooks = [L(RoutingStatsHook)(output_dir="${train.output_dir}", period=20)]
+# The whole model delta as one dict, for ``detr_plus.engine.compose.compose_methods`` (another method
+# beside QR-DETR in one config); ``d_model`` / ``num_classes`` are read where the wrapper lands.
+qr_detr = dict(transformer=dict(decoder=dict(layer_wrapper=qr_layer_wrapper)), extra_output_criteria=qr_exit_criteria)
