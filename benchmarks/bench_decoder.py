@@ -92,7 +92,8 @@ def measure(config_file, overrides, args):
     image = inputs[0]["image"].to(device)
     with torch.no_grad():
         _, state, selection = model.encode_and_select(inputs)
-    decoder = DecoderOnly(model, state, selection.queries.detach())
+    q = selection.queries  # detached: the traced decoder takes them as constants (views of parameters need it)
+    decoder = DecoderOnly(model, state, DecoderQueries(*(None if t is None else t.detach() for t in (q.content, q.reference, q.position, q.valid))))
     content = selection.queries.content.detach()
     result = dict(config=config_file, overrides=list(overrides), queries=model.transformer.num_queries)
     result["decoder_ms"] = time_calls(lambda: decoder(content), args.repeats, args.warmup, device)

@@ -13,7 +13,7 @@
 | backbone | backbone, neck and position embedding (``DeformableDETR.extract_features``) |
 | encoder | ``DeformableTransformer.encode`` |
 | query selection | ``select_queries`` (the two-stage top-k, every route's own selection) |
-| decoder | ``decode`` (every query stream: primary, routes, groups) |
+| decoder | ``decode`` (every query stream: primary, variants, groups) |
 | teacher | the EMA teacher's pass, when the method has one (OD-DETR) |
 | matching | every matcher call (Hungarian, one-to-many), inside or outside the losses |
 | losses | ``DeformableDETR.losses`` without the matching inside it |

@@ -38,7 +38,7 @@ from .gather import QuerySubset
 from .groups import JointQueries, group_attention_mask, pad_per_image
 from .heads import init_detection_heads
 from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
-from .matcher import HungarianMatcher, OneToManyMatcher
+from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
 from .transformer import DeformableTransformer
 from .variants import OwnFFNVariant, TrainingVariant, VariantQuerySelection, rename_legacy_keys, strip_training_parts
@@ -52,6 +52,6 @@ __all__ = [
     "OwnFFNVariant", "PRIMARY", "PredictWith", "QualityFocalLoss", "QueryContext", "QueryGroup",
     "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
-    "init_detection_heads", "losses", "pad_per_image", "rename_legacy_keys", "resnet_stages",
+    "init_detection_heads", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",
     "strip_training_parts",
 ]

@@ -32,12 +32,15 @@ where nothing is to be supervised, and its losses are then zero.
 The wire types below are plain dataclasses: what flows between the stages.
 """
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
 
 from .gather import QuerySubset
+
+if TYPE_CHECKING:  # the transformer module imports this one
+    from .transformer import DeformableTransformer
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]  # per image (query indices, GT indices), sorted by query
 Targets = List[Dict[str, torch.Tensor]]  # per image {"labels": (n,), "boxes": (n, 4) normalized cxcywh}
@@ -293,7 +296,7 @@ class QueryGroup:
     outputs for the same queries). A group may have no queries (its losses are then zero)."""
 
     queries: DecoderQueries
-    criterion: Any
+    criterion: "Criterion"
     indices: Optional[Indices] = None
     sees_primary: bool = False
     loss_scale: float = 1.0
@@ -328,7 +331,7 @@ class TrainingBatch:
     selection: QuerySelection
     teacher: Optional[DetectionPass] = None
     num_boxes: float = 1.0
-    transformer: Any = None  # the student's ``DeformableTransformer`` (``queries_at`` builds new queries)
+    transformer: Optional["DeformableTransformer"] = None  # the student's (``queries_at`` builds new queries)
     variant_selections: Dict[str, QuerySelection] = field(default_factory=dict)  # variants with their own query selection
 
 

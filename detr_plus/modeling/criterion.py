@@ -13,13 +13,11 @@ LOSS_TERMS = ("class", "bbox", "giou")
 class SetCriterion(nn.Module):
     """Weighted losses of one set of predictions against the targets (Deformable DETR's criterion).
 
-    * ``class_loss``: "focal" (Lin et al.), "vfl_plus" (LoRA-DETR Eq. 8, soft target ``quality``)
-      or "qfl" (OD-DETR Eq. 2, IoU target);
-    * ``quality``: the soft target of positives, "iou" (IoU with the matched GT, the o2o choice) or
-      "matching_score" (M of LoRA-DETR Eq. 7, the o2m choice; uses ``quality_class_weight``);
-    * ``vfl_scale``: a factor on every VFL+ term before the sum / ``num_boxes`` (default 1; LoRA-DETR's
-      public code uses 0.25, docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights). It equals a class weight times ``vfl_scale`` but keeps
-      the weights as the paper prints them; the other class losses ignore it;
+    * ``class_loss``: a class-loss module (``contracts.ClassLoss``) given to it: ``FocalLoss()``
+      (Lin et al., the default), ``VarifocalPlusLoss(...)`` (LoRA-DETR Eq. 8, the soft target of
+      positives IoU or the matching score M of Eq. 7; its ``scale`` 0.25 as LoRA-DETR's public code,
+      docs/authors_code_facts.md#lora-detr-vfl-and-loss-weights) or ``QualityFocalLoss(...)``
+      (OD-DETR Eq. 2, IoU target); a method brings its own the same way;
     * L1 and GIoU box losses on matched pairs; every term is summed and divided by ``num_boxes``.
 
     ``forward`` returns ``({"loss_class": ..., "loss_bbox": ..., "loss_giou": ...}, indices)`` with the

@@ -50,7 +50,7 @@ def _per_branch(values: PerBranch, default: float, num_branches: int, what: str)
         return [float(values)] * num_branches
     values = [float(v) for v in values]
     if len(values) != num_branches:
-        raise ValueError(f"build_lora_routes: {what} has {len(values)} values for {num_branches} branches (one per k)")
+        raise ValueError(f"build_lora_branches: {what} has {len(values)} values for {num_branches} branches (one per k)")
     return values
 
 
@@ -80,7 +80,7 @@ def build_lora_branches(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[
         raise ValueError(f"build_lora_branches: class_loss={class_loss!r}: expected one of {CLASS_LOSSES}")
     ks = [int(k) for k in ks]
     if not ks:
-        raise ValueError("build_lora_routes: ks is empty; give one k per auxiliary branch")
+        raise ValueError("build_lora_branches: ks is empty; give one k per auxiliary branch")
     n = len(ks)
     taus = _per_branch(taus, DEFAULT_TAU, n, "taus")
     alphas = _per_branch(alphas, DEFAULT_ALPHA, n, "alphas")

@@ -18,7 +18,7 @@ from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.optim import build_adamw
 from detr_plus.modeling import (DeformableDETR, FFNBlock, FocalLoss, LossContext, OneToManyMatcher, OwnFFNVariant, VarifocalPlusLoss,
                                  strip_training_parts)
-from detr_plus.modeling.matcher import matching_quality
+from detr_plus.modeling import matching_quality
 from detr_plus_projects.lora_detr.modeling import (TABLE4_DIVERSE_K, LoRAFFNBranch, O2OMergedCriterion, build_lora_branches,
                                                    lora_param_count, union_pairs)
 

@@ -1,4 +1,4 @@
-"""OD-DETR's query groups as the ``query_groups`` dict of ``DeformableDETR`` (Fig. 2: the teacher-query
+"""OD-DETR's query groups as the ``group_sources`` dict of ``DeformableDETR`` (Fig. 2: the teacher-query
 group of prediction distillation, Sec. 3.3, and the auxiliary groups of Sec. 3.4)."""
 from typing import Dict, Optional
 

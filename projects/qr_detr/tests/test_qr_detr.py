@@ -16,8 +16,8 @@ import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.modeling import (PRIMARY, DecoderQueries, DeformableDecoder, DeformableDecoderLayer, EncoderState, LayerInputs, QueryStream,
-                                 QuerySubset, Stream)
+from detr_plus.modeling import (PRIMARY, DecoderQueries, DeformableDecoder, DeformableDecoderLayer, EncoderState, LayerInputs,
+                                 OwnFFNVariant, QueryStream, QuerySubset, Stream)
 from detr_plus_projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
 from model_utils import SMALL_IMAGE_SIZES, synthetic_batch  # tests/model_utils.py (pytest.ini: pythonpath = tests)
 
@@ -374,3 +374,35 @@ def test_force_pass_eval_tool(tiny, shapes_mini, tmp_path):
     assert not layer.route(query)[0].all()
     force_pass_eval.force_pass([layer])
     assert layer.route(query)[0].all()
+
+
+@pytest.mark.parametrize("mode", ["SA", "CA", "F"])
+def test_a_variants_stream_is_routed_through_its_own_blocks_like_the_primary_one(mode):
+    """Composition with decoder variants (issue #25): a variant's stream goes through the routed layer
+    with the variant's blocks swapped in. Its output equals the routed layer whose FFN IS the
+    variant's (same router decisions: the same input), and a variant with its own stream gets
+    routed on its own queries; with every query passing, both equal the plain layer's variant."""
+    state = random_state()
+    query, boxes, position, _ = inputs()
+    context = context_for(boxes, position, state)
+    layer = plain_layer()
+    torch.manual_seed(3)
+    variant = OwnFFNVariant(D, 32).eval()
+    wrapper = routed(layer, mode)
+    with torch.no_grad():
+        out = wrapper(LayerInputs({PRIMARY: Stream(query, context)}, {"v": variant}))
+        swapped = routed(layer, mode)
+        swapped.layer.ffn.ffn = variant.ffn  # the same layer with the variant's FFN as its own
+        expected = call(swapped, query, context).hidden
+        assert torch.equal(out.hidden, call(wrapper, query, context).hidden)
+        assert torch.allclose(out.variants["v"], expected, atol=1e-6)
+        own = query.flip(1)  # another stream: its own queries decide its routing
+        out_own = wrapper(LayerInputs({PRIMARY: Stream(query, context), "v": Stream(own, context)}, {"v": variant}))
+        assert torch.allclose(out_own.variants["v"], call(swapped, own, context).hidden, atol=1e-6)
+        everyone = routed(layer, mode)
+        everyone.router.weight.zero_()
+        everyone.router.bias.copy_(torch.tensor([1.0, -1.0]))  # every query passes
+        plain = layer(LayerInputs({PRIMARY: Stream(query, context)}, {"v": variant}))
+        passing = everyone(LayerInputs({PRIMARY: Stream(query, context)}, {"v": variant}))
+    assert torch.allclose(passing.variants["v"], plain.variants["v"], atol=1e-5)
+    assert torch.allclose(passing.hidden, plain.hidden, atol=1e-5)

@@ -5,7 +5,7 @@ Default: N_aux = 3 LoRA branches with diverse k {2, 4, 6} (Table 4), rank 32, sc
 init; Eq. 7 with tau 0.4, alpha 0.3; VFL+ (Eq. 8, gamma 1.5) on the primary branch (s = IoU,
 weights 1 / 5 / 2) and on every branch (s = M, weights 2 / 5 / 2, averaged over the branches).
 From the authors' public code (docs/authors_code_facts.md#lora-detr): every VFL+ term x 0.25
-(``vfl_scale``), the branches refine their boxes from the primary route's detached reference
+(``vfl_scale``), the branches refine their boxes from the primary queries' detached reference
 (``variants.detach_reference``); the 900-query config also merges the one-to-one positives into each
 branch's (``variants.merge_o2o_positives``); the encoder loss is focal 2 / 5 / 2 (``enc_criterion``).
 """
@@ -46,7 +46,7 @@ lora_detr = dict(
         class_loss="vfl_plus",  # or "focal"
         loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
         vfl_scale=0.25,  # as the primary criterion's
-        detach_reference=True,  # boxes refined from the primary route's detached reference (authors' code)
+        detach_reference=True,  # boxes refined from the primary queries' detached reference (authors' code)
         merge_o2o_positives=False,  # True: add the layer's one-to-one pairs to each branch's (900-query recipe)
     ),
     # Off by default (inference runs the main branch only). model.eval_variant=aux0
