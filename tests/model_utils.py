@@ -105,8 +105,9 @@ def encode(model, batch):
 
 
 def features_of(model, batch):
+    """The neck's multi-scale features, their padding masks and position embeddings."""
     images, masks = model.preprocess_images(batch)
-    return model.extract_features(images, masks)
+    return model.extract_features(images, masks)[1:]
 
 
 def random_queries(batch_size, num, d_model=D_MODEL, seed=0, dtype=torch.float32):

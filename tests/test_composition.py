@@ -90,3 +90,21 @@ def test_a_composed_single_method_builds_the_same_model_as_its_config():
     got = instantiate(composed("mr_detr")).state_dict()
     assert list(got) == list(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_two_methods_touching_the_same_node_from_above_and_below_conflict():
+    """One method sets a whole call, another a key inside it: whichever comes first, a conflict."""
+    from detectron2.config import LazyCall as L
+
+    from detr_plus.modeling import FocalLoss, HungarianMatcher, QualityFocalLoss, SetCriterion
+
+    whole = dict(criterion=L(SetCriterion)(matcher=L(HungarianMatcher)(), class_loss=L(FocalLoss)()))
+    inside = dict(criterion=dict(class_loss=L(QualityFocalLoss)()))
+    for first, second in ((("a", whole), ("b", inside)), (("b", inside), ("a", whole))):
+        model = tiny_model_config("plusplus", dec_layers=2, num_queries=20)
+        with pytest.raises(ValueError, match="conflict"):
+            compose_methods(model, **dict([first, second]))
+    model = tiny_model_config("plusplus", dec_layers=2, num_queries=20)
+    compose_methods(model, a=dict(criterion=dict(loss_weights={"class": 1.0})), b=dict(criterion=dict(class_loss=L(FocalLoss)())))
+    assert model.criterion.loss_weights["class"] == 1.0 and model.criterion.class_loss._target_ is FocalLoss  # side by side
+    assert compose_methods(dict(hooks=[1]), path="train", a=dict(hooks=[2]), b=dict(hooks=[3]))["hooks"] == [1, 2, 3]

@@ -7,8 +7,9 @@ A method's delta is a dict of the model keys it sets (``projects/<method>/config
   merged by name (``merge_named``: the same name from two methods is an error naming both);
 * a plain dict (no ``_target_``) goes into the config node of the same key (e.g. QR-DETR's
   ``transformer.decoder.layer_wrapper``); a list (``train.hooks``) is extended;
-* any other key set by two methods to different values stops with an error naming both methods
-  and the key: the methods conflict (LoRA-DETR and OD-DETR each bring their own class loss).
+* a key that another method set to a different value, or a node above or below such a key,
+  stops with an error naming both methods and the keys: the methods conflict (LoRA-DETR and
+  OD-DETR each bring their own class loss).
 """
 import re
 from typing import Dict, Mapping
@@ -63,6 +64,14 @@ def compose_methods(node, path: str = "model", **methods: Mapping):
     return node
 
 
+def _other_owner(owners: Dict[str, str], where: str, method: str):
+    """(path, method) of another method's setting at ``where``, above it or below it, else None."""
+    for path, owner in owners.items():
+        if owner != method and (path == where or where.startswith(path + ".") or path.startswith(where + ".")):
+            return path, owner
+    return None
+
+
 def _apply(node, delta: Mapping, method: str, owners: Dict[str, str], path: str):
     for key, value in delta.items():
         where = f"{path}.{key}"
@@ -74,14 +83,17 @@ def _apply(node, delta: Mapping, method: str, owners: Dict[str, str], path: str)
                 parts = {} if current is None else {owners.get(where, "base"): _one_level_deeper(current)}
                 node[key] = L(merge_named)(**parts)
             node[key][method] = _one_level_deeper(value)
-            owners[where] = method
-        elif isinstance(value, Mapping) and not _is_call(value) and isinstance(current, DictConfig):
-            _apply(current, value, method, owners, where)
-        elif isinstance(value, (list, ListConfig)) and isinstance(current, (list, ListConfig)) and where in owners:
+            continue
+        if isinstance(value, (list, ListConfig)) and isinstance(current, (list, ListConfig)):
             node[key] = list(current) + list(value)
-        elif where in owners and current != value:
-            raise ValueError(f"{owners[where]} and {method} conflict: both set {where} (to different values); "
-                             "they cannot be combined as they are")
-        else:
-            node[key] = value
-            owners[where] = method
+            continue
+        other = _other_owner(owners, where, method)
+        into_node = isinstance(value, Mapping) and not _is_call(value) and isinstance(current, DictConfig)
+        if into_node and (other is None or other[0].startswith(where + ".")):
+            _apply(current, value, method, owners, where)  # keys inside the node: checked one by one
+            continue
+        if other is not None and not (other[0] == where and current == value):
+            what = f"both set {where}" if other[0] == where else f"{other[1]} sets {other[0]}, {method} sets {where}"
+            raise ValueError(f"{other[1]} and {method} conflict: {what} (to different values); they cannot be combined as they are")
+        node[key] = value
+        owners[where] = method

@@ -7,6 +7,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from ..modeling.variants import rename_legacy_keys
+
 
 def _floating_tensors(module: nn.Module) -> Dict[str, torch.Tensor]:
     """The floating tensors of the state dict (parameters and persistent buffers) by name, each shared
@@ -75,10 +77,11 @@ class ModelEMA:
 
     @torch.no_grad()
     def load_state_dict(self, state):
-        missing = set(self.names) - set(state["shadow"])
+        shadow = rename_legacy_keys(state["shadow"])  # an EMA saved before core v3's names loads too
+        missing = set(self.names) - set(shadow)
         if missing:
             raise KeyError(f"EMA state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
         for n in self.names:
-            self._tensors[n].copy_(state["shadow"][n])
+            self._tensors[n].copy_(shadow[n])
         self.updates = int(state["updates"])
         self.restored = True

@@ -19,11 +19,13 @@ head              ``model.heads = {name: head}``        per-query outputs of a l
                   (``Head``)                            predictions and their losses
 ================  ====================================  ======================================
 
-plus a teacher: any of these with ``requires_teacher = True`` makes the trainer attach the EMA
-model, whose ``DetectionPass`` of the batch is ``TrainingBatch.teacher``.
+plus a teacher: a criterion (the model's, the encoder's, a variant's, an extra output's), a group
+source or a head with ``requires_teacher = True`` makes the trainer attach the EMA model, whose
+``DetectionPass`` of the batch is ``TrainingBatch.teacher``.
 
 Loss keys are part of the contract. ``{prefix}{term}{suffix}``: the prefix is "" for the primary
-queries and ``{name}/`` for a variant, group, extra output or head; the suffix ``_{i}`` names decoder
+queries and ``{name}/`` for a variant, group or extra output (a head's losses take the prefix of the
+predictions it runs on: ``loss_iou``, ``route1/loss_iou_0``); the suffix ``_{i}`` names decoder
 layer i ("" for the last primary layer, ``_enc`` for the encoder). The same keys come out of every
 training step, whatever the batch (detectron2 averages metrics across processes by the first
 process's keys): a group source returns the same group names every step, a group with no queries
@@ -54,6 +56,7 @@ class EncoderState:
     level_start_index: torch.Tensor  # (L,)
     valid_ratios: torch.Tensor  # (B, L, 2) (w, h) fraction of each level that is not padding
     padding_mask: torch.Tensor  # (B, S) True on padding
+    backbone_features: Optional[Dict[str, torch.Tensor]] = None  # the backbone's outputs by name (res3, ...), for heads
 
 
 @dataclass
@@ -157,9 +160,11 @@ class QueryContext:
     @staticmethod
     def concat(contexts: Sequence["QueryContext"]) -> "QueryContext":
         """Context for the queries of ``contexts`` concatenated along dim 1 (same memory, e.g. several
-        streams in one cross-attention call); the first one's self-attention mask is kept."""
+        streams in one cross-attention call); it has no self-attention or query padding mask (they
+        relate queries of one stream only)."""
         first = contexts[0]
-        return replace(first, **{name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY})
+        joined = {name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY}
+        return replace(first, self_attn_mask=None, query_padding_mask=None, **joined)
 
     def attention_mask(self, num_heads: int) -> Optional[torch.Tensor]:
         """The mask ``nn.MultiheadAttention`` takes: ``self_attn_mask`` as is when it is (Q, Q) and
@@ -291,8 +296,10 @@ class QueryGroup:
 
     ``criterion`` is called like ``SetCriterion``; ``indices`` (per image ``(query, gt)``, query
     indices within the group) fixes the assignment of every layer; ``sees_primary`` lets the group
-    read the primary queries (DINO's denoising groups); ``loss_scale`` multiplies the group's
-    losses; ``extras`` carries what the criterion needs besides the predictions (e.g. a teacher's
+    read the primary queries (DINO's denoising groups); ``self_attn_mask`` (N, N) bool, True where
+    a query of the group may not attend another of the group (several denoising groups packed into
+    one, their number changing with the batch: the loss keys stay the same); ``loss_scale``
+    multiplies the group's losses; ``extras`` carries what the criterion needs besides the predictions (e.g. a teacher's
     outputs for the same queries). A group may have no queries (its losses are then zero)."""
 
     queries: DecoderQueries
@@ -300,6 +307,7 @@ class QueryGroup:
     indices: Optional[Indices] = None
     sees_primary: bool = False
     loss_scale: float = 1.0
+    self_attn_mask: Optional[torch.Tensor] = None
     extras: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -340,7 +348,8 @@ class LossContext:
     """What the meta-architecture tells a criterion besides the predictions: which decoder layer (or
     "enc"), which variant or group (``name``; "primary" for the primary queries), the ``QueryGroup``
     if any, and the training batch. ``matching``: the assignments computed so far in this step, by
-    name ("primary", "enc", variant and group names), one entry per layer; the primary queries' come
+    name ("primary", "enc", variant, group and extra-output names), entry i for decoder layer i (None
+    where that name has no predictions in layer i); the primary queries' come
     first in every layer, so a variant's criterion can read its layer's one-to-one pairs."""
 
     layer: Union[int, str]
@@ -351,7 +360,8 @@ class LossContext:
 
 
 # --- the extension points' protocols ----------------------------------------------------------------
-@runtime_checkable
+
+
 class Criterion(Protocol):
     """``criterion(logits, boxes, targets, num_boxes, indices=None, valid=None, context=None)`` ->
     ``(weighted losses {"loss_class": ..., ...}, indices)``: the same keys every call; ``indices`` the
@@ -409,7 +419,6 @@ class DecoderVariant(Protocol):
     def layer_variant(self, layer_index: int) -> Optional[LayerVariant]: ...
 
 
-@runtime_checkable
 class GroupSource(Protocol):
     """``source(batch: TrainingBatch) -> {key: QueryGroup}`` (``model.group_sources``), called once per
     training step after the encoder, the query selection and the teacher's pass. It returns the same
@@ -420,24 +429,28 @@ class GroupSource(Protocol):
     def __call__(self, batch: TrainingBatch) -> Mapping[str, QueryGroup]: ...
 
 
-@runtime_checkable
 class DecoderLayer(Protocol):
     """A decoder layer, or what a ``decoder.layer_wrapper(layer, index)`` returns in its place:
     called with ``LayerInputs``, returns a ``LayerOutput`` with one output per variant of the inputs.
-    A core layer exposes its blocks in order (``blocks_for(variant)``: ``[(name, block)]``, each
-    ``block(query, context) -> query``) so a wrapper composes them instead of rebuilding the layer."""
+    A core layer declares its blocks in order (``blocks_for(variant)``: ``[(name, block)]``, each
+    ``block(query, context) -> query``, the variant's blocks swapped in) so a wrapper composes them
+    instead of rebuilding the layer. The decoder checks that every variant got an output."""
 
     def __call__(self, inputs: LayerInputs) -> LayerOutput: ...
 
 
 class LayerWrapper(Protocol):
+    """``decoder.layer_wrapper``: called once per layer at construction with the core layer and its
+    index; returns the module used as that layer."""
+
     def __call__(self, layer: nn.Module, index: int) -> DecoderLayer: ...
 
 
 @runtime_checkable
 class Head(Protocol):
     """A per-query output (``model.heads``): an IoU head, a mask head. ``layers``: "all" or "last"
-    (which decoder layers it runs on); ``forward(predictions, batch_or_state)`` -> (B, Q, ...) outputs;
+    (which decoder layers it runs on); ``forward(predictions, state)`` -> (B, Q, ...) outputs (``state``:
+the ``EncoderState``, with the backbone's features);
     ``loss(outputs, predictions, targets, indices, num_boxes)`` -> weighted losses (the same keys
     every call) for the pairs the layer's criterion matched. At inference the last layer's outputs of
     the kept queries become the ``Instances`` field ``field``."""

@@ -8,7 +8,7 @@ queries, reference boxes, logits and boxes.
 """
 import copy
 from dataclasses import replace
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..layers import MLP, box_sine_embedding
 from ..layers.box_ops import inverse_sigmoid
-from .contracts import (PRIMARY, DecoderOutput, DecoderQueries, DecoderVariant, EncoderState, LayerInputs, LayerPredictions,
+from .contracts import (PRIMARY, DecoderOutput, DecoderQueries, DecoderVariant, EncoderState, LayerInputs, LayerPredictions, LayerWrapper,
                         PredictWith, QueryContext, QueryGroup, QueryStream, Stream)
 from .decoder_layer import DeformableDecoderLayer
 from .groups import JointQueries
@@ -54,7 +54,7 @@ class DeformableDecoder(nn.Module):
 
     def __init__(self, num_layers=6, d_model=256, num_classes=80, box_refine=True, look_forward_twice=False,
                  share_heads: Optional[bool] = None, share_layers=False, query_position="box_sine",
-                 layer_wrapper: Optional[Callable[[nn.Module, int], nn.Module]] = None, **layer_kwargs):
+                 layer_wrapper: Optional[LayerWrapper] = None, **layer_kwargs):
         super().__init__()
         if query_position not in QUERY_POSITIONS:
             raise ValueError(f"decoder.query_position={query_position!r}: expected one of {QUERY_POSITIONS}")
@@ -138,12 +138,16 @@ class DeformableDecoder(nn.Module):
             inputs = LayerInputs({PRIMARY: Stream(primary.query, context_of(primary)), **streams.streams(context_of)},
                                  streams.layer_variants(index))
             result = layer(inputs)
+            if set(result.variants) != set(inputs.variants):
+                raise ValueError(f"decoder layer {index} ({type(layer).__name__}) returned outputs for variants "
+                                 f"{sorted(result.variants)}, was given {sorted(inputs.variants)}: a layer returns one per variant")
             predictions, following = self.step(index, result.hidden, primary, result.updated)
             predictions.valid, predictions.extras = joint.queries.valid, dict(result.extras)
             for name, states in result.predict.items():
                 heads = (states.class_head, states.box_head) if isinstance(states, PredictWith) else None
                 states = states.states if isinstance(states, PredictWith) else states
                 predictions.extras[name], _ = self.step(index, states, primary, heads=heads)
+                predictions.extras[name].valid = joint.queries.valid
             layers.append(predictions)
             streams.advance(index, result, primary, self.step)
             primary = following

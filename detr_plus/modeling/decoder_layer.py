@@ -37,24 +37,20 @@ class DeformableDecoderLayer(nn.Module):
         as one call over every distinct self-attention result (it treats queries independently, so
         concatenating them along the query axis is exact); an FFN result is keyed by (its
         self-attention key, its owner)."""
-        consumers: Dict[str, Optional[LayerVariant]] = {PRIMARY: None, **inputs.variants}
         attended: Dict[Tuple[str, str], torch.Tensor] = {}
-        attention_key: Dict[str, Tuple[str, str]] = {}
-        for name, variant in consumers.items():
+        plan = {}  # consumer -> (its self-attention key, its FFN block, the FFN's owner)
+        for name, variant in {PRIMARY: None, **inputs.variants}.items():
+            blocks = dict(self.blocks_for(variant))
             stream = PRIMARY if variant is None else inputs.stream_of(name)
-            owner = name if variant is not None and variant.replaces_self_attention else SHARED
-            key = attention_key[name] = (stream, owner)
+            key = (stream, SHARED if blocks["self_attn"] is self.self_attn else name)
             if key not in attended:
-                self_attn = self.blocks_for(variant)[0][1]
-                attended[key] = self_attn(inputs.streams[stream].query, inputs.streams[stream].context)
+                attended[key] = blocks["self_attn"](inputs.streams[stream].query, inputs.streams[stream].context)
+            plan[name] = (key, blocks["ffn"], SHARED if blocks["ffn"] is self.ffn else name)
         crossed = self._cross_attention(attended, inputs)
         outputs: Dict[str, torch.Tensor] = {}
         fed: Dict[Tuple[Tuple[str, str], str], torch.Tensor] = {}
-        for name, variant in consumers.items():
-            key = attention_key[name]
-            owner = name if variant is not None and variant.replaces_ffn else SHARED
+        for name, (key, ffn, owner) in plan.items():
             if (key, owner) not in fed:
-                ffn = self.blocks_for(variant)[2][1]
                 fed[key, owner] = ffn(crossed[key], inputs.streams[key[0]].context)
             outputs[name] = fed[key, owner]
         return LayerOutput(outputs.pop(PRIMARY), variants=outputs)

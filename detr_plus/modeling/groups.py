@@ -55,6 +55,11 @@ class JointQueries:
         if self.groups:
             sees = [g.sees_primary for g in self.groups.values()]
             self.mask = group_attention_mask(self.sizes, sees, primary.content.device)
+            start = self.sizes[0]
+            for group, size in zip(self.groups.values(), self.sizes[1:]):
+                if group.self_attn_mask is not None:  # a group's own mask inside its block
+                    self.mask[start : start + size, start : start + size] |= group.self_attn_mask.to(self.mask.device)
+                start += size
         self.padding = None if self.queries.valid is None else ~self.queries.valid
 
     def with_groups(self, start: DecoderQueries) -> DecoderQueries:
@@ -63,17 +68,28 @@ class JointQueries:
 
     def split(self, layers: List[LayerPredictions], variants: Dict[str, List[Optional[LayerPredictions]]]) -> DecoderOutput:
         """The joint pass's per-layer predictions as a ``DecoderOutput``: the primary part, every
-        variant's primary part and every group's part; ``extras`` stay with the primary layers."""
+        variant's primary part and every group's part. ``extras`` stay with the primary layers, cut
+        to the primary queries where they are per query (further ``LayerPredictions``, (B, Q, ...)
+        tensors): a wrapper's exit predictions are supervised for the primary queries only."""
         if not self.groups:
             return DecoderOutput(layers, variants)
         bounds = torch.tensor(self.sizes).cumsum(0).tolist()
         primary = []
         for joint in layers:
             part = joint.part(0, self.sizes[0])
-            part.extras = joint.extras
+            part.extras = {name: self.primary_part(value) for name, value in joint.extras.items()}
             primary.append(part)
         variants = {name: [None if p is None else p.part(0, self.sizes[0]) for p in layers_of]
                     for name, layers_of in variants.items()}
         groups = {name: [p.part(start, end) for p in layers]
                   for name, start, end in zip(self.groups, bounds[:-1], bounds[1:])}
         return DecoderOutput(primary, variants, groups)
+
+    def primary_part(self, value):
+        """``value`` cut to the primary queries if it is per query of the joint pass."""
+        total = sum(self.sizes)
+        if isinstance(value, LayerPredictions):
+            return value.part(0, self.sizes[0])
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == total:
+            return value[:, : self.sizes[0]]
+        return value

@@ -27,6 +27,10 @@ class LossBook:
         self.matching.setdefault(name, []).append(matched)
         return matched
 
+    def skip(self, name: str):
+        """A layer without predictions under ``name``: its matching entry is None, so entry i is layer i."""
+        self.matching.setdefault(name, []).append(None)
+
     def add_layer(self, criterion, predictions: LayerPredictions, name: str, prefix: str, suffix: str, layer: int,
                   scale: float = 1.0, group: Optional[QueryGroup] = None):
         """A decoder layer's predictions: the criterion's losses, then every head's for the same pairs."""

@@ -9,7 +9,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..layers.box_ops import box_xyxy_to_cxcywh
-from .contracts import (DecoderOutput, DecoderVariant, DetectionPass, EncoderState, GroupSource, Head, Indices,
+from .contracts import (PRIMARY, DecoderOutput, DecoderVariant, DetectionPass, EncoderState, Head, Indices,
                         LayerPredictions, QueryGroup, QuerySelection, TrainingBatch)
 from .criterion import SetCriterion
 from .loss_book import LossBook
@@ -109,18 +109,17 @@ class DeformableDETR(nn.Module):
 
     def check_extensions(self):
         """Every extension honours its protocol, and names do not collide (they are loss prefixes)."""
-        slots = {"variants": (self.variants, DecoderVariant), "group_sources": (self.group_sources, GroupSource),
-                 "heads": (self.heads, Head)}
+        slots = {"variants": (self.variants, DecoderVariant), "heads": (self.heads, Head)}
         for slot, (modules, protocol) in slots.items():
             for name, module in modules.items():
                 if not isinstance(module, protocol):
                     raise TypeError(f"model.{slot}[{name!r}] is a {type(module).__name__}, not a {protocol.__name__} "
                                     f"(detr_plus.modeling.contracts.{protocol.__name__} lists what it must have)")
-        names = list(self.variants) + list(self.group_sources) + list(self.extra_output_criteria) + list(self.heads)
-        clashes = sorted({n for n in names if names.count(n) > 1} | ({"enc", "primary"} & set(names)))
+        names = list(self.variants) + list(self.group_sources) + list(self.extra_output_criteria)
+        clashes = sorted({n for n in names if names.count(n) > 1} | ({"enc", PRIMARY} & set(names)))
         if clashes:
-            raise ValueError("variants, group_sources, extra_output_criteria and heads need distinct names other than "
-                             f"'enc' and 'primary' (they prefix loss keys): {clashes}")
+            raise ValueError("variants, group_sources and extra_output_criteria need distinct names other than "
+                             f"'enc' and '{PRIMARY}' (they prefix loss keys): {clashes}")
 
     @property
     def device(self):
@@ -129,7 +128,8 @@ class DeformableDETR(nn.Module):
     # --- teacher -------------------------------------------------------------------------------
     @property
     def requires_teacher(self) -> bool:
-        """True when a criterion, variant, group source or head reads the EMA teacher's pass."""
+        """True when the criterion, the encoder criterion, a variant's criterion, a group source, an
+        extra-output criterion or a head reads the EMA teacher's pass (``requires_teacher``)."""
         users = [self.criterion, self.enc_criterion, *self.group_sources.values(), *self.extra_output_criteria.values(),
                  *self.heads.values(), *(variant.criterion for variant in self.variants.values())]
         return any(reads_teacher(m) for m in users)
@@ -162,16 +162,21 @@ class DeformableDETR(nn.Module):
         return targets
 
     def extract_features(self, images, masks):
-        """Multi-scale features, their padding masks and sine position embeddings."""
-        features = self.neck(self.backbone(images.tensor))
+        """(the backbone's outputs by name, the neck's multi-scale features, their padding masks,
+        their sine position embeddings)."""
+        backbone_features = self.backbone(images.tensor)
+        features = self.neck(backbone_features)
         level_masks = [F.interpolate(masks[None].float(), size=f.shape[-2:])[0].bool() for f in features]
         pos = [self.position_embedding(m).to(f.dtype) for f, m in zip(features, level_masks)]
-        return features, level_masks, pos
+        return backbone_features, features, level_masks, pos
 
     def encode_and_select(self, batched_inputs):
-        """(images, encoder state, primary query selection) of a batch."""
+        """(images, encoder state, primary query selection) of a batch; the state keeps the backbone's
+        outputs for heads that read image features (a mask head)."""
         images, masks = self.preprocess_images(batched_inputs)
-        state = self.transformer.encode(*self.extract_features(images, masks))
+        backbone_features, *multi_scale = self.extract_features(images, masks)
+        state = self.transformer.encode(*multi_scale)
+        state.backbone_features = backbone_features
         return images, state, self.transformer.select_queries(state)
 
     # --- forward -------------------------------------------------------------------------------
@@ -179,7 +184,7 @@ class DeformableDETR(nn.Module):
         if self.training:
             return self.training_losses(batched_inputs)[0]
         images, state, selection = self.encode_and_select(batched_inputs)
-        variants = self.decoder_variants()
+        variants = None if self.eval_variant is None else {self.eval_variant: self.variants[self.eval_variant]}
         starts = {name: s.queries for name, s in self.variant_selections(state, variants).items()}
         out = self.transformer.decode(selection.queries, state, variants=variants, variant_queries=starts)
         final = self.inference_predictions(out)
@@ -236,13 +241,6 @@ class DeformableDETR(nn.Module):
             groups.update((f"{name}_{key}" if key != "" else name, group) for key, group in made.items())
         return groups
 
-    def decoder_variants(self) -> Optional[Dict[str, nn.Module]]:
-        """The variants the decoder runs: all in training, none at inference (inference costs what the
-        baseline costs) unless ``eval_variant`` names one to evaluate."""
-        if self.training:
-            return dict(self.variants)
-        return None if self.eval_variant is None else {self.eval_variant: self.variants[self.eval_variant]}
-
     def inference_predictions(self, out: DecoderOutput) -> LayerPredictions:
         """The predictions inference post-processes: the primary queries' (or ``eval_variant``'s) last decoder layer."""
         if self.eval_variant is None:
@@ -267,17 +265,21 @@ class DeformableDETR(nn.Module):
         book = LossBook(batch, self.heads, len(out.layers))
         last = len(out.layers) - 1
         for i, layer in enumerate(out.layers):
-            book.add_layer(self.criterion, layer, "primary", "", "" if i == last else f"_{i}", i)
+            book.add_layer(self.criterion, layer, PRIMARY, "", "" if i == last else f"_{i}", i)
             for name, criterion in self.extra_output_criteria.items():
                 extra = layer.extras.get(name)
                 if isinstance(extra, LayerPredictions):
                     book.add(criterion, extra.logits, extra.boxes, extra.valid, name, f"{name}/", f"_{i}", i)
+                else:
+                    book.skip(name)
         self.encoder_losses(book, batch)
         for name, layers in out.variants.items():
             variant = self.variants[name]
             for i, layer in enumerate(layers):
                 if layer is not None:
                     book.add_layer(variant.criterion, layer, name, f"{name}/", f"_{i}", i, variant.loss_scale)
+                else:
+                    book.skip(name)
         for name, layers in out.groups.items():
             group = (groups or {})[name]
             for i, layer in enumerate(layers):
@@ -301,8 +303,11 @@ class DeformableDETR(nn.Module):
                      "enc", self.enc_loss_weight, indices=indices, targets=targets)
 
     def check_loss_keys(self, losses: Dict[str, torch.Tensor]):
-        """Every training step gives the first step's loss keys: detectron2 averages metrics across
-        processes by the first process's keys, so a key missing on one process ends a DDP run."""
+        """Every training step (in training mode) gives the first step's loss keys: detectron2 averages
+        metrics across processes by the first process's keys, so a key missing on one process ends a
+        DDP run."""
+        if not self.training:  # the training-only parts of some extensions (exit heads) run in training mode only
+            return
         keys = frozenset(losses)
         if self._loss_keys is None:
             self._loss_keys = keys

@@ -57,7 +57,7 @@ def synthetic_batch(seed=0):
 
 def decode_all_branches(model, batch):
     images, masks = model.preprocess_images(batch)
-    features, level_masks, pos = model.extract_features(images, masks)
+    _, features, level_masks, pos = model.extract_features(images, masks)
     out, _, _ = model.transformer(features, level_masks, pos, variants=model.variants)
     return out
 

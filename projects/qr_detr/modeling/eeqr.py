@@ -8,7 +8,8 @@ context, and scattered back to their original positions. Every stream of the lay
 routed the same way: a decoder variant's (Mr. DETR's routes, LoRA-DETR's branches) goes through the
 layer's blocks with the variant's blocks swapped in, so QR-DETR composes with them.
 """
-from typing import Callable, List, Sequence, Tuple
+from itertools import chain
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -95,12 +96,14 @@ class EEQRLayer(nn.Module):
         score = self.router(query)
         return score[..., 0] >= score[..., 1], score.sigmoid().max(-1).values
 
-    def through(self, block, x, context, subset: QuerySubset, passes, sigma):
-        """``block`` on the passing queries of ``x``, regrouped into the full set."""
+    def through(self, block, x, context, subset: QuerySubset, passes, sigma, variant: Optional[nn.Module] = None):
+        """``block`` on the passing queries of ``x``, regrouped into the full set (``variant``: the
+        layer variant whose blocks ``block`` may hold)."""
         if subset.size == 0:
-            # No query passes in the whole batch: the block is skipped, its parameters get a zero
-            # gradient so DDP with find_unused_parameters=False still sees them used.
-            params = (block if isinstance(block, nn.Module) else self.layer).parameters()
+            # No query passes in the whole batch: the block is skipped, its parameters (and the
+            # variant's) get a zero gradient so DDP with find_unused_parameters=False sees them used.
+            params = chain((block if isinstance(block, nn.Module) else self.layer).parameters(),
+                           variant.parameters() if variant is not None else ())
             return x + 0.0 * sum(p.sum() for p in params) if self.training else x
         gathered = subset.gather(x)
         out = block(gathered, context.select(subset))
@@ -125,22 +128,26 @@ class EEQRLayer(nn.Module):
                 segments.append((name in routed, [block]))
         return [(is_routed, parts[0] if len(parts) == 1 else _composed(parts)) for is_routed, parts in segments]
 
-    def route_stream(self, stream: Stream, blocks):
-        """One stream through the routed layer: (output, passes, sigma_EE, updated)."""
+    def route_stream(self, stream: Stream, variant: Optional[nn.Module] = None):
+        """One stream through the routed layer, with ``variant``'s blocks swapped in: (output, passes,
+        sigma_EE, updated)."""
         passes, sigma = self.route(stream.query)
         subset = QuerySubset.of(passes)
         x = stream.query
-        for is_routed, block in self.segments(blocks):
-            x = self.through(block, x, stream.context, subset, passes, sigma) if is_routed else block(x, stream.context)
+        for is_routed, block in self.segments(self.layer.blocks_for(variant)):
+            if is_routed:
+                x = self.through(block, x, stream.context, subset, passes, sigma, variant)
+            else:
+                x = block(x, stream.context)
         bypass_keeps_box = self.mode == "F" and self.ffn_on == "routed" and self.regroup == "scatter"
         return x, passes, sigma, passes if bypass_keeps_box else None
 
     def forward(self, inputs: LayerInputs) -> LayerOutput:
-        x, passes, sigma, updated = self.route_stream(inputs.primary, self.layer.blocks_for(None))
+        x, passes, sigma, updated = self.route_stream(inputs.primary)
         self.last_passed = passes.sum(1).detach()
         out = LayerOutput(x, updated=updated, extras={"passed": passes})
         for name, variant in inputs.variants.items():
-            hidden, _, _, variant_updated = self.route_stream(inputs.streams[inputs.stream_of(name)], self.layer.blocks_for(variant))
+            hidden, _, _, variant_updated = self.route_stream(inputs.streams[inputs.stream_of(name)], variant)
             out.variants[name] = hidden
             if variant_updated is not None:
                 out.variant_updated[name] = variant_updated

@@ -406,3 +406,16 @@ def test_a_variants_stream_is_routed_through_its_own_blocks_like_the_primary_one
         passing = everyone(LayerInputs({PRIMARY: Stream(query, context)}, {"v": variant}))
     assert torch.allclose(passing.variants["v"], plain.variants["v"], atol=1e-5)
     assert torch.allclose(passing.hidden, plain.hidden, atol=1e-5)
+
+
+def test_a_variants_parameters_get_a_zero_gradient_when_no_query_passes():
+    """DDP without find_unused_parameters needs every parameter used: a variant's blocks that no query
+    passes (start="bypass") still get a (zero) gradient, as the layer's own blocks do."""
+    state = random_state()
+    query, boxes, position, _ = inputs()
+    wrapper = EEQRLayer(plain_layer(), "SA", D, start="bypass").train()
+    variant = OwnFFNVariant(D, 32).train()
+    out = wrapper(LayerInputs({PRIMARY: Stream(query, context_for(boxes, position, state))}, {"v": variant}))
+    (out.hidden.sum() + out.variants["v"].sum()).backward()
+    grads = [p.grad for p in variant.parameters()]
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
