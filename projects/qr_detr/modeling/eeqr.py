@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from detr_plus.layers import MLP
-from detr_plus.modeling import LayerInputs, LayerOutput, PredictWith, QuerySubset, Stream, init_detection_heads
+from detr_plus.modeling import PRIMARY, LayerInputs, LayerOutput, PredictWith, QuerySubset, init_detection_heads
 
 MODES = ("SA", "CA", "F")
+SHARED = "shared"  # the owner of the wrapped layer's own blocks
 ROUTED_BLOCKS = {"SA": ("self_attn",), "CA": ("cross_attn",), "F": ("self_attn", "cross_attn")}
 STARTS = ("random", "pass", "bypass")
 EXIT_HEADS = ("shared", "own")
@@ -96,17 +97,28 @@ class EEQRLayer(nn.Module):
         score = self.router(query)
         return score[..., 0] >= score[..., 1], score.sigmoid().max(-1).values
 
-    def through(self, block, x, context, subset: QuerySubset, passes, sigma, variant: Optional[nn.Module] = None):
-        """``block`` on the passing queries of ``x``, regrouped into the full set (``variant``: the
-        layer variant whose blocks ``block`` may hold)."""
+    def through(self, blocks, x, context, subset: QuerySubset, passes, sigma, variant: Optional[nn.Module] = None,
+                done: Optional[dict] = None, keys: Sequence = ()):
+        """``blocks`` (a block, or a list applied one after the other) on the passing queries of ``x``,
+        regrouped into the full set (``variant``: the layer variant whose blocks they may hold). With
+        ``done`` and one key per block, each block's result on the gathered queries is kept under
+        its key and reused (a stream that shares the first blocks of a segment)."""
+        blocks = list(blocks) if isinstance(blocks, (list, tuple)) else [blocks]
         if subset.size == 0:
-            # No query passes in the whole batch: the block is skipped, its parameters (and the
+            # No query passes in the whole batch: the blocks are skipped, their parameters (and the
             # variant's) get a zero gradient so DDP with find_unused_parameters=False sees them used.
-            params = chain((block if isinstance(block, nn.Module) else self.layer).parameters(),
-                           variant.parameters() if variant is not None else ())
+            own = blocks[0] if len(blocks) == 1 and isinstance(blocks[0], nn.Module) else self.layer
+            params = chain(own.parameters(), variant.parameters() if variant is not None else ())
             return x + 0.0 * sum(p.sum() for p in params) if self.training else x
+        done = {} if done is None else done
+        keys = list(keys) or [object() for _ in blocks]  # no keys given: nothing to share
         gathered = subset.gather(x)
-        out = block(gathered, context.select(subset))
+        selected = context.select(subset)
+        out = gathered
+        for block, key in zip(blocks, keys):
+            if key not in done:
+                done[key] = block(out, selected)
+            out = done[key]
         if self.gate == "residual":
             out = gathered + subset.gather(sigma[..., None]) * (out - gathered)
         processed = subset.scatter(x, out)
@@ -115,39 +127,55 @@ class EEQRLayer(nn.Module):
         order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices  # passing first, then bypassed
         return processed.gather(1, order[..., None].expand_as(processed))
 
-    def segments(self, blocks: List[Tuple[str, Callable]]) -> List[Tuple[bool, Callable]]:
-        """The layer's blocks as (routed, block) segments in their order: the blocks ``mode`` routes,
-        and the FFN when ``ffn_on`` is "routed". EEQR_F routes its blocks as ONE segment: the passing
-        queries go through the whole layer together (one gather, one scatter)."""
+    def segments(self, blocks: List[Tuple[str, Callable]]) -> List[Tuple[bool, List[Callable], Tuple[str, ...]]]:
+        """The layer's blocks as (routed, blocks, block names) segments in their order: the blocks
+        ``mode`` routes, and the FFN when ``ffn_on`` is "routed". EEQR_F routes its blocks as ONE
+        segment: the passing queries go through the whole layer together (one gather, one scatter)."""
         routed = set(ROUTED_BLOCKS[self.mode]) | ({"ffn"} if self.ffn_on == "routed" else set())
-        segments: List[Tuple[bool, list]] = []
+        segments: List[Tuple[bool, list, list]] = []
         for name, block in blocks:
             if self.mode == "F" and name in routed and segments and segments[-1][0]:
                 segments[-1][1].append(block)
+                segments[-1][2].append(name)
             else:
-                segments.append((name in routed, [block]))
-        return [(is_routed, parts[0] if len(parts) == 1 else _composed(parts)) for is_routed, parts in segments]
+                segments.append((name in routed, [block], [name]))
+        return [(is_routed, parts, tuple(names)) for is_routed, parts, names in segments]
 
-    def route_stream(self, stream: Stream, variant: Optional[nn.Module] = None):
-        """One stream through the routed layer, with ``variant``'s blocks swapped in: (output, passes,
-        sigma_EE, updated)."""
-        passes, sigma = self.route(stream.query)
-        subset = QuerySubset.of(passes)
-        x = stream.query
-        for is_routed, block in self.segments(self.layer.blocks_for(variant)):
-            if is_routed:
-                x = self.through(block, x, stream.context, subset, passes, sigma, variant)
-            else:
-                x = block(x, stream.context)
+    def route_stream(self, name: str, inputs: LayerInputs, variant: Optional[nn.Module], done: dict):
+        """Stream ``inputs.stream_of(name)`` through the routed layer with ``variant``'s blocks swapped
+        in: (output, passes, sigma_EE, updated). ``done`` holds this call's work by name: the routing
+        of each stream, and each stream's state after each block keyed by the owners of the blocks
+        so far ("shared" or a variant's name), so a variant reuses what it shares with the primary
+        stream (a LoRA branch reads the primary queries' routed CA o SA state, LoRA-DETR Eq. 6)."""
+        stream_name = inputs.stream_of(name) if variant is not None else PRIMARY
+        stream = inputs.streams[stream_name]
+        if (stream_name, "routing") not in done:
+            passes, sigma = self.route(stream.query)
+            done[stream_name, "routing"] = passes, sigma, QuerySubset.of(passes)
+        passes, sigma, subset = done[stream_name, "routing"]
+        shared, blocks = dict(self.layer.blocks_for(None)), self.layer.blocks_for(variant)
+        owner = {n: SHARED if block is shared[n] else name for n, block in blocks}
+        x, owners = stream.query, ()
+        for is_routed, parts, names in self.segments(blocks):
+            inside = [(stream_name, "gathered", owners + tuple(owner[n] for n in names[: i + 1])) for i in range(len(names))]
+            owners += tuple(owner[n] for n in names)
+            key = (stream_name, owners)
+            if key not in done:
+                if is_routed:
+                    done[key] = self.through(parts, x, stream.context, subset, passes, sigma, variant, done, inside)
+                else:
+                    done[key] = parts[0](x, stream.context)
+            x = done[key]
         bypass_keeps_box = self.mode == "F" and self.ffn_on == "routed" and self.regroup == "scatter"
         return x, passes, sigma, passes if bypass_keeps_box else None
 
     def forward(self, inputs: LayerInputs) -> LayerOutput:
-        x, passes, sigma, updated = self.route_stream(inputs.primary)
+        done = {}
+        x, passes, sigma, updated = self.route_stream(PRIMARY, inputs, None, done)
         self.last_passed = passes.sum(1).detach()
         out = LayerOutput(x, updated=updated, extras={"passed": passes})
         for name, variant in inputs.variants.items():
-            hidden, _, _, variant_updated = self.route_stream(inputs.streams[inputs.stream_of(name)], variant)
+            hidden, _, _, variant_updated = self.route_stream(name, inputs, variant, done)
             out.variants[name] = hidden
             if variant_updated is not None:
                 out.variant_updated[name] = variant_updated
@@ -156,16 +184,6 @@ class EEQRLayer(nn.Module):
             own_heads = hasattr(self, "exit_class_head")
             out.predict["exit"] = PredictWith(exit_states, self.exit_class_head, self.exit_box_head) if own_heads else exit_states
         return out
-
-
-def _composed(blocks: Sequence[Callable]) -> Callable:
-    """Blocks applied one after the other, ``block(query, context) -> query``."""
-    def run(query, context):
-        for block in blocks:
-            query = block(query, context)
-        return query
-
-    return run
 
 
 class EEQRWrapper:

@@ -84,9 +84,9 @@ def call(layer, query, context):
 
 def whole_layer(wrapper):
     """EEQR_F's routed block: the wrapped layer's blocks it routes as one segment (SA -> CA (-> FFN))."""
-    is_routed, block = wrapper.segments(wrapper.layer.blocks_for(None))[0]
+    is_routed, blocks, _ = wrapper.segments(wrapper.layer.blocks_for(None))[0]
     assert is_routed and wrapper.mode == "F"
-    return block
+    return blocks
 
 
 def per_image(passes):
@@ -419,3 +419,20 @@ def test_a_variants_parameters_get_a_zero_gradient_when_no_query_passes():
     (out.hidden.sum() + out.variants["v"].sum()).backward()
     grads = [p.grad for p in variant.parameters()]
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("mode", ["SA", "CA", "F"])
+def test_a_variant_reuses_the_routed_blocks_it_shares_with_the_primary_stream(mode):
+    """An FFN-only variant on the primary stream (a LoRA-DETR branch) reads the primary queries'
+    routed state before the FFN: the routing, self- and cross-attention run once per layer call."""
+    state = random_state()
+    query, boxes, position, _ = inputs()
+    wrapper = routed(plain_layer(), mode)
+    calls = {"router": 0, "self_attn": 0, "cross_attn": 0, "ffn": 0}
+    for name in calls:
+        module = wrapper.router if name == "router" else getattr(wrapper.layer, name)
+        module.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+    with torch.no_grad():
+        wrapper(LayerInputs({PRIMARY: Stream(query, context_for(boxes, position, state))},
+                            {"a": OwnFFNVariant(D, 32), "b": OwnFFNVariant(D, 32)}))
+    assert calls == {"router": 1, "self_attn": 1, "cross_attn": 1, "ffn": 3}  # the FFN block: its own FFN and each variant's
