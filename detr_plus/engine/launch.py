@@ -57,6 +57,10 @@ def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_u
         torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)
+    # Leave together and close the process group: a process that exits with gloo's threads still up
+    # can abort ("terminate called without an active exception").
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 def create_ddp_model(model, **kwargs):
