@@ -41,7 +41,7 @@ def test_coco_config_has_the_published_recipe(name):
     iterations an epoch, LR x0.1 at epoch 11 of 12 or 40 of 50, no warm-up; Hungarian costs class 2,
     L1 5, GIoU 2 and the same loss weights, focal alpha 0.25 gamma 2, encoder loss x1; 300 queries (900
     for "++"), 6 + 6 layers of width 256, 8 heads, 4 levels x 4 points, FFN 1024 and dropout 0.1 (2048
-    and 0 for "++"); top 100 detections evaluated; the ImageNet R-50 with its stem frozen."""
+    and 0 for "++"); top 100 detections evaluated; the ImageNet R-50 with its stem and res2 frozen (issue #26)."""
     queries, epochs, has_reference_layer, plusplus = CONFIGS[name]
     cfg = LazyConfig.load(str(COCO / f"{name}.py"))
     opt = cfg.optimizer
@@ -51,7 +51,7 @@ def test_coco_config_has_the_published_recipe(name):
     scheduler = cfg.lr_multiplier.scheduler
     assert scheduler.num_updates == cfg.train.max_iter and cfg.lr_multiplier.warmup_length == 0
     assert (list(scheduler.milestones), list(scheduler["values"])) == ([DROP_EPOCH[epochs] * ITERS_PER_EPOCH], [1.0, 0.1])
-    assert cfg.train.init_checkpoint.endswith("R-50.pkl") and cfg.model.backbone.freeze_at == 1
+    assert cfg.train.init_checkpoint.endswith("R-50.pkl") and cfg.model.backbone.freeze_at == 2
 
     t = cfg.model.transformer
     assert t.num_queries == queries and t.num_classes == 80 and t.num_feature_levels == 4

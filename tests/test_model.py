@@ -262,13 +262,15 @@ def test_loss_dict_values_match_criterion_per_layer(models, name):
         # GT boxes are normalized by the unpadded image size (cxcywh in [0, 1]).
         w, h = IMAGE_SIZES[0][1], IMAGE_SIZES[0][0]
         torch.testing.assert_close(targets[0]["boxes"][0], torch.tensor([22.0 / w, 18.0 / h, 36.0 / w, 24.0 / h]))
-    # Box heads start at zero: the first layer predicts its reference boxes (a 2-d reference point
-    # gives the centre, with width and height sigmoid(0)).
+    # Box heads start with zero weights: the first layer predicts its reference boxes (a 2-d reference
+    # point gives the centre, with width and height sigmoid(-2), the official single-stage / refine
+    # init of the w / h bias, issue #26; the two-stage models' bias is 0).
     first = out.layers[0]
     if first.reference.shape[-1] == 4:
         torch.testing.assert_close(first.boxes, first.reference, atol=1e-4, rtol=0)
     else:
-        torch.testing.assert_close(first.boxes, torch.cat([first.reference, torch.full_like(first.reference, 0.5)], -1), atol=1e-4, rtol=0)
+        wh = torch.full_like(first.reference, 1 / (1 + math.exp(2.0)))
+        torch.testing.assert_close(first.boxes, torch.cat([first.reference, wh], -1), atol=1e-4, rtol=0)
 
 
 def test_encoder_loss_weight_and_padded_tokens(models):
@@ -362,6 +364,9 @@ def test_look_forward_twice_reaches_one_refinement_back(look_forward_twice):
     the initial anchors. The switch changes the gradient path, not the values."""
     cfg = tiny_model_config("dab", dec_layers=4)
     cfg.transformer.decoder.look_forward_twice = look_forward_twice
+    # The box paths only: the anchors' gradient through the first layer's sampling and positions
+    # (the official decoder's, ``initial_reference_grad``) is tested in test_published_baselines.py.
+    cfg.transformer.decoder.initial_reference_grad = False
     decoder = build(cfg.transformer.decoder, seed=1)
     with torch.no_grad():  # non-zero box heads, so layer outputs depend on the refinements
         for weight in box_head_weights(decoder):

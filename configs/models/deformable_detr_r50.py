@@ -24,7 +24,7 @@ model = L(DeformableDETR)(
         stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
         stages=L(resnet_stages)(depth=50, norm="FrozenBN"),
         out_features=["res3", "res4", "res5"],
-        freeze_at=1,
+        freeze_at=2,  # stem and res2 frozen, res3-res5 train (the official code)
     ),
     neck=L(ChannelMapper)(
         input_shapes={"res3": L(ShapeSpec)(channels=512), "res4": L(ShapeSpec)(channels=1024), "res5": L(ShapeSpec)(channels=2048)},
@@ -39,6 +39,8 @@ model = L(DeformableDETR)(
             num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4,
             num_classes="${..num_classes}", box_refine=False, look_forward_twice=False, share_heads=None,
             share_layers=False, query_position="static",
+            initial_reference_grad=True,  # the official decoder samples at the undetached initial reference points
+            box_wh_bias=-2.0,  # the official box head: initial w / h about 0.12
         ),
         num_classes=80,
         num_feature_levels=4,
@@ -53,4 +55,5 @@ model = L(DeformableDETR)(
     ),
     select_box_nums_for_evaluation=100,
     enc_loss_weight=1.0,
+    size_divisibility=0,  # a batch is padded to its largest image (the official code), no multiple of 32
 )

@@ -7,3 +7,4 @@ from .deformable_detr_refine_r50 import model
 model.transformer.query_init = "proposals"
 model.transformer.enc_class_agnostic = True
 model.transformer.enc_loss_tokens = "all"
+model.transformer.decoder.box_wh_bias = 0.0  # the official two-stage model resets the w / h bias to 0

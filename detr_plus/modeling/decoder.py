@@ -48,13 +48,20 @@ class DeformableDecoder(nn.Module):
     * ``share_heads``: one class and one box head for every layer (DINO); default: shared exactly when
       ``box_refine`` is off (published Deformable DETR).
     * ``share_layers``: one set of decoder-layer parameters for every stage (OD-DETR Appendix B).
+    * ``initial_reference_grad``: the initial reference points are not detached before the deformable
+      sampling, so the sampling gradient trains what made them (the reference-point layer and the
+      positional query embedding), as the official Deformable-DETR decoder does; later layers'
+      references (from refinement) are detached either way. Off: only the box losses train them.
+    * ``box_wh_bias``: the initial bias of the box heads' w / h outputs (-2.0 in the official
+      single-stage and refine models: first boxes about 0.12 wide; 0 in its two-stage model).
     * ``layer_wrapper(layer, index) -> nn.Module``: wraps each layer at construction (QR-DETR's EEQR);
       the wrapped module takes ``LayerInputs`` and returns a ``LayerOutput`` (``contracts.DecoderLayer``).
     """
 
     def __init__(self, num_layers=6, d_model=256, num_classes=80, box_refine=True, look_forward_twice=False,
                  share_heads: Optional[bool] = None, share_layers=False, query_position="box_sine",
-                 layer_wrapper: Optional[LayerWrapper] = None, **layer_kwargs):
+                 layer_wrapper: Optional[LayerWrapper] = None, initial_reference_grad: bool = False,
+                 box_wh_bias: float = 0.0, **layer_kwargs):
         super().__init__()
         if query_position not in QUERY_POSITIONS:
             raise ValueError(f"decoder.query_position={query_position!r}: expected one of {QUERY_POSITIONS}")
@@ -71,8 +78,11 @@ class DeformableDecoder(nn.Module):
         self.share_heads = (not box_refine) if share_heads is None else share_heads
         if query_position == "box_sine":
             self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
+        self.initial_reference_grad = initial_reference_grad
         class_head, box_head = nn.Linear(d_model, num_classes), MLP(d_model, d_model, 4, 3)
         init_detection_heads(class_head, box_head)
+        with torch.no_grad():
+            box_head.layers[-1].bias[2:] = box_wh_bias
         if self.share_heads:
             self.class_heads = nn.ModuleList([class_head] * num_layers)
             self.box_heads = nn.ModuleList([box_head] * num_layers)
@@ -93,7 +103,7 @@ class DeformableDecoder(nn.Module):
         keep = None if updated is None or not self.box_refine or stream.reference.shape[-1] != 4 else updated[..., None]
         if keep is not None:
             boxes = torch.where(keep, boxes, stream.reference_for_grad)
-        predictions = LayerPredictions(class_head(hidden), boxes, hidden, stream.reference, updated=updated)
+        predictions = LayerPredictions(class_head(hidden), boxes, hidden, stream.reference.detach(), updated=updated)
         if not self.box_refine:
             return predictions, replace(stream, query=hidden)
         # Look forward twice: the next layer's box is refined from this layer's box, whose graph reaches
@@ -129,6 +139,8 @@ class DeformableDecoder(nn.Module):
         joint = JointQueries(queries, groups)
         streams = VariantStreams(variants, joint, variant_queries)
         primary = QueryStream.start(joint.queries)
+        if self.initial_reference_grad:  # the sampling of the layers before any refinement trains the reference
+            primary = replace(primary, reference=joint.queries.reference)
 
         def context_of(stream: QueryStream) -> QueryContext:
             return self.context_of(stream, state, joint.mask, joint.padding)

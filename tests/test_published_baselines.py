@@ -1,0 +1,52 @@
+"""The published Deformable-DETR configs compute what the official code computes (issue #26, items
+1-4; docs/authors_code_facts.md#deformable-detr-official-code-differences): the initial reference
+points are trained by the deformable sampling, the single-stage / refine box heads start at w / h
+sigmoid(-2), the stem and res2 are frozen, and a batch is padded to its largest image."""
+import math
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from model_utils import CONFIGS, build, synthetic_batch, tiny_model_config
+
+
+def test_the_sampling_gradient_reaches_the_reference_point_layer():
+    """With the class loss alone (no box loss), the reference-point layer still learns: only through
+    the sampling locations of the undetached initial reference points."""
+    cfg = tiny_model_config("plain")
+    cfg.criterion.loss_weights = {"class": 1.0, "bbox": 0.0, "giou": 0.0}
+    cfg.enc_loss_weight = 0.0
+    model = build(cfg).train()
+    sum(model(synthetic_batch()).values()).backward()
+    grad = model.transformer.reference_points.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    cfg.transformer.decoder.initial_reference_grad = False  # today's option: only the box losses train it
+    detached = build(cfg).train()
+    sum(detached(synthetic_batch()).values()).backward()
+    assert detached.transformer.reference_points.weight.grad is None or detached.transformer.reference_points.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("name, wh", [("plain", 1 / (1 + math.exp(2.0))), ("refine", 1 / (1 + math.exp(2.0))), ("two_stage", None)])
+def test_the_first_boxes_are_about_0_12_wide_in_the_single_stage_and_refine_models(name, wh):
+    model = build(tiny_model_config(name)).eval()
+    with torch.no_grad():
+        _, state, selection = model.encode_and_select(synthetic_batch(with_instances=False))
+        first = model.transformer.decode(selection.queries, state).layers[0]
+    if wh is None:  # the official two-stage model resets the bias: boxes start at their proposals
+        assert torch.allclose(first.boxes, selection.queries.reference, atol=1e-6)
+    else:
+        assert torch.allclose(first.boxes[..., 2:], torch.full_like(first.boxes[..., 2:], wh), atol=1e-6)
+
+
+def test_the_stem_and_res2_are_frozen_res3_to_res5_train():
+    backbone = instantiate(LazyConfig.load(str(CONFIGS["plain"])).model.backbone)
+    for name, p in backbone.named_parameters():
+        assert p.requires_grad == name.startswith(("res3", "res4", "res5")), name
+
+
+def test_a_batch_is_padded_to_its_largest_image():
+    model = build(tiny_model_config("plusplus"))
+    images, masks = model.preprocess_images(synthetic_batch(sizes=[(64, 80), (72, 64)]))
+    assert images.tensor.shape[-2:] == (72, 80) and masks.shape[-2:] == (72, 80)
+    assert masks[0, :64, :80].logical_not().all() and masks[0, 64:].all() and masks[1, :, 64:].all()
