@@ -61,7 +61,8 @@ def test_configs_are_the_published_variants(models):
         assert (d.class_heads[0] is d.class_heads[1]) == shared and (d.box_heads[0] is d.box_heads[1]) == shared, name
         assert t[name].two_stage == (name in TWO_STAGE) and hasattr(t[name], "enc_class_head") == (name in TWO_STAGE)
         if name in TWO_STAGE:
-            assert t[name].enc_class_agnostic == agnostic and t[name].enc_class_head.out_features == 1
+            assert t[name].enc_class_agnostic == agnostic  # the published two-stage: C-wide, the ++: 1 (H-DETR)
+            assert t[name].enc_class_head.out_features == (NUM_CLASSES if name == "two_stage" else 1)
             assert t[name].enc_loss_tokens == "all"
         assert hasattr(d, "ref_point_head") == (position == "box_sine"), name
         assert t[name].num_queries == 20 and len(d.layers) == DEC_LAYERS and len(t[name].encoder.layers) == 1
@@ -112,7 +113,7 @@ def test_published_single_stage_queries_and_static_positions(models):
 
 
 def test_published_two_stage_queries(models):
-    """Zhu et al. Sec. A.4: the top-k by the class-agnostic proposal score; content and static position
+    """Zhu et al. Sec. A.4: the top-k by the proposal score (the first logit); content and static position
     are the two halves of LayerNorm(Linear(sine(top-k boxes))); the encoder loss reads every token."""
     model = models["two_stage"]
     model.eval()
@@ -132,7 +133,7 @@ def test_published_two_stage_queries(models):
     torch.testing.assert_close(q.position, embedded[..., :D_MODEL], rtol=0, atol=0)
     torch.testing.assert_close(q.content, embedded[..., D_MODEL:], rtol=0, atol=0)
     enc = selection.encoder_predictions
-    assert enc["logits"].shape == (2, memory.shape[1], 1) and torch.equal(enc["valid"], valid)
+    assert enc["logits"].shape == (2, memory.shape[1], NUM_CLASSES) and torch.equal(enc["valid"], valid)  # C wide (issue #26)
     torch.testing.assert_close(enc["boxes"][valid], boxes[valid])
     # ++ (mixed): learned content queries, the same proposals' boxes and positional part.
     pp = models["plusplus"]
@@ -491,7 +492,7 @@ def test_two_stage_needs_enough_encoder_positions(models):
         t.num_queries = 20
     q = selection.queries
     assert q.content.shape == (1, 10, 128) and q.reference.shape == (1, 10, 4)
-    assert selection.encoder_predictions["logits"].shape == (1, 10, 1)
+    assert selection.encoder_predictions["logits"].shape == (1, 10, NUM_CLASSES)  # the published C-wide proposal head
 
 
 def test_parameter_sharing_is_counted_once_by_the_ema():

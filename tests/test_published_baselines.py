@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 from detectron2.config import LazyConfig, instantiate
 
 from model_utils import CONFIGS, build, synthetic_batch, tiny_model_config
@@ -50,3 +51,29 @@ def test_a_batch_is_padded_to_its_largest_image():
     images, masks = model.preprocess_images(synthetic_batch(sizes=[(64, 80), (72, 64)]))
     assert images.tensor.shape[-2:] == (72, 80) and masks.shape[-2:] == (72, 80)
     assert masks[0, :64, :80].logical_not().all() and masks[0, 64:].all() and masks[1, :, 64:].all()
+
+
+def test_the_published_two_stage_encoder_loss_is_the_focal_loss_over_every_tokens_c_logits():
+    """Item 5: the official two-stage proposal head is C wide, its top-k is by the first logit, and its
+    loss is the focal loss over every valid token's C logits with every GT labelled 0 (the other
+    logits only see negatives); the ++ keeps H-DETR's one-logit head."""
+    model = build(tiny_model_config("two_stage")).eval()  # no dropout: the calls below see the same values
+    assert model.transformer.enc_class_head.out_features == 3
+    assert build(tiny_model_config("plusplus")).transformer.enc_class_head.out_features == 1
+    batch = synthetic_batch()
+    losses, matching = model.training_losses(batch)
+    _, _, selection = model.encode_and_select(batch)
+    enc = selection.encoder_predictions
+    assert enc["logits"].shape[-1] == 3 and not enc["valid"].all()  # every token, C logits
+    images, _ = model.preprocess_images(batch)
+    binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in model.prepare_targets(batch, images.image_sizes)]
+    (q, g), = matching["enc"][0][:1]
+    onehot = torch.zeros_like(enc["logits"][0])
+    onehot[q, 0] = 1.0
+    valid = enc["valid"][0]
+    by_hand = torchvision.ops.sigmoid_focal_loss(enc["logits"][0][valid], onehot[valid], reduction="sum")
+    second = torchvision.ops.sigmoid_focal_loss(enc["logits"][1][enc["valid"][1]], torch.zeros_like(enc["logits"][1][enc["valid"][1]]), reduction="sum")
+    torch.testing.assert_close(losses["loss_class_enc"], 2.0 * (by_hand + second) / 2.0 * model.enc_loss_weight)
+    scores = enc["logits"][..., 0].masked_fill(~enc["valid"], -math.inf)
+    assert torch.equal(selection.topk_indices, scores.topk(20, dim=1).indices)
+    assert binary[0]["labels"].tolist() == [0, 0]

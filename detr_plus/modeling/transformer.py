@@ -37,8 +37,12 @@ ENC_LOSS_TOKENS = ("topk", "all")
 
 
 class DeformableTransformer(nn.Module):
-    """``enc_class_agnostic``: the encoder's proposal head predicts one foreground score (the
-    published two-stage: its encoder loss uses binary targets), and the top-k are selected by it;
+    """``enc_class_agnostic``: the encoder's proposal score is its first logit, trained with binary
+    targets (every GT labelled 0: the published two-stage and H-DETR), and the top-k are selected
+    by it; otherwise the largest of the C class scores, trained with the GT's classes (DINO);
+    ``enc_class_head_outputs``: the proposal head's width, default 1 when class-agnostic, else the
+    class count (the official two-stage code keeps a C-wide head with binary targets: its other C - 1
+    logits only ever see negatives);
     ``enc_loss_tokens``: the encoder loss covers the "topk" selected proposals (DINO) or "all"
     encoder tokens (the published two-stage); ``xavier_init``: the published initialisation
     (Xavier-uniform for every matrix of the encoder, decoder layers and query generation, then the
@@ -46,7 +50,8 @@ class DeformableTransformer(nn.Module):
     routers)."""
 
     def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, num_classes=80, num_feature_levels=4,
-                 num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True):
+                 num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True,
+                 enc_class_head_outputs: Optional[int] = None):
         super().__init__()
         if query_init not in QUERY_INITS:
             raise ValueError(f"transformer.query_init={query_init!r}: expected one of {QUERY_INITS}")
@@ -63,7 +68,8 @@ class DeformableTransformer(nn.Module):
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if self.two_stage:
             self.enc_output = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
-            self.enc_class_head = nn.Linear(d_model, 1 if enc_class_agnostic else num_classes)
+            outputs = enc_class_head_outputs or (1 if enc_class_agnostic else num_classes)
+            self.enc_class_head = nn.Linear(d_model, outputs)
             self.enc_box_head = MLP(d_model, d_model, 4, 3)
         self.static_position = decoder.query_position == "static"
         if query_init == "embedding":
