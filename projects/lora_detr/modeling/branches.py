@@ -92,7 +92,8 @@ def build_lora_branches(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[
         else:
             branches = [LoRAFFNBranch(d_model, d_ffn, rank, scaling, init) for _ in range(num_layers)]
         matcher = OneToManyMatcher(topk=k, threshold=tau, class_weight=alpha, max_positive_ratio=max_positive_ratio)
-        criterion_type = O2OMergedCriterion if merge_o2o_positives else SetCriterion
-        criterion = criterion_type(matcher, weights, class_loss=branch_class_loss(class_loss, vfl_gamma, vfl_scale, alpha))
+        criterion = SetCriterion(matcher, weights, class_loss=branch_class_loss(class_loss, vfl_gamma, vfl_scale, alpha))
+        if merge_o2o_positives:
+            criterion = O2OMergedCriterion(criterion)
         routes[f"aux{i}"] = TrainingVariant(branches, criterion, loss_scale=1.0 / n, detach_reference=detach_reference)
     return routes

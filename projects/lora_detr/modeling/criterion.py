@@ -8,6 +8,7 @@ route's criterion the primary (one-to-one) pairs of the same decoder layer in
 from typing import Tuple
 
 import torch
+from torch import nn
 
 from detr_plus.modeling import Indices, LossContext, SetCriterion
 
@@ -27,9 +28,10 @@ def union_pairs(pairs: Indices, extra: Indices) -> Tuple[Indices, Indices]:
     return merged, added
 
 
-class O2OMergedCriterion(SetCriterion):
-    """``SetCriterion`` whose positives are its matcher's (one-to-many) pairs united with the layer's
-    one-to-one pairs (no (query, gt) pair twice).
+class O2OMergedCriterion(nn.Module):
+    """A criterion around a ``SetCriterion`` (its matcher, losses and weights) whose positives are
+    the matcher's (one-to-many) pairs united with the layer's one-to-one pairs (no (query, gt) pair
+    twice).
 
     A one-to-one pair the branch's matcher did not make becomes a positive of the branch: its box is
     regressed (L1, GIoU) and its class entry gets the branch's soft target (s = M for LoRA-DETR's
@@ -38,13 +40,21 @@ class O2OMergedCriterion(SetCriterion):
     first assignment has priority). The one-to-one pairs are added after the matcher's positive cap.
     The returned indices (what ``LossContext.matching[route]`` records) are the merged pairs."""
 
+    def __init__(self, criterion: SetCriterion):
+        super().__init__()
+        self.criterion = criterion
+
+    @property
+    def matcher(self):
+        return self.criterion.matcher
+
     def forward(self, logits, boxes, targets, num_boxes: float, indices=None, valid=None,
                 context: LossContext = None) -> Tuple[dict, Indices]:
         if indices is not None:  # given pairs (a caller's own assignment): used as they are
-            return super().forward(logits, boxes, targets, num_boxes, indices, valid, context)
+            return self.criterion(logits, boxes, targets, num_boxes, indices, valid, context)
         if context is None or not context.matching or "primary" not in context.matching:
             raise ValueError("O2OMergedCriterion needs LossContext.matching['primary'] (the layer's one-to-one pairs): "
                              "use it as a training route's criterion of DeformableDETR")
         o2m = self.matcher(logits, boxes, targets, valid=valid)
         merged, added = union_pairs(o2m, context.matching["primary"][context.layer])
-        return self.loss_terms(logits, boxes, targets, num_boxes, [o2m, added], merged, valid=valid), merged
+        return self.criterion.loss_terms(logits, boxes, targets, num_boxes, [o2m, added], merged, valid=valid), merged

@@ -18,7 +18,7 @@ from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.optim import build_adamw
 from detr_plus.modeling import (DeformableDETR, FFNBlock, FocalLoss, LossContext, OneToManyMatcher, OwnFFNVariant, VarifocalPlusLoss,
                                  strip_training_parts)
-from detr_plus.modeling import matching_quality
+from detr_plus.modeling import SetCriterion, matching_quality
 from detr_plus_projects.lora_detr.modeling import (TABLE4_DIVERSE_K, LoRAFFNBranch, O2OMergedCriterion, build_lora_branches,
                                                    lora_param_count, union_pairs)
 
@@ -301,7 +301,7 @@ def test_o2o_positives_are_merged_into_the_branch_positives_once():
     matcher = OneToManyMatcher(topk=6, threshold=0.4, class_weight=0.3, max_positive_ratio=1.0)
     assert pairs_of(matcher(logits, boxes, targets)) == [[(0, 0), (1, 0), (2, 1)], [(1, 0)]]
     weights = {"class": 2.0, "bbox": 5.0, "giou": 2.0}
-    merged = O2OMergedCriterion(matcher, weights, class_loss=VarifocalPlusLoss(scale=0.25, quality="matching_score"))
+    merged = O2OMergedCriterion(SetCriterion(matcher, weights, class_loss=VarifocalPlusLoss(scale=0.25, quality="matching_score")))
     context = LossContext(layer=0, name="aux0", matching={"primary": [o2o]})
     terms, indices = merged(logits, boxes, targets, num_boxes=3.0, context=context)
     assert pairs_of(indices) == [[(0, 0), (1, 0), (2, 1), (3, 1)], [(1, 0), (4, 0)]]
@@ -480,6 +480,12 @@ SHAPES = {"lora_detr_shapes_tiny", "lora_detr_shapes_tiny_vfl_plus_baseline"}
 COCO_LR_FACTORS, SHAPES_LR_FACTORS = {"backbone": 0.1, "box_heads": 0.1}, {"box_heads": 0.1}
 
 
+def branch_criterion(variant):
+    """The branch's ``SetCriterion`` (inside the 900-query recipe's ``O2OMergedCriterion``)."""
+    criterion = variant.criterion
+    return criterion.criterion if isinstance(criterion, O2OMergedCriterion) else criterion
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: Path(p).stem)
 def test_config_loads_and_instantiates(path):
     stem = Path(path).stem
@@ -511,9 +517,9 @@ def test_config_loads_and_instantiates(path):
     assert all(isinstance(b, branch_type) for variant in variants.values() for b in variant.layer_variants)
     assert all(variant.detach_reference for variant in variants.values())
     if stem == "focal":
-        assert all(isinstance(variant.criterion.class_loss, FocalLoss) for variant in variants.values())
+        assert all(isinstance(branch_criterion(variant).class_loss, FocalLoss) for variant in variants.values())
     else:
-        assert all(variant.criterion.class_loss.scale == 0.25 for variant in variants.values())
+        assert all(branch_criterion(variant).class_loss.scale == 0.25 for variant in variants.values())
     if stem in FULLY_INSTANTIATED:
         model = instantiate(cfg.model)
         assert isinstance(model, DeformableDETR) and model.eval_variant == cfg.model.get("eval_variant")
@@ -569,7 +575,7 @@ def test_coco_configs_have_the_papers_values(stem, queries, rank):
         {"class": 1.0, "bbox": 5.0, "giou": 2.0}, "iou", 1.5)
     assert list(model.variants) == ["aux0", "aux1", "aux2"]
     for variant, k in zip(model.variants.values(), (2, 4, 6)):
-        criterion, matcher = variant.criterion, variant.criterion.matcher
+        criterion, matcher = branch_criterion(variant), variant.criterion.matcher
         assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio, matcher.keep_top1) == (k, 0.4, 0.3, 0.25, True)
         assert isinstance(criterion.class_loss, VarifocalPlusLoss)
         assert (criterion.loss_weights, criterion.class_loss.quality, criterion.class_loss.gamma) == (
