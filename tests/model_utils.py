@@ -94,6 +94,14 @@ def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SI
     return batch
 
 
+def batch_without_objects():
+    """``synthetic_batch()`` with every object removed (both images keep their ``instances``)."""
+    batch = synthetic_batch()
+    for x in batch:
+        x["instances"] = x["instances"][:0]
+    return batch
+
+
 def targets_of(model, batch):
     images, _ = model.preprocess_images(batch)
     return model.prepare_targets(batch, images.image_sizes)

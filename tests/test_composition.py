@@ -11,7 +11,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.compose import compose_methods, merge_named
-from model_utils import REPO, synthetic_batch, tiny_model_config
+from model_utils import REPO, batch_without_objects, synthetic_batch, tiny_model_config
 
 DELTAS = {  # method -> (its model config file, the delta's name in it)
     "mr_detr": ("projects/mr_detr/configs/models/mr_detr.py", "mr_detr"),
@@ -33,13 +33,6 @@ def delta(method):
 def composed(*methods):
     model = tiny_model_config("plusplus", dec_layers=2, num_queries=20)
     return compose_methods(model, **{m: delta(m) for m in methods})
-
-
-def batch_without_objects():
-    batch = synthetic_batch()
-    for x in batch:
-        x["instances"] = x["instances"][:0]
-    return batch
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=["+".join(p) for p in PAIRS])

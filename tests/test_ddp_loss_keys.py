@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from detr_plus.engine.launch import launch
-from model_utils import synthetic_batch
+from model_utils import batch_without_objects, synthetic_batch
 from test_first_step_losses import build
 
 TINY_CONFIGS = [
@@ -22,13 +22,6 @@ TINY_CONFIGS = [
     "projects/od_detr/configs/od_detr_shapes_tiny.py",
     "projects/qr_detr/configs/qr_detr_shapes_tiny.py",
 ]
-
-
-def batch_without_objects():
-    batch = synthetic_batch()
-    for x in batch:
-        x["instances"] = x["instances"][:0]
-    return batch
 
 
 def one_step_each(out_path):
