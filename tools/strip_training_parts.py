@@ -17,6 +17,7 @@ import argparse
 import torch
 
 import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
+from detr_plus.engine.checkpoint import load_strictly
 from detr_plus.modeling import strip_training_parts
 
 
@@ -28,17 +29,6 @@ def checkpoint_weights(checkpoint, ema=False):
     if "ema" not in checkpoint:
         raise KeyError("--ema: the checkpoint has no EMA weights (was train.ema.enabled on?)")
     return {**weights, **checkpoint["ema"]["shadow"]}
-
-
-def load_strictly(config_file, state, overrides=()):
-    """Instantiate ``config_file``'s model and load ``state`` into it with ``strict=True``."""
-    from detectron2.config import LazyConfig, instantiate
-
-    from detr_plus.engine.config import apply_overrides
-
-    model = instantiate(apply_overrides(LazyConfig.load(config_file), list(overrides)).model)
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Checks of a checkpoint against the model it is loaded into: Detectron2's checkpointer only warns
 about (and skips) parameters whose shapes differ, which would evaluate a half-random model."""
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,30 +17,55 @@ def checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
-def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = False, state: Optional[Dict] = None) -> None:
+def is_class_head(key: str, theirs: Tuple[int, ...], ours: Tuple[int, ...], counts: Tuple[int, int]) -> bool:
+    """A class head's tensor (any layer's, the encoder's, a method's): its name says class and its
+    shapes differ only in the rows, which are the two class counts."""
+    return "class" in key and (theirs[0], ours[0]) == counts and theirs[1:] == ours[1:]
+
+
+def load_strictly(config_file: str, state: Dict[str, torch.Tensor], overrides=()) -> nn.Module:
+    """Instantiate ``config_file``'s model (with ``key=value`` ``overrides``) and load ``state`` into it
+    with ``strict=True``: the check of the checkpoint tools' outputs."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from .config import apply_overrides
+
+    model = instantiate(apply_overrides(LazyConfig.load(config_file), list(overrides)).model)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = False, state: Optional[Dict] = None,
+                             new_classes: bool = False) -> List[str]:
     """``ValueError`` naming the parameters of checkpoint ``path`` whose shapes differ from ``model``'s;
     when the class heads differ, the message leads with both class counts (a checkpoint trained on
     other classes than the dataset's). ``require_all``: also the model's tensors the checkpoint lacks
     and the checkpoint's the model lacks, training-only ones (variants, group sources, extra outputs)
     excepted, so any method's checkpoint runs in its baseline's config and vice versa; older
     checkpoints' names (``routes.*``, ``query_groups.*``) count as their core v3 names. A path that
-    is not a local file (a URL) is left to the checkpointer. ``state``: the file's weights, if already loaded."""
+    is not a local file (a URL) is left to the checkpointer. ``state``: the file's weights, if already loaded.
+
+    ``new_classes`` (fine-tuning on other classes, ``train.reinit_class_heads``): class-head tensors
+    whose row count is the checkpoint's class count instead of the model's are not an error; their
+    names are returned (the checkpointer skips them, so they keep the model's initialisation)."""
     if not os.path.isfile(path):
-        return
+        return []
     state = rename_legacy_keys(checkpoint_state_dict(path) if state is None else state)
     own = model.state_dict()
     mismatched = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
                   if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)}
-    lines = [f"  {k}: checkpoint {a}, model {b}" for k, (a, b) in sorted(mismatched.items())]
+    heads = [k for k in mismatched if k.endswith(CLASS_HEAD_SUFFIX)]
+    counts = (mismatched[heads[0]][0][0], mismatched[heads[0]][1][0]) if heads else None
+    reinitialised = sorted(k for k in mismatched if new_classes and counts and is_class_head(k, *mismatched[k], counts))
+    lines = [f"  {k}: checkpoint {a}, model {b}" for k, (a, b) in sorted(mismatched.items()) if k not in reinitialised]
     if require_all:
         lines += [f"  {k}: not in the checkpoint" for k in sorted(set(own) - set(state)) if not k.startswith(TRAINING_ONLY_PREFIXES)]
         lines += [f"  {k}: not in the model" for k in sorted(set(state) - set(own)) if not k.startswith(TRAINING_ONLY_PREFIXES)]
     if not lines:
-        return
-    heads = [k for k in mismatched if k.endswith(CLASS_HEAD_SUFFIX)]
+        return reinitialised
     lead = ""
-    if heads:
-        theirs, ours = mismatched[heads[0]][0][0], mismatched[heads[0]][1][0]
-        lead = (f"the checkpoint predicts {theirs} classes, the model {ours} (model.transformer.num_classes, "
-                f"from data.num_classes / the dataset's categories); ")
+    if counts and not new_classes:
+        lead = (f"the checkpoint predicts {counts[0]} classes, the model {counts[1]} (model.transformer.num_classes, "
+                f"from data.num_classes / the dataset's categories; to fine-tune on these classes, "
+                f"train.reinit_class_heads=True re-initialises the class heads); ")
     raise ValueError(f"Checkpoint '{path}' does not match the config: {lead}{len(lines)} tensor(s) differ:\n" + "\n".join(lines))
