@@ -64,6 +64,17 @@ def build_ema(cfg, model):
     return ModelEMA(model, ema_cfg.get("decay", 0.9997), ema_cfg.get("warmup_iters", 0)) if enabled else None
 
 
+def check_initial_weights(cfg, model):
+    """``train.init_checkpoint`` must fit the model, except the class heads when
+    ``train.reinit_class_heads`` (fine-tuning on other classes): those keep their initialisation,
+    said in one line."""
+    reinitialised = check_checkpoint_matches(model, cfg.train.init_checkpoint, new_classes=cfg.train.get("reinit_class_heads", False))
+    if reinitialised:
+        logger.info(f"train.reinit_class_heads: re-initialised {len(reinitialised)} class-head tensors for "
+                    f"{model.state_dict()[reinitialised[0]].shape[0]} classes: {', '.join(reinitialised)}; every other tensor "
+                    f"comes from {cfg.train.init_checkpoint}")
+
+
 def do_train(args, cfg):
     model = build_model(cfg)
     cfg.optimizer.model = model
@@ -91,6 +102,8 @@ def do_train(args, cfg):
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
+    if cfg.train.init_checkpoint and not (args.resume and checkpointer.has_checkpoint()):
+        check_initial_weights(cfg, model)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     if ema is not None:
         if not ema.restored:  # the EMA (and any teacher) starts from the loaded weights, not the random init

@@ -192,3 +192,61 @@ def test_eval_only_with_other_classes_names_both_counts(own_data_run, tmp_path, 
     args.eval_only = True
     with pytest.raises(ValueError, match="the checkpoint predicts 4 classes, the model 3"):
         train_net.main(args)
+
+
+def test_fine_tuning_a_coco_shaped_checkpoint_on_three_classes(own_data_run, tmp_path, train_net):
+    """A checkpoint with 80-class heads (COCO's shape) trains on 3-class data with
+    train.reinit_class_heads=True: one log line names every re-initialised tensor (each decoder
+    layer's class head; no others), every other tensor is the checkpoint's (2 iterations at LR 0;
+    parameters only, BatchNorm statistics move in training), and the class heads are the model's
+    3-class init. Without the option the run stops before training with both class counts."""
+    def three_classes(data):
+        data["categories"] = data["categories"][:3]
+        kept = {c["id"] for c in data["categories"]}
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in kept]
+    data = dict(own_data_run["data"])
+    for split in ("train", "val"):
+        data[f"{split}_json"] = edited_json(own_data_run["data"], tmp_path, three_classes, split)
+    import torch
+
+    state = torch.load(own_data_run["out"] / "model_final.pth", weights_only=False)["model"]
+    generator = torch.Generator().manual_seed(0)
+    coco_heads = sorted(k for k in state if "class_heads" in k)
+    assert len(coco_heads) == 4  # 2 decoder layers x (weight, bias) in the tiny model
+    for key in coco_heads:
+        state[key] = torch.randn((80, *state[key].shape[1:]), generator=generator)
+    checkpoint = tmp_path / "coco_shaped.pth"
+    torch.save({"model": state}, checkpoint)
+
+    args = own_data_args(data, tmp_path / "no_option", f"train.init_checkpoint={checkpoint}", "train.max_iter=2")
+    with pytest.raises(ValueError, match="the checkpoint predicts 80 classes, the model 3 .*train.reinit_class_heads=True"):
+        train_net.main(args)
+
+    out = tmp_path / "fine_tuned"
+    args = own_data_args(data, out, f"train.init_checkpoint={checkpoint}", "train.max_iter=2", "optimizer.lr=0",
+                         "train.reinit_class_heads=True")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("detr_plus")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train_net.main(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("train.reinit_class_heads")]
+    assert lines == [f"train.reinit_class_heads: re-initialised 4 class-head tensors for 3 classes: {', '.join(coco_heads)}; "
+                     f"every other tensor comes from {checkpoint}"]
+    rows = [json.loads(line) for line in open(out / "metrics.json")]
+    assert max(r["iteration"] for r in rows if "total_loss" in r) == 1
+    tuned = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    assert tuned["transformer.decoder.class_heads.0.weight"].shape[0] == 3
+    prior = -math.log((1 - 0.01) / 0.01)  # the focal-loss prior the class heads start from
+    assert torch.allclose(tuned["transformer.decoder.class_heads.1.bias"], torch.full((3,), prior))
+    unchanged = [k for k in state if k not in coco_heads and "running_" not in k and "num_batches" not in k]
+    assert len(unchanged) > 100
+    for key in unchanged:
+        assert torch.equal(tuned[key], state[key]), key

@@ -1,6 +1,9 @@
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    # Fine-tuning a checkpoint trained on other classes: load everything but the class heads (every
+    # decoder layer's and the encoder's), which start from their initialisation.
+    reinit_class_heads=False,
     max_iter=90000,
     device="auto",  # "cuda" if available else "cpu"
     seed=42,
