@@ -9,7 +9,7 @@ import torch
 import torchvision
 from detectron2.config import LazyConfig, instantiate
 
-from model_utils import CONFIGS, build, synthetic_batch, tiny_model_config
+from model_utils import CONFIGS, REPO, build, synthetic_batch, tiny_model_config
 
 
 def test_the_sampling_gradient_reaches_the_reference_point_layer():
@@ -77,3 +77,16 @@ def test_the_published_two_stage_encoder_loss_is_the_focal_loss_over_every_token
     scores = enc["logits"][..., 0].masked_fill(~enc["valid"], -math.inf)
     assert torch.equal(selection.topk_indices, scores.topk(20, dim=1).indices)
     assert binary[0]["labels"].tolist() == [0, 0]
+
+
+def test_the_cpu_shapes_configs_pad_to_a_multiple_of_32():
+    """The deliberate difference of the 128 px shapes configs (README): a multiple of 32, so every
+    level up to stride 32 ends where the image ends; the published COCO configs pad as the official code."""
+    for name in ("deformable_detr_plain_tiny", "deformable_detr_refine_tiny", "deformable_detr_tiny"):
+        cfg = LazyConfig.load(str(REPO / "configs" / "shapes" / f"{name}.py"))
+        assert cfg.model.size_divisibility == 32, name
+        model = instantiate(cfg.model)
+        images, masks = model.preprocess_images(synthetic_batch(sizes=[(64, 80), (72, 64)]))
+        assert images.tensor.shape[-2:] == (96, 96) and masks[0, :64, :80].logical_not().all() and masks[0, 64:].all()
+    for name in ("deformable_detr_r50_12ep", "deformable_detr_refine_r50_50ep", "deformable_detr_plusplus_r50_12ep"):
+        assert LazyConfig.load(str(REPO / "configs" / "deformable_detr" / f"{name}.py")).model.size_divisibility == 0, name
