@@ -187,6 +187,26 @@ def test_each_query_group_decodes_independently(base, state):
         assert (layer_u.hidden[:, :6] - layer_a.hidden).abs().max() > 1e-3
 
 
+def test_groups_of_boxes_beside_reference_points_decode_apart(base, state):
+    """The single-stage model's primary queries have 2-d reference points; a group anchored at boxes
+    (OD-DETR's auxiliary groups) is decoded in a pass of its own, which gives what the group decoded
+    alone gives; the primary queries are unchanged; a group that must see the primary queries
+    cannot be decoded apart and says so."""
+    t = base.transformer
+    primary = random_decoder_queries(2, 6, seed=1, static_position=True)
+    points = DecoderQueries(primary.content, primary.reference[..., :2], primary.position)
+    boxes = random_decoder_queries(2, 5, seed=2, static_position=True)
+    with torch.no_grad():
+        joint = t.decode(points, state, groups={"boxes": QueryGroup(boxes, plain_criterion())})
+        alone_points, alone_boxes = t.decode(points, state), t.decode(boxes, state)
+    assert list(joint.groups) == ["boxes"]
+    assert_layers_close(joint, alone_points, atol=1e-6)
+    assert_layers_close(DecoderOutput(joint.groups["boxes"]), alone_boxes, atol=1e-6)
+    assert joint.groups["boxes"][0].boxes.shape == (2, 5, 4)
+    with pytest.raises(ValueError, match=r"\['boxes'\] see the primary queries"):
+        t.decode(points, state, groups={"boxes": QueryGroup(boxes, plain_criterion(), sees_primary=True)})
+
+
 def padded_group(seed=4, fill=0.0):
     """A group of 3 queries for image 0 and 1 for image 1, padded to 3 with ``fill``."""
     full = random_decoder_queries(2, 3, seed=seed, static_position=True)

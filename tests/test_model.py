@@ -519,7 +519,8 @@ def test_parameter_sharing_is_counted_once_by_the_ema():
 def test_queries_at_gives_new_queries_the_models_own_positions(models):
     """``transformer.queries_at(content, boxes, slots)``: box-sine models take the boxes (positions
     from them at every layer); two-stage static models the proposal embedding's positional half of
-    the boxes; the published single-stage model the slots' static positions and the boxes' centres."""
+    the boxes; the published single-stage model the slots' static positions and the whole boxes as
+    anchors (OD-DETR's "initial queries and anchors", #27 item 2)."""
     content, boxes = random_queries(2, 5, D_MODEL, seed=4)
     dab = models["dab"].transformer.queries_at(content, boxes)
     assert dab.position is None and torch.equal(dab.reference, boxes)
@@ -532,7 +533,7 @@ def test_queries_at_gives_new_queries_the_models_own_positions(models):
     t = models["plain"].transformer
     slots = torch.tensor([[0, 3, 3, 1, 2], [4, 4, 0, 1, 2]])
     one = t.queries_at(content, boxes, slots)
-    torch.testing.assert_close(one.reference, boxes[..., :2])
+    torch.testing.assert_close(one.reference, boxes)
     torch.testing.assert_close(one.position, t.query_embedding.weight[slots, :D_MODEL])
     with pytest.raises(ValueError, match="slots"):
         t.queries_at(content, boxes)

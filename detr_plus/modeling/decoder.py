@@ -8,7 +8,7 @@ queries, reference boxes, logits and boxes.
 """
 import copy
 from dataclasses import replace
-from typing import Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -129,13 +129,30 @@ class DeformableDecoder(nn.Module):
             spatial_shapes=state.spatial_shapes, level_start_index=state.level_start_index,
             memory_padding_mask=state.padding_mask, self_attn_mask=self_attn_mask, query_padding_mask=query_padding_mask)
 
+    def decode_apart(self, groups: Mapping[str, QueryGroup], state: EncoderState) -> Dict[str, List[LayerPredictions]]:
+        """Groups decoded without the primary queries (none, in their place) and without variants."""
+        seeing = [name for name, g in groups.items() if g.sees_primary]
+        if seeing:
+            raise ValueError(f"groups {seeing} see the primary queries but their references are of another kind "
+                             "(2-d points vs boxes): they cannot be decoded in one pass")
+        first = next(iter(groups.values())).queries
+        none = DecoderQueries(first.content[:, :0], first.reference[:, :0], None if first.position is None else first.position[:, :0])
+        return self(none, state, groups=groups).groups
+
     # --- the pass --------------------------------------------------------------------------------
     def forward(self, queries: DecoderQueries, state: EncoderState, variants: Optional[Mapping[str, DecoderVariant]] = None,
                 groups: Optional[Mapping[str, QueryGroup]] = None,
                 variant_queries: Optional[Mapping[str, DecoderQueries]] = None) -> DecoderOutput:
         """Decodes the primary ``queries``, every query group (after them, masked from each other) and
         every variant (``VariantStreams``; ``variant_queries`` gives a variant with its own stream its
-        own initial queries, as many as the primary ones)."""
+        own initial queries, as many as the primary ones). A group whose references differ in kind from
+        the primary queries' (boxes beside the single-stage model's 2-d points) is decoded in a pass of
+        its own, which equals the joint pass for a group that does not see the primary queries."""
+        apart = {name: g for name, g in (groups or {}).items() if g.queries.reference.shape[-1] != queries.reference.shape[-1]}
+        if apart:
+            out = self(queries, state, variants, {n: g for n, g in groups.items() if n not in apart}, variant_queries)
+            out.groups.update(self.decode_apart(apart, state))
+            return out
         joint = JointQueries(queries, groups)
         streams = VariantStreams(variants, joint, variant_queries)
         primary = QueryStream.start(joint.queries)

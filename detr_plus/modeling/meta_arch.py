@@ -70,7 +70,10 @@ class DeformableDETR(nn.Module):
     * ``heads``: ``{name: Head}``, per-query outputs with their own losses (part of the model);
     * a teacher: when any of these has ``requires_teacher = True``, the trainer attaches the EMA model
       (``attach_teacher``) and every step runs its ``detection_pass`` on the same batch, without
-      gradient, into ``TrainingBatch.teacher``.
+      gradient, into ``TrainingBatch.teacher``. With ``select_teacher_proposals`` (two-stage models)
+      the student's primary queries in training are its own proposals at the encoder tokens the
+      teacher selected, so student query i and teacher query i are twins on one proposal (OD-DETR's
+      distillation pairs queries by index); inference selects by the student's own scores.
 
     Evaluating a training variant (default off):
     * ``eval_variant``: name of a variant whose last-layer predictions are evaluated instead (the
@@ -86,7 +89,8 @@ class DeformableDETR(nn.Module):
                  enc_criterion: Optional[nn.Module] = None, enc_anchor_matcher=None,
                  variants: Optional[Dict[str, nn.Module]] = None, group_sources: Optional[Dict[str, nn.Module]] = None,
                  extra_output_criteria: Optional[Dict[str, nn.Module]] = None, heads: Optional[Dict[str, nn.Module]] = None,
-                 eval_variant: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000):
+                 eval_variant: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000,
+                 select_teacher_proposals: bool = False):
         super().__init__()
         self.backbone, self.neck, self.position_embedding = backbone, neck, position_embedding
         self.transformer, self.criterion, self.enc_criterion = transformer, criterion, enc_criterion
@@ -104,6 +108,7 @@ class DeformableDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._teacher = _Unregistered(None)
+        self.select_teacher_proposals = select_teacher_proposals
         self._loss_keys: Optional[frozenset] = None  # the first training step's, which every later step must repeat
         self._register_load_state_dict_pre_hook(_load_legacy_names)
 
@@ -170,14 +175,15 @@ class DeformableDETR(nn.Module):
         pos = [self.position_embedding(m).to(f.dtype) for f, m in zip(features, level_masks)]
         return backbone_features, features, level_masks, pos
 
-    def encode_and_select(self, batched_inputs):
+    def encode_and_select(self, batched_inputs, indices: Optional[torch.Tensor] = None):
         """(images, encoder state, primary query selection) of a batch; the state keeps the backbone's
-        outputs for heads that read image features (a mask head)."""
+        outputs for heads that read image features (a mask head). ``indices``: the encoder tokens
+        to select (two-stage), instead of the top-k of the model's own scores."""
         images, masks = self.preprocess_images(batched_inputs)
         backbone_features, *multi_scale = self.extract_features(images, masks)
         state = self.transformer.encode(*multi_scale)
         state.backbone_features = backbone_features
-        return images, state, self.transformer.select_queries(state)
+        return images, state, self.transformer.select_queries(state, indices=indices)
 
     # --- forward -------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -207,14 +213,15 @@ class DeformableDETR(nn.Module):
 
     def training_losses(self, batched_inputs: List[Dict]) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[Indices]]]:
         """(weighted losses, matching indices by name) of one training batch (see ``losses``)."""
-        images, state, selection = self.encode_and_select(batched_inputs)
-        targets = self.prepare_targets(batched_inputs, images.image_sizes)
         teacher = None
         if self.requires_teacher:
             if self.teacher is None:
                 raise RuntimeError("this model's criteria read an EMA teacher, but none is attached: train with "
                                    "train_net.py (it attaches the train.ema model) or call model.attach_teacher(...)")
             teacher = self.teacher.detection_pass(batched_inputs)
+        indices = teacher.selection.topk_indices if self.select_teacher_proposals and teacher is not None else None
+        images, state, selection = self.encode_and_select(batched_inputs, indices)
+        targets = self.prepare_targets(batched_inputs, images.image_sizes)
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
                               self.num_boxes(targets, self.device), self.transformer,
                               self.variant_selections(state, self.variants))

@@ -153,14 +153,19 @@ class DeformableTransformer(nn.Module):
         memory = state.memory.masked_fill(~valid, 0.0)
         return logits, memory, valid[..., 0]
 
-    def select_queries(self, state: EncoderState, heads: Optional[Tuple[nn.Module, nn.Module]] = None) -> QuerySelection:
+    def select_queries(self, state: EncoderState, heads: Optional[Tuple[nn.Module, nn.Module]] = None,
+                       indices: Optional[torch.Tensor] = None) -> QuerySelection:
         """The primary queries (``query_init``) and, for two-stage, the encoder predictions its loss reads.
 
         ``heads``: (class head, box head) to score and regress the encoder tokens with instead of the
         transformer's own (two-stage only): another top-k selection from the same encoder output,
-        with the same learned content queries (Mr. DETR's Route-3, ``VariantQuerySelection``)."""
+        with the same learned content queries (Mr. DETR's Route-3, ``VariantQuerySelection``).
+        ``indices`` (B, num_queries): the encoder tokens to select instead of the top-k of the scores
+        (two-stage only; an EMA teacher's selection, ``DeformableDETR.select_teacher_proposals``)."""
         batch = state.memory.shape[0]
         d_model = self.decoder.d_model
+        if indices is not None and self.query_init in ("embedding", "anchors"):
+            raise ValueError(f"query_init={self.query_init!r} selects no encoder tokens: indices are for two-stage models")
         if self.query_init == "embedding":
             position, content = self.query_embedding.weight.split(d_model, -1)
             reference = self.reference_points(position).sigmoid()
@@ -177,7 +182,7 @@ class DeformableTransformer(nn.Module):
         enc_logits = class_head(enc_out)
         enc_boxes = box_head(enc_out) + proposal_logits
         scores = (enc_logits[..., 0] if self.enc_class_agnostic else enc_logits.max(-1).values).masked_fill(~valid, -math.inf)
-        topk = scores.topk(self.num_queries, dim=1).indices
+        topk = scores.topk(self.num_queries, dim=1).indices if indices is None else indices
         topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         topk_boxes = enc_boxes.gather(1, topk[..., None].expand(-1, -1, 4)).sigmoid()
         reference = topk_boxes.detach()
@@ -200,14 +205,17 @@ class DeformableTransformer(nn.Module):
         """Queries with the given content (B, N, d) at the given 4-d boxes (B, N, 4), with positions the
         way this model gives its own queries positions: from the boxes (box_sine decoders, or the
         proposal embedding's positional part in two-stage static models); the published single-stage
-        model encodes only a query slot's static position and a 2-d point, so there the query takes
-        the positional part of query ``slots`` (B, N) and the boxes' centres (OD-DETR's auxiliary
-        groups: a teacher's updated query and box become new initial queries, Sec. 3.4)."""
+        model has no positional encoding of a box, only a query slot's static position, so there the
+        query takes the positional part of query ``slots`` (B, N) and keeps the whole box as its
+        anchor: the deformable sampling and the first refinement start from the box, w and h
+        included (OD-DETR's auxiliary groups, Sec. 3.4: a teacher's updated queries and boxes become
+        "independent initial queries and anchors for PE"). Such queries are decoded apart from the
+        primary queries' 2-d points (``DeformableDecoder.forward``)."""
         if self.query_init == "embedding":
             if slots is None:
                 raise ValueError("the single-stage model's positions belong to query slots: give queries_at(..., slots=...)")
             position = self.query_embedding.weight[:, : self.decoder.d_model][slots]
-            return DecoderQueries(content, boxes[..., :2], position)
+            return DecoderQueries(content, boxes, position)
         if not self.static_position:
             return DecoderQueries(content, boxes)
         position, _ = self.proposal_embedding(box_sine_embedding(boxes, self.decoder.d_model // 2)).split(self.decoder.d_model, -1)

@@ -181,6 +181,40 @@ def od_on_plusplus():
     return instantiate(cfg)
 
 
+def test_twins_share_a_proposal_on_the_two_stage_model():
+    """#27 item 3: on the ++ the student and its EMA teacher would each take their own top-k; in
+    training the student decodes its proposals at the teacher's tokens, so query i and teacher query
+    i sit on one proposal (the same anchor), while inference selects by the student's own scores."""
+    model = od_on_plusplus()
+    assert model.select_teacher_proposals
+    teacher = ModelEMA(model, 0.9).module
+    with torch.no_grad():  # the teacher scores the tokens differently from the student
+        teacher.transformer.enc_class_head.bias.add_(torch.randn_like(teacher.transformer.enc_class_head.bias))
+        teacher.transformer.enc_class_head.weight.mul_(-1.0)
+    model.attach_teacher(teacher)
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    selections = []
+    select = model.transformer.select_queries
+    given = []
+    model.transformer.select_queries = lambda state, **kw: given.append(kw.get("indices")) or selections.append(select(state, **kw)) or selections[-1]
+    model.train()
+    model(batch)
+    student = selections[-1]
+    t = teacher.detection_pass(batch)
+    own = select(model.encode_and_select(batch)[1])
+    assert not torch.equal(own.topk_indices, t.selection.topk_indices)  # the two would differ
+    assert torch.equal(student.topk_indices, t.selection.topk_indices)
+    anchors = lambda sel: sel.encoder_predictions["anchors"]  # noqa: E731  (the proposal each query starts from)
+    if "valid" in student.encoder_predictions:  # every token's predictions: gather the selected ones
+        anchors = lambda sel: sel.encoder_predictions["anchors"].gather(1, sel.topk_indices[..., None].expand(-1, -1, 4))  # noqa: E731
+    torch.testing.assert_close(anchors(student), anchors(t.selection), rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert given[0] is t.selection.topk_indices or torch.equal(given[0], t.selection.topk_indices)
+    assert given[-1] is None  # inference: the student's own top-k
+
+
 def test_auxiliary_groups_select_two_lowest_cost_queries_per_gt_per_stage():
     model = od_on_plusplus()
     teacher = ModelEMA(model, 0.9).module
@@ -216,8 +250,9 @@ def test_auxiliary_groups_select_two_lowest_cost_queries_per_gt_per_stage():
 
 
 def test_auxiliary_groups_of_the_single_stage_model_take_the_slots_positions():
-    """Def-DETR+ encodes a query slot's static position and a 2-d point: an auxiliary query takes the
-    positional part of the teacher query it came from and its box's centre (``queries_at``)."""
+    """Def-DETR+ encodes a query slot's static position and no box: an auxiliary query takes the
+    positional part of the teacher query it came from and the teacher's whole box as its anchor
+    (``queries_at``; #27 item 2: w and h included), and its first layer refines that box."""
     model = build(TINY, 1)
     t = ModelEMA(model, 0.9).module.detection_pass(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
     source = model.group_sources["ag"]
@@ -225,8 +260,18 @@ def test_auxiliary_groups_of_the_single_stage_model_take_the_slots_positions():
     chosen, _ = source.select(t.decoder.layers[0], t.matching[0], t.targets)
     q = groups["0"].queries
     d = model.transformer.decoder.d_model
-    torch.testing.assert_close(q.reference[0], t.decoder.layers[0].boxes[0, chosen[0], :2], rtol=0, atol=0)
+    torch.testing.assert_close(q.reference[0], t.decoder.layers[0].boxes[0, chosen[0]], rtol=0, atol=0)
     torch.testing.assert_close(q.position[0], model.transformer.query_embedding.weight[chosen[0], :d], rtol=0, atol=0)
+    # The student's first layer starts from the teacher's box: its w / h move by the head's delta only.
+    model.eval()
+    _, state, selection = model.encode_and_select(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
+    with torch.no_grad():
+        out = model.transformer.decode(selection.queries, state, groups={"ag_0": groups["0"]})
+        first = out.groups["ag_0"][0]
+        delta = model.transformer.decoder.box_heads[0](first.hidden)
+    valid = q.valid[0]
+    expected = (delta[0] + torch.logit(q.reference[0])).sigmoid()
+    torch.testing.assert_close(first.boxes[0][valid], expected[valid], rtol=0, atol=1e-6)
 
 
 def test_stability_metrics_on_hand_made_matchings():
@@ -278,9 +323,23 @@ def test_configs(name):
     assert cfg.model.criterion.box_down_weight == 0.51 and isinstance(instantiate(cfg.model.criterion.criterion.class_loss), QualityFocalLoss)
     assert cfg.model.group_sources.queries_per_gt == 2 and (cfg.model.group_sources.alpha, cfg.model.group_sources.beta) == (0.25, 0.75)
     assert cfg.model.transformer.decoder.share_layers == ("plusplus" not in name)
+    assert cfg.optimizer.weight_decay == 2e-5  # Sec. 4.1 (#27 item 7)
     stop = resolve_stop_update_iter(cfg.train.ema.stop_update_iter, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
     assert stop == {"od_deformable_detr_r50_12ep": 82500, "od_deformable_detr_r50_24ep": 165000,
                     "od_deformable_detr_plusplus_r50_12ep": 82500, "od_detr_shapes_tiny": 900}[name]
+
+
+def test_the_shared_decoder_shares_the_heads_as_table_8_counts():
+    """Table 8: Def-DETR+ 40.6M -> shared 34.7M (-5.9M); sharing the layers alone removes 5.1M, the
+    layers and the class / box heads 5.87M (#27 item 1; 80 classes here)."""
+    shared = instantiate(LazyConfig.load(str(CONFIGS / "od_deformable_detr_r50_12ep.py")).model)
+    unshared = instantiate(LazyConfig.load(str(CONFIGS / "ablations" / "table8_unshared_decoder.py")).model)
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    assert count(shared) == pytest.approx(34.96, abs=0.1) and count(unshared) - count(shared) == pytest.approx(5.87, abs=0.05)
+    decoder = shared.transformer.decoder
+    assert all(h is decoder.class_heads[0] for h in decoder.class_heads) and all(h is decoder.box_heads[0] for h in decoder.box_heads)
+    baseline = LazyConfig.load(str(BASELINE)).model.transformer.decoder
+    assert baseline.share_layers and baseline.share_heads  # the tiny baseline's decoder is OD-DETR's
 
 
 def test_training_with_the_teacher_stop_update_and_stability_png(tiny, shapes_mini, tmp_path):

@@ -36,6 +36,9 @@ def md_criterion():
 
 od_detr = dict(
     criterion=md_criterion(),
+    # Two-stage models: the student decodes its proposals at the tokens the teacher selected, so
+    # query i and its teacher twin sit on one proposal (README reading 11); no-op for static queries.
+    select_teacher_proposals=True,
     group_sources=L(build_od_detr_groups)(
         criterion=md_criterion(),  # the auxiliary groups' loss: matching distillation as in the main group
         prediction_distillation=True,
