@@ -1,4 +1,6 @@
-"""Detection-head helpers shared by the decoder, the two-stage query selection and methods' own heads."""
+"""Detection-head helpers shared by the decoder, the two-stage query selection and methods' own heads,
+and the transformer's matrix init that methods' modules inside the transformer share."""
+import torch
 from torch import nn
 
 PRIOR_PROBABILITY_LOGIT = -4.59511985  # log(0.01 / 0.99): every class starts at probability 0.01 (focal loss init)
@@ -10,3 +12,14 @@ def init_detection_heads(class_head: nn.Linear, box_head: nn.Module):
     nn.init.constant_(class_head.bias, PRIOR_PROBABILITY_LOGIT)
     nn.init.zeros_(box_head.layers[-1].weight)
     nn.init.zeros_(box_head.layers[-1].bias)
+
+
+@torch.no_grad()
+def xavier_matrices(*modules: nn.Module) -> None:
+    """Xavier-uniform on every parameter with more than one dimension: the published Deformable-DETR
+    transformer's init, which the official code (and Mr. DETR's, LoRA-DETR's) apply to every module
+    built inside the transformer."""
+    for module in modules:
+        for p in module.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)

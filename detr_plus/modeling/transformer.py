@@ -28,7 +28,7 @@ from ..layers import MLP, box_sine_embedding
 from .contracts import DecoderOutput, DecoderQueries, EncoderState, QueryGroup, QuerySelection
 from .decoder import DeformableDecoder
 from .encoder import DeformableEncoder
-from .heads import init_detection_heads
+from .heads import init_detection_heads, xavier_matrices
 
 QUERY_INITS = ("embedding", "anchors", "proposals", "mixed")
 POSITION_OF_INIT = {"embedding": "static", "anchors": "box_sine"}
@@ -94,10 +94,7 @@ class DeformableTransformer(nn.Module):
             generators = [self.encoder, self.decoder.layers, getattr(self.decoder, "ref_point_head", None),
                           getattr(self, "enc_output", None), getattr(self, "proposal_embedding", None),
                           getattr(self, "reference_points", None)]
-            for module in filter(None, generators):
-                for p in module.parameters():
-                    if p.dim() > 1:
-                        nn.init.xavier_uniform_(p)
+            xavier_matrices(*filter(None, generators))
             for module in self.modules():  # modules with an init of their own (the deformable attention's, ...)
                 if getattr(module, "keeps_own_init", False):
                     module.reset_parameters()

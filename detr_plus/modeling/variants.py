@@ -17,7 +17,7 @@ from .blocks import FFN, FFNBlock
 from .contracts import (DecoderQueries, DecoderVariant, EncoderState, LayerOutput, LayerVariant, QueryContext,
                         QuerySelection, QueryStream, Stream)
 from .groups import JointQueries
-from .heads import init_detection_heads
+from .heads import init_detection_heads, xavier_matrices
 
 TRAINING_ONLY_PREFIXES = ("variants.", "group_sources.", "extra_output_criteria.")
 # Checkpoints written before the core v3 names (issue #25): old prefix -> new prefix; a route's
@@ -68,9 +68,13 @@ class OwnFFNVariant(LayerVariant):
 
     replaces_ffn = True
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0, xavier_init=True):
+        """``xavier_init``: the init of the FFN it stands beside (the transformer's), not PyTorch's
+        default (which starts the weights about half as large)."""
         super().__init__()
         self.ffn = FFN(d_model, d_ffn, dropout)
+        if xavier_init:
+            xavier_matrices(self.ffn)
 
     def feed_forward(self, query, context: QueryContext, shared: FFNBlock):
         return shared(query, context, ffn=self.ffn)
@@ -82,12 +86,16 @@ class VariantQuerySelection(nn.Module):
     boxes (and, in static-position models, positions); the learned content queries are the primary
     ones (Mr. DETR's Route-3 in the authors' code, docs/authors_code_facts.md#mr-detr).
     ``num_classes``: 1 for a class-agnostic proposal head, like the transformer's
-    ``enc_class_agnostic``."""
+    ``enc_class_agnostic``. ``xavier_init``: the heads' matrices start xavier-uniform (the authors'
+    Mr. DETR code re-initialises every matrix so), the box head's last layer still zero (a proposal
+    starts at its anchor) and the class bias at the focal prior."""
 
-    def __init__(self, d_model: int, num_classes: int):
+    def __init__(self, d_model: int, num_classes: int, xavier_init: bool = False):
         super().__init__()
         self.class_head = nn.Linear(d_model, num_classes)
         self.box_head = MLP(d_model, d_model, 4, 3)
+        if xavier_init:
+            xavier_matrices(self.class_head, self.box_head)
         init_detection_heads(self.class_head, self.box_head)
 
     def forward(self, transformer, state: EncoderState) -> QuerySelection:

@@ -62,7 +62,7 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
     def selection_of(name):
         if name != "route3" or route3_proposal_classes is None:
             return None
-        return VariantQuerySelection(d_model, route3_proposal_classes)
+        return VariantQuerySelection(d_model, route3_proposal_classes, xavier_init=True)  # the authors' xavier pass
 
     return {name: TrainingVariant([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams,
                                 query_selection=selection_of(name))

@@ -372,6 +372,25 @@ def test_route_builder():
             build_mr_detr_routes(2, 16, 32, routes=bad)
 
 
+def test_routes_start_from_the_transformers_xavier_init():
+    """#27 item 9: the authors re-initialise every matrix xavier-uniform, routes included: Route-1's
+    FFN has the spread of the shared FFN it stands beside (xavier std sqrt(2 / (256 + 1024)) = 0.0395;
+    PyTorch's default gives the second linear 1 / sqrt(3 x 1024) = 0.018), Route-3's proposal heads' matrices too, the last box layer still
+    zero and the class bias at the focal prior."""
+    model = build()
+    shared = model.transformer.decoder.layers[0].ffn.ffn.linear2.weight
+    route1 = model.variants["route1"].layer_variants[0].ffn.linear2.weight
+    xavier_std = (2 / sum(route1.shape)) ** 0.5
+    assert route1.std().item() == pytest.approx(xavier_std, rel=0.05) and shared.std().item() == pytest.approx(xavier_std, rel=0.05)
+    routes = build_mr_detr_routes(num_layers=1, d_model=256, d_ffn=1024, route3_proposal_classes=1)
+    torch.manual_seed(0)
+    route1 = routes["route1"].layer_variants[0].ffn
+    assert route1.linear2.weight.std().item() == pytest.approx((2 / (256 + 1024)) ** 0.5, rel=0.05)
+    heads = routes["route3"].query_selection
+    assert heads.box_head.layers[0].weight.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.05)
+    assert heads.box_head.layers[-1].weight.abs().sum() == 0 and torch.allclose(heads.class_head.bias, torch.tensor(-4.59511985))
+
+
 @pytest.mark.parametrize("name, routes, queries", [
     ("mr_deformable_detr_plusplus_r50_12ep_300q", ["route1", "route3"], 300),
     ("mr_deformable_detr_plusplus_r50_12ep", ["route1", "route3"], 900),
