@@ -38,6 +38,12 @@ def test_the_first_boxes_are_about_0_12_wide_in_the_single_stage_and_refine_mode
         assert torch.allclose(first.boxes, selection.queries.reference, atol=1e-6)
     else:
         assert torch.allclose(first.boxes[..., 2:], torch.full_like(first.boxes[..., 2:], wh), atol=1e-6)
+    # Only the first layer's head: the official refine model sets bbox_embed[0] alone, so a later
+    # layer's zero bias keeps the w / h it is given instead of shrinking it by -2 in logit space again.
+    heads = model.transformer.decoder.box_heads
+    for layer in range(1, len(heads)):
+        expected = -2.0 if (wh is not None and heads[layer] is heads[0]) else 0.0
+        assert torch.all(heads[layer].layers[-1].bias[2:] == expected), layer
 
 
 def test_the_stem_and_res2_are_frozen_res3_to_res5_train():

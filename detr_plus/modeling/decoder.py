@@ -52,8 +52,10 @@ class DeformableDecoder(nn.Module):
       sampling, so the sampling gradient trains what made them (the reference-point layer and the
       positional query embedding), as the official Deformable-DETR decoder does; later layers'
       references (from refinement) are detached either way. Off: only the box losses train them.
-    * ``box_wh_bias``: the initial bias of the box heads' w / h outputs (-2.0 in the official
-      single-stage and refine models: first boxes about 0.12 wide; 0 in its two-stage model).
+    * ``box_wh_bias``: the initial bias of the first layer's box head's w / h outputs (-2.0 in the
+      official single-stage and refine models: first boxes about 0.12 wide; 0 in its two-stage
+      model). Later layers' heads start at 0, which with refinement keeps the w / h they are given
+      (the official refine model sets only its first head); a shared head is the first layer's.
     * ``layer_wrapper(layer, index) -> nn.Module``: wraps each layer at construction (QR-DETR's EEQR);
       the wrapped module takes ``LayerInputs`` and returns a ``LayerOutput`` (``contracts.DecoderLayer``).
     """
@@ -81,14 +83,14 @@ class DeformableDecoder(nn.Module):
         self.initial_reference_grad = initial_reference_grad
         class_head, box_head = nn.Linear(d_model, num_classes), MLP(d_model, d_model, 4, 3)
         init_detection_heads(class_head, box_head)
-        with torch.no_grad():
-            box_head.layers[-1].bias[2:] = box_wh_bias
         if self.share_heads:
             self.class_heads = nn.ModuleList([class_head] * num_layers)
             self.box_heads = nn.ModuleList([box_head] * num_layers)
         else:
             self.class_heads = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_layers))
             self.box_heads = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_layers))
+        with torch.no_grad():  # the first layer's head only: with refinement a later layer's 0 keeps the w / h it gets
+            self.box_heads[0].layers[-1].bias[2:] = box_wh_bias
 
     # --- one layer's predictions and the next layer's state ------------------------------------
     def step(self, layer_index, hidden, stream: QueryStream, updated=None, heads=None) -> Tuple[LayerPredictions, QueryStream]:
