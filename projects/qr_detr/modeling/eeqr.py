@@ -124,8 +124,7 @@ class EEQRLayer(nn.Module):
         processed = subset.scatter(x, out)
         if self.regroup == "scatter":
             return processed
-        order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices  # passing first, then bypassed
-        return processed.gather(1, order[..., None].expand_as(processed))
+        return regroup_first(processed, passes)
 
     def segments(self, blocks: List[Tuple[str, Callable]]) -> List[Tuple[bool, List[Callable], Tuple[str, ...]]]:
         """The layer's blocks as (routed, blocks, block names) segments in their order: the blocks
@@ -166,6 +165,11 @@ class EEQRLayer(nn.Module):
                 else:
                     done[key] = parts[0](x, stream.context)
             x = done[key]
+            if is_routed and self.regroup == "concat":
+                # The processed queries now come first: a later routed block (SA's or CA's FFN) takes
+                # those rows, and sigma_EE follows its query.
+                passes, sigma = regroup_first(passes, passes), regroup_first(sigma, passes)
+                subset = QuerySubset.of(passes)
         bypass_keeps_box = self.mode == "F" and self.ffn_on == "routed" and self.regroup == "scatter"
         return x, passes, sigma, passes if bypass_keeps_box else None
 
@@ -184,6 +188,13 @@ class EEQRLayer(nn.Module):
             own_heads = hasattr(self, "exit_class_head")
             out.predict["exit"] = PredictWith(exit_states, self.exit_class_head, self.exit_box_head) if own_heads else exit_states
         return out
+
+
+def regroup_first(x: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, Q, ...) with each image's passing queries first, then the bypassed ones, each part in
+    its order (Table 5's concatenation)."""
+    order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices
+    return x.gather(1, order.view(*order.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
 class EEQRWrapper:

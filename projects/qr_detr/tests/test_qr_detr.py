@@ -204,6 +204,31 @@ def test_concatenation_moves_the_processed_queries_first():
     assert b.updated is None
 
 
+@pytest.mark.parametrize("mode", ["SA", "CA"])
+def test_concatenation_feeds_the_ffn_the_processed_queries(mode):
+    """#27 item 8: with concatenation the routed block's outputs move to the front, so the routed
+    FFN after SA / CA must take those first rows (it took the original positions before)."""
+    layer, state = plain_layer(), random_state()
+    query, boxes, position, passes = inputs()
+    context = context_for(boxes, position, state)
+    wrapper = routed(layer, mode, regroup="concat")
+    with torch.no_grad():
+        out = call(wrapper, query, context).hidden
+        expected = query.clone() if mode == "SA" else layer.self_attn(query, context)
+        for b, idx in per_image(passes):
+            one = context_for(boxes[b : b + 1, idx], position[b : b + 1, idx], image_state(state, b))
+            block = layer.self_attn if mode == "SA" else layer.cross_attn
+            expected[b, idx] = block(expected[b : b + 1, idx], one)[0]
+        order = torch.stack([torch.cat([p.nonzero().flatten(), (~p).nonzero().flatten()]) for p in passes])
+        expected = expected.gather(1, order[..., None].expand_as(expected))  # processed first: they leave their positions
+        if mode == "SA":
+            expected = layer.cross_attn(expected, context)  # every query, at the positions of its new row
+        counts = passes.sum(1).tolist()
+        for b, k in enumerate(counts):
+            expected[b, :k] = layer.ffn(expected[b : b + 1, :k])[0]  # the FFN on the processed (now first) rows
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
 def test_routing_statistics_and_png(tmp_path):
     cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL)
     torch.manual_seed(0)
