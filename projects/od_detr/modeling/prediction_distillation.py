@@ -18,8 +18,9 @@ class TeacherQueriesGroup(nn.Module):
 
     ``mode`` (Table 5): "tood_listen2stu" (TOOD-weight + Listen2stu, the paper's), "tood", "naive"
     (the teacher's plain scores and boxes as targets for every query), or "query_prior" (DETRDistill's
-    query-prior assignment distillation: the group learns the GT by Hungarian matching with
-    ``gt_criterion`` instead of from the teacher)."""
+    query-prior assignment distillation: the group learns the GT with ``gt_criterion`` on the pairs
+    the teacher's same layer assigned to the same queries, ``TeacherAssignment``, instead of from the
+    teacher's predictions)."""
 
     requires_teacher = True
 
@@ -38,8 +39,23 @@ class TeacherQueriesGroup(nn.Module):
         student = batch.selection.queries
         content = batch.teacher.selection.queries.content
         queries = DecoderQueries(content, student.reference, student.position, student.valid)
-        criterion = self.gt_criterion if self.mode == "query_prior" else self.distillation
+        criterion = TeacherAssignment(self.gt_criterion) if self.mode == "query_prior" else self.distillation
         return {"": QueryGroup(queries, criterion, loss_scale=self.loss_scale, extras={"teacher": batch.teacher})}
+
+
+class TeacherAssignment(nn.Module):
+    """A criterion that supervises a group of the teacher's queries on the GT with the pairs the
+    teacher's same decoder layer assigned them (DETRDistill's query-prior assignment, OD-DETR Table 5:
+    "It feeds the teacher's query into the student's decoder as an extra group to learn GT"), where
+    the wrapped criterion would Hungarian-match anew."""
+
+    def __init__(self, criterion: nn.Module):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, logits, boxes, targets, num_boxes, indices=None, valid=None, context=None):
+        teacher = context.group.extras["teacher"]
+        return self.criterion(logits, boxes, targets, num_boxes, teacher.matching[context.layer], valid, context)
 
 
 class PredictionDistillationLoss(nn.Module):

@@ -164,6 +164,26 @@ def test_prediction_distillation_hand_values():
     assert terms["loss_bbox"].item() == pytest.approx(l1_all / 2.0, rel=1e-6)
 
 
+def test_query_prior_supervises_the_teacher_queries_with_the_teachers_assignment():
+    """#27 item 11, Table 5's query-prior row (DETRDistill): the teacher's queries in the student
+    decoder learn the GT on the pairs the teacher's same layer assigned them, not a new matching."""
+    model = build(TINY, 2, "model.group_sources.pd_mode=query_prior")
+    model.attach_teacher(ModelEMA(model, 0.9).module)
+    batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
+    t = model.teacher.detection_pass(batch)
+    group = model.group_sources["pd"](SimpleNamespace(teacher=t, selection=t.selection))[""]
+    gt_criterion = model.group_sources["pd"].gt_criterion
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(t.decoder.layers[1].logits.shape, generator=generator)
+    boxes = torch.rand(t.decoder.layers[1].boxes.shape, generator=generator) * 0.5 + 0.25
+    losses, pairs = group.criterion(logits, boxes, t.targets, 2.0, context=LossContext(layer=1, group=group))
+    assert all(torch.equal(a, b) for p, q in zip(pairs, t.matching[1]) for a, b in zip(p, q))
+    expected, _ = gt_criterion(logits, boxes, t.targets, 2.0, t.matching[1])
+    rematched, own = gt_criterion(logits, boxes, t.targets, 2.0)
+    assert losses.keys() == expected.keys() and all(torch.equal(losses[k], expected[k]) for k in losses)
+    assert any(not torch.equal(a, b) for p, q in zip(own, t.matching[1]) for a, b in zip(p, q))  # Hungarian would differ
+
+
 def small_cfg(config=TINY, *overrides):
     return apply_overrides(LazyConfig.load(str(config)), SMALL + list(overrides))
 
