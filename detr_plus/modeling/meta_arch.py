@@ -1,4 +1,5 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
+from dataclasses import replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -80,7 +81,10 @@ class DeformableDETR(nn.Module):
       decoder then runs that one variant in eval mode too), e.g. a one-to-many variant;
     * ``eval_nms_threshold``: class-wise NMS at this IoU over the top ``eval_pre_nms_topk``
       (query, class) pairs, then the top ``select_box_nums_for_evaluation`` are kept (one-to-many
-      predictions have duplicates by design: LoRA-DETR Table 5 "Aux. w. NMS", Mr. DETR "w/ NMS").
+      predictions have duplicates by design: LoRA-DETR Table 5 "Aux. w. NMS", Mr. DETR "w/ NMS");
+    * ``eval_score_fusion``: a module mapping the primary queries' per-layer class logits (a list,
+      first layer first) to the logits inference ranks, boxes staying the last layer's (an
+      evaluation detail of Mr. DETR's public code, ``LayerScoreFusion`` in its project).
     """
 
     def __init__(self, *, backbone, neck, position_embedding, transformer: DeformableTransformer, criterion: SetCriterion,
@@ -90,7 +94,7 @@ class DeformableDETR(nn.Module):
                  variants: Optional[Dict[str, nn.Module]] = None, group_sources: Optional[Dict[str, nn.Module]] = None,
                  extra_output_criteria: Optional[Dict[str, nn.Module]] = None, heads: Optional[Dict[str, nn.Module]] = None,
                  eval_variant: Optional[str] = None, eval_nms_threshold: Optional[float] = None, eval_pre_nms_topk: int = 1000,
-                 select_teacher_proposals: bool = False):
+                 select_teacher_proposals: bool = False, eval_score_fusion: Optional[nn.Module] = None):
         super().__init__()
         self.backbone, self.neck, self.position_embedding = backbone, neck, position_embedding
         self.transformer, self.criterion, self.enc_criterion = transformer, criterion, enc_criterion
@@ -109,6 +113,7 @@ class DeformableDETR(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._teacher = _Unregistered(None)
         self.select_teacher_proposals = select_teacher_proposals
+        self.eval_score_fusion = eval_score_fusion
         self._loss_keys: Optional[frozenset] = None  # the first training step's, which every later step must repeat
         self._register_load_state_dict_pre_hook(_load_legacy_names)
 
@@ -251,6 +256,8 @@ class DeformableDETR(nn.Module):
     def inference_predictions(self, out: DecoderOutput) -> LayerPredictions:
         """The predictions inference post-processes: the primary queries' (or ``eval_variant``'s) last decoder layer."""
         if self.eval_variant is None:
+            if self.eval_score_fusion is not None:
+                return replace(out.layers[-1], logits=self.eval_score_fusion([layer.logits for layer in out.layers]))
             return out.layers[-1]
         final = out.variants[self.eval_variant][-1]
         if final is None:

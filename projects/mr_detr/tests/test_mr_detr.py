@@ -6,6 +6,7 @@ Models come from ``projects/mr_detr/configs/mr_detr_shapes_tiny.py`` made smalle
 2 decoder layers, 24 queries, 4 instruction tokens) on two synthetic 64-80 px images.
 """
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,34 @@ def test_route_builder():
     for bad in (["route2"], ["route1", "route1"]):
         with pytest.raises(ValueError):
             build_mr_detr_routes(2, 16, 32, routes=bad)
+
+
+def test_the_authors_evaluation_fuses_the_layers_scores():
+    """#27 item 10: f_0 = p_0, f_l = sqrt((p_l^2.001 + f_{l-1}^1.853) / 2), kept as a logit clamped
+    at 1e-3; inference ranks the fused scores and keeps the last layer's boxes; no parameters."""
+    from detr_plus_projects.mr_detr.modeling import LayerScoreFusion
+
+    fusion = LayerScoreFusion()
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    layers = [torch.tensor([[[logit(0.2), logit(0.9)]]]), torch.tensor([[[logit(0.6), logit(0.3)]]]),
+              torch.tensor([[[logit(0.5), logit(0.9995)]]])]
+    f1 = [math.sqrt((0.6 ** 2.001 + 0.2 ** 1.853) / 2), math.sqrt((0.3 ** 2.001 + 0.9 ** 1.853) / 2)]
+    f2 = [math.sqrt((0.5 ** 2.001 + f1[0] ** 1.853) / 2), math.sqrt((0.9995 ** 2.001 + f1[1] ** 1.853) / 2)]
+    f2 = [min(p, 1 - 1e-3 / (1 + 1e-3)) for p in f2]  # the logit clamp: log(p / max(1 - p, 1e-3))
+    expected = torch.tensor([[[math.log(f2[0] / (1 - f2[0])), math.log(f2[1] / max(1 - f2[1], 1e-3))]]])
+    torch.testing.assert_close(fusion(layers), expected.float(), rtol=1e-5, atol=1e-5)
+    cfg = LazyConfig.load(str(CONFIGS / "mr_deformable_detr_plusplus_r50_12ep_authors_eval.py"))
+    assert cfg.model.select_box_nums_for_evaluation == 300 and "eval_score_fusion" in cfg.model
+    model = build(*SMALL_MR).eval()
+    batch = images(with_instances=False)
+    with torch.no_grad():
+        _, state, selection = model.encode_and_select(batch)
+        out = model.transformer.decode(selection.queries, state)
+        model.eval_score_fusion = fusion
+        final = model.inference_predictions(out)
+    assert sum(p.numel() for p in fusion.parameters()) == 0
+    torch.testing.assert_close(final.logits, fusion([layer.logits for layer in out.layers]))
+    assert torch.equal(final.boxes, out.layers[-1].boxes)
 
 
 def test_routes_start_from_the_transformers_xavier_init():
