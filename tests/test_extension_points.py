@@ -203,6 +203,10 @@ def test_groups_of_boxes_beside_reference_points_decode_apart(base, state):
     assert_layers_close(joint, alone_points, atol=1e-6)
     assert_layers_close(DecoderOutput(joint.groups["boxes"]), alone_boxes, atol=1e-6)
     assert joint.groups["boxes"][0].boxes.shape == (2, 5, 4)
+    empty = DecoderQueries(boxes.content[:, :0], boxes.reference[:, :0], boxes.position[:, :0])
+    with torch.no_grad():  # a batch without objects: a group of no boxes gives empty predictions
+        nothing = t.decode(points, state, groups={"boxes": QueryGroup(empty, plain_criterion())})
+    assert [p.logits.shape for p in nothing.groups["boxes"]] == [(2, 0, NUM_CLASSES)] * DEC_LAYERS
     with pytest.raises(ValueError, match=r"\['boxes'\] see the primary queries"):
         t.decode(points, state, groups={"boxes": QueryGroup(boxes, plain_criterion(), sees_primary=True)})
 

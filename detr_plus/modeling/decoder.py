@@ -137,9 +137,18 @@ class DeformableDecoder(nn.Module):
         if seeing:
             raise ValueError(f"groups {seeing} see the primary queries but their references are of another kind "
                              "(2-d points vs boxes): they cannot be decoded in one pass")
+        if all(len(g.queries) == 0 for g in groups.values()):  # nothing to decode (an image batch without objects)
+            return {name: [self.no_predictions(g.queries) for _ in self.layers] for name, g in groups.items()}
         first = next(iter(groups.values())).queries
         none = DecoderQueries(first.content[:, :0], first.reference[:, :0], None if first.position is None else first.position[:, :0])
         return self(none, state, groups=groups).groups
+
+    def no_predictions(self, queries: DecoderQueries) -> LayerPredictions:
+        """A layer's predictions for a set of no queries."""
+        content = queries.content[:, :0]
+        return LayerPredictions(content.new_zeros(*content.shape[:2], self.class_heads[0].out_features),
+                                content.new_zeros(*content.shape[:2], 4), content, queries.reference[:, :0],
+                                None if queries.valid is None else queries.valid[:, :0])
 
     # --- the pass --------------------------------------------------------------------------------
     def forward(self, queries: DecoderQueries, state: EncoderState, variants: Optional[Mapping[str, DecoderVariant]] = None,
