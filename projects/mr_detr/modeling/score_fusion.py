@@ -5,6 +5,8 @@ from typing import List
 import torch
 from torch import nn
 
+from detr_plus.layers.box_ops import inverse_sigmoid
+
 
 class LayerScoreFusion(nn.Module):
     """The authors' running fusion of the primary queries' per-layer class probabilities: the first
@@ -17,13 +19,9 @@ class LayerScoreFusion(nn.Module):
         super().__init__()
         self.current_exponent, self.previous_exponent, self.eps = current_exponent, previous_exponent, eps
 
-    def as_logit(self, probability: torch.Tensor) -> torch.Tensor:
-        p = probability.clamp(0, 1)
-        return torch.log(p.clamp(min=self.eps) / (1 - p).clamp(min=self.eps))
-
     def forward(self, layer_logits: List[torch.Tensor]) -> torch.Tensor:
         fused = layer_logits[0]
         for logits in layer_logits[1:]:
             previous = fused.sigmoid()
-            fused = self.as_logit(((logits.sigmoid() ** self.current_exponent + previous ** self.previous_exponent) / 2).sqrt())
+            fused = inverse_sigmoid(((logits.sigmoid() ** self.current_exponent + previous ** self.previous_exponent) / 2).sqrt(), self.eps)
         return fused
