@@ -360,6 +360,15 @@ def test_instructive_attention_weights_and_masks():
         torch.testing.assert_close(masked.self_attention(query, context, shared), masked.norm(query + expected_out), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, cap", [("mr_deformable_detr_plusplus_r50_12ep", 225), ("mr_deformable_detr_plusplus_r50_12ep_300q", 225),
+                                       ("mr_detr_shapes_tiny", 25)])
+def test_the_authors_one_to_many_rules_are_the_default(name, cap):
+    """#27 item 4: each GT its top-min(c, 6) queries among all queries, positives randomly
+    subsampled to a constant 0.25 x the queries."""
+    matcher = instantiate(LazyConfig.load(str(CONFIGS / f"{name}.py")).model.variants.criterion.matcher)
+    assert (matcher.selection, matcher.max_positives, matcher.topk, matcher.threshold) == ("dynamic_k", cap, 6, 0.4)
+
+
 def test_route_builder():
     routes = build_mr_detr_routes(num_layers=3, d_model=16, d_ffn=32)
     assert list(routes) == ["route1", "route3"]
