@@ -461,3 +461,46 @@ def test_a_variant_reuses_the_routed_blocks_it_shares_with_the_primary_stream(mo
         wrapper(LayerInputs({PRIMARY: Stream(query, context_for(boxes, position, state))},
                             {"a": OwnFFNVariant(D, 32), "b": OwnFFNVariant(D, 32)}))
     assert calls == {"router": 1, "self_attn": 1, "cross_attn": 1, "ffn": 3}  # the FFN block: its own FFN and each variant's
+
+
+def test_fig2_component_and_query_count_tool(tiny, shapes_mini, tmp_path):
+    """QR-DETR Fig. 2 on a plain Deformable DETR: with self-attention skipped the queries are
+    independent, so the first N queries' outputs equal the full model's first N; with it they are
+    not; with cross-attention skipped a layer is FFN(SA(q)); every block is back afterwards; the tool
+    prints a table and writes a PNG (AP of every component at every query count)."""
+    from detr_plus_projects.qr_detr.tools import component_queries_eval as tool
+
+    plain = REPO / "configs" / "shapes" / "deformable_detr_plain_tiny.py"
+    cfg = apply_overrides(LazyConfig.load(str(plain)), SMALL)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    batch = synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES)
+
+    def last_hidden():
+        with torch.no_grad():
+            return model.detection_pass(batch).decoder.layers[-1].hidden
+
+    full = last_hidden()
+    with tool.skipping(model, "self_attn"):
+        alone = last_hidden()
+        with tool.first_queries(model, 7):
+            seven = last_hidden()
+    torch.testing.assert_close(seven, alone[:, :7], rtol=0, atol=1e-5)
+    with tool.first_queries(model, 7):
+        assert (last_hidden() - full[:, :7]).abs().max() > 1e-3  # self-attention mixes the queries
+    layer = model.transformer.decoder.layers[0]
+    query = torch.randn(2, 5, model.transformer.decoder.d_model)
+    points = torch.rand(2, 5, 2)
+    stream = QueryStream(query, points, points, torch.randn(2, 5, model.transformer.decoder.d_model))
+    context = model.transformer.decoder.context_of(stream, model.detection_pass(batch).state)
+    with torch.no_grad(), tool.skipping(model, "cross_attn"):
+        got = call(layer, query, context).hidden
+        expected = layer.ffn(layer.self_attn(query, context), context)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(last_hidden(), full)  # every block restored
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pth")
+    out = tmp_path / "fig2.png"
+    table = tool.main(["--config-file", str(plain), *SMALL, *tiny.data_overrides, f"train.init_checkpoint={tmp_path / 'plain.pth'}",
+                       "--queries", "20", "10", "--out", str(out)])
+    assert list(table) == ["SA only", "CA only", "SA + CA"] and all(list(row) == [20, 10] for row in table.values())
+    assert all(0.0 <= ap <= 100.0 or ap != ap for row in table.values() for ap in row.values()) and out.stat().st_size > 1000
