@@ -24,6 +24,7 @@ from detr_plus.modeling import (
     LayerPredictions,
     LayerVariant,
     OneToManyMatcher,
+    OwnBlocksVariant,
     QueryContext,
     QueryGroup,
     QueryStream,
@@ -347,6 +348,36 @@ def test_own_ffn_variant_losses_shared_work_and_gradients(base):
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in own)
     assert all(g is None for g in shared_ffn), "the variant uses its own FFN weights, not the shared ones"
     assert all(g is not None and g.abs().sum() > 0 for g in shared_norm), "the residual norm is shared"
+
+
+def test_variant_with_its_own_blocks(base, state):
+    """``OwnBlocksVariant``: a variant's own cross-attention (or self-attention, FFN) replaces the
+    layer's for its stream only: its output is shared SA -> own CA -> shared FFN; the primary output
+    is unchanged; with own blocks copied from the layer's it equals the primary output; the shared
+    cross-attention still runs once over the consumers that share it."""
+    layer = base.transformer.decoder.layers[0]
+    d = base.transformer.decoder.d_model
+    query = torch.randn(2, 6, d)
+    points = torch.rand(2, 6, 2)
+    context = base.transformer.decoder.context_of(QueryStream(query, points, points, torch.randn(2, 6, d)), state)
+    msda = layer.cross_attn.attn
+    own_ca = OwnBlocksVariant(("cross_attn",), d, 64, num_heads=msda.num_heads, num_levels=msda.num_levels, num_points=msda.num_points)
+    own_sa_ffn = OwnBlocksVariant(("self_attn", "ffn"), d, layer.ffn.ffn.linear1.out_features, num_heads=msda.num_heads)
+    inputs = LayerInputs({PRIMARY: Stream(query, context)}, {"ca": own_ca, "saffn": own_sa_ffn})
+    with torch.no_grad(), CallCounter({"cross_attn": layer.cross_attn}) as calls:
+        out = layer(inputs)
+        assert calls.counts["cross_attn"] == 1
+        primary = layer.ffn(layer.cross_attn(layer.self_attn(query, context), context), context)
+        torch.testing.assert_close(out.hidden, primary, rtol=0, atol=1e-5)
+        expected = layer.ffn(own_ca.own["cross_attn"](layer.self_attn(query, context), context), context)
+        torch.testing.assert_close(out.variants["ca"], expected, rtol=0, atol=1e-5)
+        assert (out.variants["ca"] - out.hidden).abs().max() > 1e-3
+        expected = own_sa_ffn.own["ffn"](layer.cross_attn(own_sa_ffn.own["self_attn"](query, context), context), context)
+        torch.testing.assert_close(out.variants["saffn"], expected, rtol=0, atol=1e-5)
+        own_ca.own["cross_attn"].load_state_dict(layer.cross_attn.state_dict())
+        torch.testing.assert_close(layer(inputs).variants["ca"], out.hidden, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="expected one or more of"):
+        OwnBlocksVariant(("norm",))
 
 
 def test_share_all_variant_equals_primary(base, features):

@@ -41,7 +41,7 @@ from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
 from .transformer import DeformableTransformer
-from .variants import OwnFFNVariant, TrainingVariant, VariantQuerySelection, rename_legacy_keys, strip_training_parts
+from .variants import OwnBlocksVariant, OwnFFNVariant, TrainingVariant, VariantQuerySelection, rename_legacy_keys, strip_training_parts
 
 __all__ = [
     "ChannelMapper", "ClassLoss", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
@@ -49,7 +49,7 @@ __all__ = [
     "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
     "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "Indices", "JointQueries", "LayerInputs",
     "LayerOutput", "LayerPredictions", "LayerVariant", "LayerWrapper", "LossContext", "OneToManyMatcher",
-    "OwnFFNVariant", "PRIMARY", "PredictWith", "QualityFocalLoss", "QueryContext", "QueryGroup",
+    "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "QualityFocalLoss", "QueryContext", "QueryGroup",
     "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
     "init_detection_heads", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",

@@ -388,13 +388,17 @@ class LayerVariant(nn.Module):
     """One variant's blocks in one decoder layer (a ``DecoderVariant`` has one per layer).
 
     The base class replaces nothing: its output is the layer's primary output. A subclass sets
-    ``replaces_self_attention`` and / or ``replaces_ffn`` and overrides the matching method; each
-    receives the layer's shared block so it can reuse its weights."""
+    ``replaces_self_attention``, ``replaces_cross_attention`` and / or ``replaces_ffn`` and overrides
+    the matching method; each receives the layer's shared block so it can reuse its weights."""
 
     replaces_self_attention = False
+    replaces_cross_attention = False
     replaces_ffn = False
 
     def self_attention(self, query: torch.Tensor, context: QueryContext, shared: nn.Module) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cross_attention(self, query: torch.Tensor, context: QueryContext, shared: nn.Module) -> torch.Tensor:
         raise NotImplementedError
 
     def feed_forward(self, query: torch.Tensor, context: QueryContext, shared: nn.Module) -> torch.Tensor:

@@ -22,37 +22,45 @@ class DeformableDecoderLayer(nn.Module):
     def blocks_for(self, variant: Optional[LayerVariant] = None) -> List[Tuple[str, Block]]:
         """The layer's blocks in order, ``[(name, block(query, context) -> query)]``, with the blocks
         ``variant`` replaces swapped in (a wrapper composes these instead of rebuilding the layer)."""
-        self_attn, ffn = self.self_attn, self.ffn
+        self_attn, cross_attn, ffn = self.self_attn, self.cross_attn, self.ffn
         if variant is not None and variant.replaces_self_attention:
             self_attn = partial(variant.self_attention, shared=self.self_attn)
+        if variant is not None and variant.replaces_cross_attention:
+            cross_attn = partial(variant.cross_attention, shared=self.cross_attn)
         if variant is not None and variant.replaces_ffn:
             ffn = partial(variant.feed_forward, shared=self.ffn)
-        return [("self_attn", self_attn), ("cross_attn", self.cross_attn), ("ffn", ffn)]
+        return [("self_attn", self_attn), ("cross_attn", cross_attn), ("ffn", ffn)]
 
     def forward(self, inputs: LayerInputs) -> LayerOutput:
         """The primary stream's output and one output per variant of ``inputs``.
 
         Work on the same input is done once, by name: a self-attention result is keyed by (the
-        stream it reads, its owner: "shared" or the variant that replaces it); cross-attention runs
-        as one call over every distinct self-attention result (it treats queries independently, so
-        concatenating them along the query axis is exact); an FFN result is keyed by (its
-        self-attention key, its owner)."""
+        stream it reads, its owner: "shared" or the variant that replaces it); the shared
+        cross-attention runs as one call over every distinct self-attention result that uses it (it
+        treats queries independently, so concatenating them along the query axis is exact), a
+        variant's own cross-attention on its own; an FFN result is keyed by (its cross-attention
+        key, its owner)."""
         attended: Dict[Tuple[str, str], torch.Tensor] = {}
-        plan = {}  # consumer -> (its self-attention key, its FFN block, the FFN's owner)
+        plan = {}  # consumer -> (its cross-attention key, its cross-attention block, its FFN block, the FFN's owner)
         for name, variant in {PRIMARY: None, **inputs.variants}.items():
             blocks = dict(self.blocks_for(variant))
             stream = PRIMARY if variant is None else inputs.stream_of(name)
             key = (stream, SHARED if blocks["self_attn"] is self.self_attn else name)
             if key not in attended:
                 attended[key] = blocks["self_attn"](inputs.streams[stream].query, inputs.streams[stream].context)
-            plan[name] = (key, blocks["ffn"], SHARED if blocks["ffn"] is self.ffn else name)
-        crossed = self._cross_attention(attended, inputs)
+            cross_key = (key, SHARED if blocks["cross_attn"] is self.cross_attn else name)
+            plan[name] = (cross_key, blocks["cross_attn"], blocks["ffn"], SHARED if blocks["ffn"] is self.ffn else name)
+        shared_inputs = {key: attended[key] for (key, owner), *_ in plan.values() if owner == SHARED}
+        crossed = {(key, SHARED): out for key, out in self._cross_attention(shared_inputs, inputs).items()}
+        for (key, owner), cross_attn, _, _ in plan.values():
+            if (key, owner) not in crossed:
+                crossed[key, owner] = cross_attn(attended[key], inputs.streams[key[0]].context)
         outputs: Dict[str, torch.Tensor] = {}
-        fed: Dict[Tuple[Tuple[str, str], str], torch.Tensor] = {}
-        for name, (key, ffn, owner) in plan.items():
-            if (key, owner) not in fed:
-                fed[key, owner] = ffn(crossed[key], inputs.streams[key[0]].context)
-            outputs[name] = fed[key, owner]
+        fed: Dict[Tuple[Tuple[Tuple[str, str], str], str], torch.Tensor] = {}
+        for name, (cross_key, _, ffn, owner) in plan.items():
+            if (cross_key, owner) not in fed:
+                fed[cross_key, owner] = ffn(crossed[cross_key], inputs.streams[cross_key[0][0]].context)
+            outputs[name] = fed[cross_key, owner]
         return LayerOutput(outputs.pop(PRIMARY), variants=outputs)
 
     def _cross_attention(self, attended: Dict[Tuple[str, str], torch.Tensor], inputs: LayerInputs) -> Dict[Tuple[str, str], torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 from torch import nn
 
 from ..layers import MLP
-from .blocks import FFN, FFNBlock
+from .blocks import FFN, CrossAttentionBlock, FFNBlock, SelfAttentionBlock
 from .contracts import (DecoderQueries, DecoderVariant, EncoderState, LayerOutput, LayerVariant, QueryContext,
                         QuerySelection, QueryStream, Stream)
 from .groups import JointQueries
@@ -78,6 +78,42 @@ class OwnFFNVariant(LayerVariant):
 
     def feed_forward(self, query, context: QueryContext, shared: FFNBlock):
         return shared(query, context, ffn=self.ffn)
+
+
+class OwnBlocksVariant(LayerVariant):
+    """A layer variant with its own complete copy of the blocks named in ``own`` ("self_attn",
+    "cross_attn", "ffn": each with its residual, dropout and norm, started as the layer's are:
+    xavier matrices, the deformable attention's own init), the other blocks the layer's (Mr. DETR's
+    route ablation, rows 3-12: a route with an independent self-attention, cross-attention and / or
+    FFN)."""
+
+    BLOCKS = ("self_attn", "cross_attn", "ffn")
+
+    def __init__(self, own: Sequence[str] = ("ffn",), d_model=256, d_ffn=1024, dropout=0.0, num_heads=8, num_levels=4,
+                 num_points=4):
+        super().__init__()
+        unknown = [name for name in own if name not in self.BLOCKS]
+        if unknown or not own:
+            raise ValueError(f"OwnBlocksVariant(own={list(own)}): expected one or more of {self.BLOCKS}")
+        make = {"self_attn": lambda: SelfAttentionBlock(d_model, num_heads, dropout),
+                "cross_attn": lambda: CrossAttentionBlock(d_model, num_heads, num_levels, num_points, dropout),
+                "ffn": lambda: FFNBlock(d_model, d_ffn, dropout)}
+        self.own = nn.ModuleDict({name: make[name]() for name in self.BLOCKS if name in own})
+        for name in ("self_attn", "ffn"):
+            if name in self.own:
+                xavier_matrices(self.own[name])
+        self.replaces_self_attention = "self_attn" in self.own
+        self.replaces_cross_attention = "cross_attn" in self.own
+        self.replaces_ffn = "ffn" in self.own
+
+    def self_attention(self, query, context: QueryContext, shared):
+        return self.own["self_attn"](query, context)
+
+    def cross_attention(self, query, context: QueryContext, shared):
+        return self.own["cross_attn"](query, context)
+
+    def feed_forward(self, query, context: QueryContext, shared):
+        return self.own["ffn"](query, context)
 
 
 class VariantQuerySelection(nn.Module):

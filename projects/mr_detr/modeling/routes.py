@@ -7,22 +7,31 @@ docs/authors_code_facts.md#mr-detr).
 * ``"route3"``: one-to-many with instructive self-attention (``InstructiveSelfAttentionBranch``).
 * ``"share_all"``: one-to-many on the primary route's own predictions (ablation table row 2,
   "Share All"): the base ``LayerVariant``, which shares everything.
+* The route ablation's other rows (the core's ``OwnBlocksVariant``): ``"own_self_attn"`` (row 3,
+  "Not shared Self-Attention"), ``"own_cross_attn"`` (row 4), Route-1 (row 5, "Not shared FFN");
+  ``"shared_self_attn"`` (row 6: only the self-attention shared, own cross-attention and FFN),
+  ``"shared_cross_attn"`` (row 7), ``"shared_ffn"`` (row 8); rows 9-12 combine two or three of
+  rows 3-5 as routes of their own.
 """
 from typing import Dict, Optional, Sequence
 
-from detr_plus.modeling import (LayerVariant, OneToManyMatcher, OwnFFNVariant, SetCriterion, TrainingVariant,
+from detr_plus.modeling import (LayerVariant, OneToManyMatcher, OwnBlocksVariant, OwnFFNVariant, SetCriterion, TrainingVariant,
                                 VariantQuerySelection)
 
 from .instructive_attention import InstructiveSelfAttentionBranch
 
-ROUTE_NAMES = ("route1", "route3", "share_all")
+# route name -> the blocks it owns (the route ablation's rows 3-8, besides Route-1's FFN)
+OWN_BLOCK_ROUTES = {"own_self_attn": ("self_attn",), "own_cross_attn": ("cross_attn",), "shared_self_attn": ("cross_attn", "ffn"),
+                    "shared_cross_attn": ("self_attn", "ffn"), "shared_ffn": ("self_attn", "cross_attn")}
+ROUTE_NAMES = ("route1", "route3", "share_all", *OWN_BLOCK_ROUTES)
 
 
 def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
                          num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
                          own_streams: bool = True, loss_scale: float = 1.0,
-                         route3_proposal_classes: Optional[int] = None) -> Dict[str, TrainingVariant]:
+                         route3_proposal_classes: Optional[int] = None, num_heads: int = 8, num_levels: int = 4,
+                         num_points: int = 4) -> Dict[str, TrainingVariant]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
@@ -55,6 +64,8 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         "route1": lambda: OwnFFNVariant(d_model, d_ffn, dropout),
         "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
         "share_all": LayerVariant,
+        **{name: (lambda own=own: OwnBlocksVariant(own, d_model, d_ffn, dropout, num_heads, num_levels, num_points))
+           for name, own in OWN_BLOCK_ROUTES.items()},
     }
     if route3_proposal_classes is not None and not own_streams:
         raise ValueError("Route-3's own query selection starts its own stream: needs own_streams=True")

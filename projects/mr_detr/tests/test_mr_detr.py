@@ -369,6 +369,25 @@ def test_the_authors_one_to_many_rules_are_the_default(name, cap):
     assert (matcher.selection, matcher.max_positives, matcher.topk, matcher.threshold) == ("dynamic_k", cap, 6, 0.4)
 
 
+def test_route_ablation_rows_own_their_blocks():
+    """The route ablation's rows 3-8 (issue #27): each route owns the blocks its row names and trains
+    them with its one-to-many loss; the blocks it shares are the layer's."""
+    expected = {"own_self_attn": {"self_attn"}, "own_cross_attn": {"cross_attn"}, "shared_self_attn": {"cross_attn", "ffn"},
+                "shared_cross_attn": {"self_attn", "ffn"}, "shared_ffn": {"self_attn", "cross_attn"}}
+    model = build(f"model.variants.routes=[{','.join(expected)}]").train()
+    for name, own in expected.items():
+        variant = model.variants[name].layer_variants[0]
+        assert set(variant.own) == own
+        assert (variant.replaces_self_attention, variant.replaces_cross_attention, variant.replaces_ffn) == tuple(
+            block in own for block in ("self_attn", "cross_attn", "ffn"))
+    losses = model(images())
+    sum(v for k, v in losses.items() if k.startswith("own_cross_attn/")).backward()
+    own_ca = model.variants["own_cross_attn"].layer_variants[0].own["cross_attn"]
+    assert own_ca.attn.value_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in model.variants.named_parameters() if not n.startswith("own_cross_attn."))
+    assert {k.split("/")[0] for k in losses if "/" in k} >= set(expected)
+
+
 def test_route_builder():
     routes = build_mr_detr_routes(num_layers=3, d_model=16, d_ffn=32)
     assert list(routes) == ["route1", "route3"]

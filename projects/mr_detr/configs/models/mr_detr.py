@@ -16,7 +16,12 @@ mr_detr = dict(
         d_model="${..transformer.decoder.d_model}",
         d_ffn="${..transformer.decoder.d_ffn}",
         dropout="${..transformer.decoder.dropout}",
-        routes=["route1", "route3"],  # any of "route1", "route3", "share_all"; [] = primary only
+        num_heads="${..transformer.decoder.num_heads}",  # the blocks of the route ablation's own-block routes
+        num_levels="${..transformer.decoder.num_levels}",
+        num_points="${..transformer.decoder.num_points}",
+        # any of "route1", "route3", "share_all", "own_self_attn", "own_cross_attn", "shared_self_attn",
+        # "shared_cross_attn", "shared_ffn" (the route ablation, README); [] = primary only
+        routes=["route1", "route3"],
         num_instruction_tokens=10,
         num_unprompted_queries=0,  # no mask between instruction tokens and object queries
         own_streams=True,  # each route carries its own queries and boxes through all decoder layers
