@@ -96,3 +96,13 @@ def test_the_cpu_shapes_configs_pad_to_a_multiple_of_32():
         assert images.tensor.shape[-2:] == (96, 96) and masks[0, :64, :80].logical_not().all() and masks[0, 64:].all()
     for name in ("deformable_detr_r50_12ep", "deformable_detr_refine_r50_50ep", "deformable_detr_plusplus_r50_12ep"):
         assert LazyConfig.load(str(REPO / "configs" / "deformable_detr" / f"{name}.py")).model.size_divisibility == 0, name
+
+
+def test_a_box_head_shared_by_refining_layers_starts_at_zero():
+    """OD-DETR's shared decoder on the refine model: one box head for every refining layer, so a
+    w / h bias of -2 would shrink the boxes by -2 in logit space at every layer; it stays 0."""
+    cfg = LazyConfig.load(str(REPO / "projects" / "od_detr" / "configs" / "od_detr_shapes_tiny_baseline.py"))
+    decoder = instantiate(cfg.model.transformer.decoder)
+    assert decoder.box_refine and decoder.share_heads and cfg.model.transformer.decoder.box_wh_bias == -2.0
+    assert all(h is decoder.box_heads[0] for h in decoder.box_heads)
+    assert torch.all(decoder.box_heads[0].layers[-1].bias == 0)

@@ -55,7 +55,8 @@ class DeformableDecoder(nn.Module):
     * ``box_wh_bias``: the initial bias of the first layer's box head's w / h outputs (-2.0 in the
       official single-stage and refine models: first boxes about 0.12 wide; 0 in its two-stage
       model). Later layers' heads start at 0, which with refinement keeps the w / h they are given
-      (the official refine model sets only its first head); a shared head is the first layer's.
+      (the official refine model sets only its first head); a head shared by non-refining layers
+      (the single-stage model) gets it, one shared by refining layers (OD-DETR's shared decoder) not.
     * ``layer_wrapper(layer, index) -> nn.Module``: wraps each layer at construction (QR-DETR's EEQR);
       the wrapped module takes ``LayerInputs`` and returns a ``LayerOutput`` (``contracts.DecoderLayer``).
     """
@@ -89,8 +90,11 @@ class DeformableDecoder(nn.Module):
         else:
             self.class_heads = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_layers))
             self.box_heads = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_layers))
-        with torch.no_grad():  # the first layer's head only: with refinement a later layer's 0 keeps the w / h it gets
-            self.box_heads[0].layers[-1].bias[2:] = box_wh_bias
+        # The first layer's head only: with refinement a later layer's 0 keeps the w / h it is given.
+        # A head shared by refining layers keeps 0 too: -2 there would shrink the boxes again at every layer.
+        if not (self.share_heads and box_refine and num_layers > 1):
+            with torch.no_grad():
+                self.box_heads[0].layers[-1].bias[2:] = box_wh_bias
 
     # --- one layer's predictions and the next layer's state ------------------------------------
     def step(self, layer_index, hidden, stream: QueryStream, updated=None, heads=None) -> Tuple[LayerPredictions, QueryStream]:
