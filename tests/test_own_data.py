@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser
 
@@ -179,7 +180,8 @@ def test_the_unreadable_limit_stops_the_run(shapes_coco, tmp_path, train_net):
         train_net.main(args)
 
 
-def test_eval_only_with_other_classes_names_both_counts(own_data_run, tmp_path, train_net):
+def three_class_data(own_data_run, tmp_path):
+    """The run's data with only its first 3 categories (train and val jsons, annotations filtered)."""
     def three_classes(data):
         data["categories"] = data["categories"][:3]
         kept = {c["id"] for c in data["categories"]}
@@ -187,6 +189,11 @@ def test_eval_only_with_other_classes_names_both_counts(own_data_run, tmp_path, 
     data = dict(own_data_run["data"])
     for split in ("train", "val"):
         data[f"{split}_json"] = edited_json(own_data_run["data"], tmp_path, three_classes, split)
+    return data
+
+
+def test_eval_only_with_other_classes_names_both_counts(own_data_run, tmp_path, train_net):
+    data = three_class_data(own_data_run, tmp_path)
     checkpoint = own_data_run["out"] / "model_final.pth"
     args = own_data_args(data, tmp_path / "eval", f"train.init_checkpoint={checkpoint}")
     args.eval_only = True
@@ -200,15 +207,7 @@ def test_fine_tuning_a_coco_shaped_checkpoint_on_three_classes(own_data_run, tmp
     layer's class head; no others), every other tensor is the checkpoint's (2 iterations at LR 0;
     parameters only, BatchNorm statistics move in training), and the class heads are the model's
     3-class init. Without the option the run stops before training with both class counts."""
-    def three_classes(data):
-        data["categories"] = data["categories"][:3]
-        kept = {c["id"] for c in data["categories"]}
-        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in kept]
-    data = dict(own_data_run["data"])
-    for split in ("train", "val"):
-        data[f"{split}_json"] = edited_json(own_data_run["data"], tmp_path, three_classes, split)
-    import torch
-
+    data = three_class_data(own_data_run, tmp_path)
     state = torch.load(own_data_run["out"] / "model_final.pth", weights_only=False)["model"]
     generator = torch.Generator().manual_seed(0)
     coco_heads = sorted(k for k in state if "class_heads" in k)
