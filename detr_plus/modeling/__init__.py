@@ -32,7 +32,7 @@ from .contracts import (
 )
 from .criterion import SetCriterion
 from .decoder import DeformableDecoder
-from .decoder_layer import DeformableDecoderLayer
+from .decoder_layer import SHARED, DeformableDecoderLayer
 from .encoder import DeformableEncoder
 from .gather import QuerySubset
 from .groups import JointQueries, group_attention_mask, pad_per_image
@@ -49,7 +49,7 @@ __all__ = [
     "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
     "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "Indices", "JointQueries", "LayerInputs",
     "LayerOutput", "LayerPredictions", "LayerVariant", "LayerWrapper", "LossContext", "OneToManyMatcher",
-    "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "QualityFocalLoss", "QueryContext", "QueryGroup",
+    "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "SHARED", "QualityFocalLoss", "QueryContext", "QueryGroup",
     "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
     "init_detection_heads", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",

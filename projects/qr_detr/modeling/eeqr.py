@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from detr_plus.layers import MLP
-from detr_plus.modeling import PRIMARY, LayerInputs, LayerOutput, PredictWith, QuerySubset, init_detection_heads
+from detr_plus.modeling import PRIMARY, SHARED, LayerInputs, LayerOutput, PredictWith, QuerySubset, init_detection_heads
 
 MODES = ("SA", "CA", "F")
-SHARED = "shared"  # the owner of the wrapped layer's own blocks
 ROUTED_BLOCKS = {"SA": ("self_attn",), "CA": ("cross_attn",), "F": ("self_attn", "cross_attn")}
 STARTS = ("random", "pass", "bypass")
 EXIT_HEADS = ("shared", "own")
