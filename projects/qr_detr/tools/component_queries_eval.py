@@ -11,13 +11,12 @@ import contextlib
 import os
 
 import detr_plus  # noqa: F401  (detectron2 compatibility patches)
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.evaluation import inference_on_dataset
 from torch import nn
 
 from detr_plus.engine.config import apply_overrides, resolve_device
+from detr_plus_projects.qr_detr.tools import evaluation
 
 COMPONENTS = {"SA only": "cross_attn", "CA only": "self_attn", "SA + CA": None}  # name: the block skipped
 
@@ -105,12 +104,7 @@ def main(argv=None):
     counts = args.queries or [total, total * 3 // 4, total // 2, total // 4]
     loader = instantiate(cfg.dataloader.test)
 
-    def bbox_ap(evaluated):
-        cfg.dataloader.evaluator.output_dir = None
-        with torch.no_grad():
-            return inference_on_dataset(evaluated, loader, instantiate(cfg.dataloader.evaluator))["bbox"]["AP"]
-
-    table = component_query_table(model, bbox_ap, counts)
+    table = component_query_table(model, lambda evaluated: evaluation.bbox_ap(cfg, evaluated, loader), counts)
     print("| decoder | " + " | ".join(f"{c} queries" for c in counts) + " |")
     print("|---" * (len(counts) + 1) + "|")
     for component, row in table.items():

@@ -9,13 +9,12 @@ import argparse
 import copy
 
 import detr_plus  # noqa: F401  (detectron2 compatibility patches)
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.evaluation import inference_on_dataset
 
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus_projects.qr_detr.modeling import routed_layers
+from detr_plus_projects.qr_detr.tools import evaluation
 
 
 def force_pass(layers):
@@ -37,9 +36,7 @@ def main(argv=None):
     loader = instantiate(cfg.dataloader.test)
 
     def bbox_ap():
-        cfg.dataloader.evaluator.output_dir = None
-        with torch.no_grad():
-            return inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))["bbox"]["AP"]
+        return evaluation.bbox_ap(cfg, model, loader)
 
     DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
     results = {"as trained": bbox_ap()}
