@@ -33,6 +33,7 @@ from detr_plus.modeling import (
     Stream,
     TrainingVariant,
     group_attention_mask,
+    is_training_only,
     pad_per_image,
     strip_training_parts,
 )
@@ -910,3 +911,17 @@ def test_inference_ignores_variants_and_stripped_checkpoint_loads(base, features
     plain.eval()
     with torch.no_grad():
         assert_same(plain(batch), with_variants)
+
+
+def test_training_only_child_is_stripped_wherever_it_sits():
+    """A method's training-only modules inside an inference module (a ``training_only`` child, e.g.
+    QR-DETR's own exit heads inside its decoder-layer wrappers) leave the stripped state dict like
+    ``variants.*`` do; a name that merely contains the word stays."""
+    keys = ["transformer.decoder.layers.0.training_only.exit_class_head.weight", "training_only.x",
+            "variants.aux.layer_variants.0.ffn.weight", "routes.o2m.branches.1.w", "group_sources.fixed.token",
+            "transformer.decoder.layers.0.router.weight", "transformer.decoder.training_only_stats.w",
+            "transformer.decoder.class_heads.0.bias"]
+    assert [is_training_only(k) for k in keys] == [True, True, True, True, True, False, False, False]
+    state = {k: torch.zeros(1) for k in keys}
+    assert sorted(strip_training_parts(state)) == ["transformer.decoder.class_heads.0.bias", "transformer.decoder.layers.0.router.weight",
+                                                   "transformer.decoder.training_only_stats.w"]

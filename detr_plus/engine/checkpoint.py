@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..modeling.variants import TRAINING_ONLY_PREFIXES, rename_legacy_keys
+from ..modeling.variants import is_training_only, rename_legacy_keys
 
 CLASS_HEAD_SUFFIX = "class_heads.0.weight"
 
@@ -59,8 +59,8 @@ def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = Fa
     reinitialised = sorted(k for k in mismatched if new_classes and counts and is_class_head(k, *mismatched[k], counts))
     lines = [f"  {k}: checkpoint {a}, model {b}" for k, (a, b) in sorted(mismatched.items()) if k not in reinitialised]
     if require_all:
-        lines += [f"  {k}: not in the checkpoint" for k in sorted(set(own) - set(state)) if not k.startswith(TRAINING_ONLY_PREFIXES)]
-        lines += [f"  {k}: not in the model" for k in sorted(set(state) - set(own)) if not k.startswith(TRAINING_ONLY_PREFIXES)]
+        lines += [f"  {k}: not in the checkpoint" for k in sorted(set(own) - set(state)) if not is_training_only(k)]
+        lines += [f"  {k}: not in the model" for k in sorted(set(state) - set(own)) if not is_training_only(k)]
     if not lines:
         return reinitialised
     lead = ""

@@ -41,7 +41,8 @@ from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
 from .transformer import DeformableTransformer
-from .variants import OwnBlocksVariant, OwnFFNVariant, TrainingVariant, VariantQuerySelection, rename_legacy_keys, strip_training_parts
+from .variants import (TRAINING_ONLY_CHILD, OwnBlocksVariant, OwnFFNVariant, TrainingVariant, VariantQuerySelection, is_training_only,
+                       rename_legacy_keys, strip_training_parts)
 
 __all__ = [
     "ChannelMapper", "ClassLoss", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
@@ -52,6 +53,6 @@ __all__ = [
     "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "SHARED", "QualityFocalLoss", "QueryContext", "QueryGroup",
     "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
-    "init_detection_heads", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",
-    "strip_training_parts",
+    "init_detection_heads", "is_training_only", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",
+    "strip_training_parts", "TRAINING_ONLY_CHILD",
 ]

@@ -20,6 +20,9 @@ from .groups import JointQueries
 from .heads import init_detection_heads, xavier_matrices
 
 TRAINING_ONLY_PREFIXES = ("variants.", "group_sources.", "extra_output_criteria.")
+# A method's training-only modules that must sit inside an inference module (e.g. per-layer heads of
+# a layer wrapper) go in a child of this name: ``is_training_only`` drops them wherever they are.
+TRAINING_ONLY_CHILD = "training_only"
 # Checkpoints written before the core v3 names (issue #25): old prefix -> new prefix; a route's
 # per-layer "branches" are a variant's "layer_variants".
 LEGACY_PREFIXES = {"routes.": "variants.", "query_groups.": "group_sources."}
@@ -189,12 +192,16 @@ class VariantStreams:
             self.predictions[name].append(predictions)
 
 
+def is_training_only(key: str) -> bool:
+    """Whether state-dict ``key`` is a training-only tensor: under ``variants.*``, ``group_sources.*``,
+    ``extra_output_criteria.*`` (or their older names), or under a ``training_only`` child anywhere."""
+    return key.startswith(TRAINING_ONLY_PREFIXES + tuple(LEGACY_PREFIXES)) or TRAINING_ONLY_CHILD in key.split(".")
+
+
 def strip_training_parts(state_dict: Dict) -> Dict:
-    """Drop every training-only parameter (``variants.*``, ``group_sources.*``,
-    ``extra_output_criteria.*``, and the same under the names of older checkpoints) so the state
-    dict loads into the baseline."""
-    prefixes = TRAINING_ONLY_PREFIXES + tuple(LEGACY_PREFIXES)
-    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+    """Drop every training-only tensor (``is_training_only``) so the state dict loads into the
+    inference model (the baseline, or a method's inference model such as QR-DETR's routed decoder)."""
+    return {k: v for k, v in state_dict.items() if not is_training_only(k)}
 
 
 def rename_legacy_keys(state_dict: Dict) -> Dict:

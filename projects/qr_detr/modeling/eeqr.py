@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from detr_plus.layers import MLP
-from detr_plus.modeling import PRIMARY, SHARED, LayerInputs, LayerOutput, PredictWith, QuerySubset, init_detection_heads
+from detr_plus.modeling import (PRIMARY, SHARED, TRAINING_ONLY_CHILD, LayerInputs, LayerOutput, PredictWith, QuerySubset,
+                                init_detection_heads)
 
 MODES = ("SA", "CA", "F")
 ROUTED_BLOCKS = {"SA": ("self_attn",), "CA": ("cross_attn",), "F": ("self_attn", "cross_attn")}
@@ -64,16 +65,17 @@ class EEQRLayer(nn.Module):
         self.layer, self.mode, self.regroup, self.ffn_on, self.start = layer, mode, regroup, ffn_on, start
         self.gate = gate
         self.router = nn.Linear(d_model, 2)
-        if exit_heads == "own":  # training-only heads "similar to the final prediction heads"
-            self.exit_class_head = nn.Linear(d_model, num_classes)
-            self.exit_box_head = MLP(d_model, d_model, 4, 3)
+        if exit_heads == "own":  # heads "similar to the final prediction heads"; the core's strip drops them
+            heads = {"exit_class_head": nn.Linear(d_model, num_classes), "exit_box_head": MLP(d_model, d_model, 4, 3)}
+            setattr(self, TRAINING_ONLY_CHILD, nn.ModuleDict(heads))
         self.last_passed = None  # (B,) queries passed per image in the last forward (routing statistics)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self):
-        if hasattr(self, "exit_class_head"):  # as the detection heads: prior 0.01, boxes start at the reference
-            init_detection_heads(self.exit_class_head, self.exit_box_head)
+        own = self.own_exit_heads()
+        if own is not None:  # as the detection heads: prior 0.01, boxes start at the reference
+            init_detection_heads(own["exit_class_head"], own["exit_box_head"])
         self.init_router(self.start)
 
     @torch.no_grad()
@@ -87,6 +89,11 @@ class EEQRLayer(nn.Module):
             return
         nn.init.zeros_(self.router.weight)
         self.router.bias.copy_(torch.tensor([1.0, -1.0] if start == "pass" else [-1.0, 1.0]))
+
+    def own_exit_heads(self) -> Optional[nn.ModuleDict]:
+        """The training-only exit heads (``exit_heads="own"``), or None when the exits use the layer's
+        detection heads."""
+        return getattr(self, TRAINING_ONLY_CHILD, None)
 
     def extra_repr(self):
         return f"mode={self.mode}, regroup={self.regroup}, ffn_on={self.ffn_on}, gate={self.gate}"
@@ -184,8 +191,8 @@ class EEQRLayer(nn.Module):
                 out.variant_updated[name] = variant_updated
         if self.training:
             exit_states = sigma[..., None] * x
-            own_heads = hasattr(self, "exit_class_head")
-            out.predict["exit"] = PredictWith(exit_states, self.exit_class_head, self.exit_box_head) if own_heads else exit_states
+            own = self.own_exit_heads()
+            out.predict["exit"] = exit_states if own is None else PredictWith(exit_states, own["exit_class_head"], own["exit_box_head"])
         return out
 
 

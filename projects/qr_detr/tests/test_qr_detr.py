@@ -16,7 +16,7 @@ import detr_plus  # noqa: F401  (detectron2 compatibility patches)
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.config import apply_overrides
-from detr_plus.modeling import (PRIMARY, DecoderQueries, DeformableDecoder, DeformableDecoderLayer, EncoderState, LayerInputs,
+from detr_plus.modeling import (PRIMARY, strip_training_parts, DecoderQueries, DeformableDecoder, DeformableDecoderLayer, EncoderState, LayerInputs,
                                  OwnFFNVariant, QueryStream, QuerySubset, Stream)
 from detr_plus_projects.qr_detr.modeling import EEQRLayer, EEQRWrapper, evaluate_routing, plot_routing, summary
 from model_utils import SMALL_IMAGE_SIZES, synthetic_batch  # tests/model_utils.py (pytest.ini: pythonpath = tests)
@@ -142,7 +142,7 @@ def test_all_pass_routing_equals_the_plain_decoder_exactly():
     base_cfg = apply_overrides(LazyConfig.load(str(REPO / "configs" / "shapes" / "deformable_detr_plain_tiny.py")), SMALL)
     base = instantiate(base_cfg.model).eval()
     state = {re.sub(r"decoder\.layers\.(\d+)\.layer\.", r"decoder.layers.\1.", k): v
-             for k, v in qr.state_dict().items() if ".router." not in k}
+             for k, v in strip_training_parts(qr.state_dict()).items() if ".router." not in k}
     base.load_state_dict(state, strict=True)
     batch = synthetic_batch(sizes=SMALL_IMAGE_SIZES)
     with torch.no_grad():
@@ -322,7 +322,7 @@ def test_own_exit_heads_take_the_exit_loss_off_the_detection_heads():
     losses, _ = model.training_losses(synthetic_batch(sizes=SMALL_IMAGE_SIZES))
     exits = sum(v for k, v in losses.items() if k.startswith("exit/"))
     decoder = model.transformer.decoder
-    own = [p for layer in decoder.layers for p in (*layer.exit_class_head.parameters(), *layer.exit_box_head.parameters())]
+    own = [p for layer in decoder.layers for p in layer.own_exit_heads().parameters()]
     detection = list(decoder.class_heads.parameters()) + list(decoder.box_heads.parameters())
     routers = [layer.router.weight for layer in decoder.layers]
     grads = torch.autograd.grad(exits, own + detection + routers, allow_unused=True)
@@ -331,12 +331,26 @@ def test_own_exit_heads_take_the_exit_loss_off_the_detection_heads():
     assert all(g is not None and g.abs().sum() > 0 for g in grads[-len(routers):])
     model.eval()
     calls = []
-    hooks = [layer.exit_class_head.register_forward_hook(lambda *a: calls.append(1)) for layer in decoder.layers]
+    hooks = [layer.own_exit_heads()["exit_class_head"].register_forward_hook(lambda *a: calls.append(1)) for layer in decoder.layers]
     with torch.no_grad():
         model(synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES))
     for h in hooks:
         h.remove()
     assert not calls
+    # They vanish from the inference model: the stripped weights load strictly into the model with
+    # the layer's heads as exit heads, which has 6 x (d x C + C + 2 d^2 + 2 d + 4 d + 4) fewer parameters.
+    stripped = strip_training_parts(model.state_dict())
+    assert not any("exit_" in k for k in stripped)
+    inference_cfg = apply_overrides(LazyConfig.load(str(TINY)), SMALL + ["model.transformer.decoder.layer_wrapper.exit_heads=shared"])
+    inference = instantiate(inference_cfg.model).eval()
+    inference.load_state_dict(stripped, strict=True)
+    d, c, layers = decoder.d_model, decoder.class_heads[0].out_features, len(decoder.layers)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) - count(inference) == layers * (d * c + c + 2 * d * d + 2 * d + 4 * d + 4)
+    batch = synthetic_batch(with_instances=False, sizes=SMALL_IMAGE_SIZES)
+    with torch.no_grad():
+        a, b = model(batch), inference(batch)
+    assert all(torch.equal(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("mode", ["SA", "F"])

@@ -5,8 +5,9 @@
     train.hooks = _qr_hooks
 
 Default: the combined scheme F -> SA -> CA over the decoder layers (Table 4's best row), scatter
-(Eq. 8), FFN on the routed queries only (Sec. 5.4 c), exit heads supervised by the detection heads'
-set loss (Hungarian, focal 2 / L1 5 / GIoU 2), and the routing-statistics hook (Table 2, Fig. 4).
+(Eq. 8), FFN on the routed queries only (Sec. 5.4 c), training-only exit heads of their own per layer
+(Table 2's parameter column; dropped at inference) supervised by the detection heads' set loss
+(Hungarian, focal 2 / L1 5 / GIoU 2), and the routing-statistics hook (Table 2, Fig. 4).
 """
 from detectron2.config import LazyCall as L
 
@@ -19,7 +20,7 @@ qr_layer_wrapper = L(EEQRWrapper)(
     regroup="scatter",  # "concat": Table 5's ablation
     ffn_on="routed",  # "all": the FFN on every query, as printed in Eq. 9-11
     start="random",  # the routers' init; "pass": every query passes at first (the plain decoder)
-    exit_heads="shared",  # the exit heads: the layer's detection heads, or "own" (training-only heads)
+    exit_heads="own",  # training-only exit heads (Table 2: +1M), or "shared": the layer's detection heads (Eq. 5)
     gate="exit",  # sigma_EE scales the exit heads' input; "residual": also the routed update (a diagnostic)
     num_classes="${..num_classes}",
 )
