@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Drop every training-only part (``variants.*``: auxiliary FFNs, LoRA branches, instruction tokens, ...;
-``group_sources.*``, ``extra_output_criteria.*``, and the same under older checkpoints' names)
+``group_sources.*``, ``extra_output_criteria.*``, any module's ``training_only`` child, and the same
+under older checkpoints' names)
 from a checkpoint of any detr_plus method, so that it loads into the plain ``DeformableDETR``.
 
     python tools/strip_training_parts.py IN.pth OUT.pth [--ema] [--check-config CONFIG [key=value ...]]
