@@ -37,6 +37,7 @@ from .encoder import DeformableEncoder
 from .gather import QuerySubset
 from .groups import JointQueries, group_attention_mask, pad_per_image
 from .heads import init_detection_heads
+from .denoising import ContrastiveDenoising
 from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
@@ -45,7 +46,7 @@ from .variants import (TRAINING_ONLY_CHILD, OwnBlocksVariant, OwnFFNVariant, Tra
                        rename_legacy_keys, strip_training_parts)
 
 __all__ = [
-    "ChannelMapper", "ClassLoss", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
+    "ChannelMapper", "ClassLoss", "ContrastiveDenoising", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
     "DecoderQueries", "DecoderVariant", "DeformableDETR", "DeformableDecoder", "DeformableDecoderLayer",
     "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
     "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "Indices", "JointQueries", "LayerInputs",
