@@ -25,6 +25,7 @@ CONFIGS = {
     "two_stage": REPO / "configs" / "models" / "deformable_detr_two_stage_r50.py",
     "plusplus": REPO / "configs" / "models" / "deformable_detr_plusplus_r50.py",
     "dab": REPO / "configs" / "models" / "dab_deformable_detr_r50.py",
+    "dino": REPO / "configs" / "models" / "dino_r50.py",
 }
 WIDTH = 32  # as configs/shapes/deformable_detr_tiny.py: ResNet-18 at half width
 D_MODEL = 128
@@ -50,7 +51,7 @@ def shrink_model_config(model, enc_layers=1, dec_layers=2, num_queries=20, num_c
     model.backbone.stem.norm = "BN"
     model.backbone.stages = L(resnet_stages)(depth=18, base_channels=WIDTH, norm="BN")
     model.backbone.freeze_at = 0
-    model.neck.input_shapes = {f"res{i}": L(ShapeSpec)(channels=WIDTH * 2 ** (i - 2)) for i in (3, 4, 5)}
+    model.neck.input_shapes = {f: L(ShapeSpec)(channels=WIDTH * 2 ** (int(f[3:]) - 2)) for f in model.neck.in_features}
     model.neck.out_channels = D_MODEL
     model.position_embedding.num_pos_feats = D_MODEL // 2
     model.transformer.encoder.update(num_layers=enc_layers, d_model=D_MODEL, d_ffn=2 * D_MODEL)

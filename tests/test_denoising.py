@@ -75,9 +75,11 @@ def test_label_noise_flips_a_quarter_of_the_labels_at_ratio_one_half():
 
 def test_layout_targets_and_attention_mask_on_a_batch_with_unequal_gt_counts():
     torch.manual_seed(0)
-    source = ContrastiveDenoising(criterion(), num_classes=5, d_model=D, dn_number=6, label_noise_ratio=0.0, box_noise_scale=0.4)
+    source = ContrastiveDenoising(criterion(), num_classes=5, d_model=D, dn_number=6, label_noise_ratio=0.0, box_noise_scale=0.4,
+                                  attend_padding=False)
     batch_targets = targets([3, 1])
     batch = SimpleNamespace(targets=batch_targets, transformer=StubTransformer())
+    torch.manual_seed(1)
     group = source(batch)[""]
     # G = 6 // 3 = 2 groups of 2 x 3 queries: [pos 0..2, neg 0..2] twice.
     q = group.queries
@@ -101,6 +103,15 @@ def test_layout_targets_and_attention_mask_on_a_batch_with_unequal_gt_counts():
     assert not mask[4:, :4].any()
     group_of = torch.arange(12) // 6
     assert torch.equal(mask[4:, 4:], group_of[:, None] != group_of[None, :])
+    # DINO's public code: padding rows are queries at (0.5, 0.5, 0.5, 0.5) with zero content, seen by
+    # their group and supervised as background (no valid mask).
+    torch.manual_seed(1)
+    source.attend_padding = True
+    official = source(batch)[""]
+    assert official.queries.valid is None
+    assert torch.equal(official.queries.content, q.content) and torch.equal(official.queries.reference, q.reference)
+    assert torch.equal(official.queries.reference[~expected_valid], torch.full((8, 4), 0.5))
+    assert torch.equal(JointQueries(primary, {"dn": official}).mask, mask)
 
 
 def test_positives_reconstruct_their_gt_and_negatives_go_to_background_normalised_by_num_boxes_times_groups():
@@ -108,7 +119,8 @@ def test_positives_reconstruct_their_gt_and_negatives_go_to_background_normalise
     coordinate of one query, so L1 and GIoU are known by hand; class loss is the focal loss of the
     fixed targets (positives: their label, negatives: background)."""
     torch.manual_seed(0)
-    source = ContrastiveDenoising(criterion(), num_classes=3, d_model=D, dn_number=2, label_noise_ratio=0.0, box_noise_scale=0.4)
+    source = ContrastiveDenoising(criterion(), num_classes=3, d_model=D, dn_number=2, label_noise_ratio=0.0, box_noise_scale=0.4,
+                                  attend_padding=False)
     gt = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     group = source(SimpleNamespace(targets=gt, transformer=StubTransformer()))[""]
     assert len(group.queries) == 4  # G = 2 groups of (1 positive, 1 negative)
@@ -135,3 +147,49 @@ def test_a_batch_without_objects_gives_one_empty_group():
     group = source(SimpleNamespace(targets=empty, transformer=StubTransformer()))[""]
     assert len(group.queries) == 0 and group.loss_scale == 1.0
     assert [len(q) for q, _ in group.indices] == [0, 0]
+
+
+# --- DINO: the denoising source in the model ------------------------------------------------------
+def dino(seed=0, **kwargs):
+    from model_utils import build, tiny_model_config
+
+    return build(tiny_model_config("dino", **kwargs), seed)
+
+
+def test_dino_trains_its_denoising_queries_and_evaluates_bit_equal_without_them():
+    from model_utils import synthetic_batch, tiny_model_config, build
+    from detr_plus.modeling import strip_training_parts
+
+    model = dino()
+    torch.manual_seed(0)
+    losses = model(synthetic_batch())
+    dn = sorted(k for k in losses if k.startswith("dn/"))
+    assert dn == sorted(f"dn/loss_{t}_{i}" for t in ("class", "bbox", "giou") for i in range(2))  # every layer, no encoder loss
+    assert all(losses[k] > 0 for k in dn)
+    sum(losses.values()).backward()
+    assert model.group_sources["dn"].label_embedding.weight.grad.abs().sum() > 0
+    cfg = tiny_model_config("dino")
+    cfg.group_sources = None
+    plain = build(cfg, seed=1)
+    plain.load_state_dict(strip_training_parts(model.state_dict()), strict=True)
+    batch = synthetic_batch(with_instances=False)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        a, b = model(batch), plain(batch)
+    for x, y in zip(a, b):
+        assert len(x["instances"]) == 20 * 3 == len(y["instances"])  # top 300 of 20 queries x 3 classes: all
+        assert torch.equal(x["instances"].scores, y["instances"].scores)
+        assert torch.equal(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor)
+
+
+def test_dino_denoising_on_a_batch_without_objects_keeps_its_loss_keys_and_its_embedding_in_the_graph():
+    """DDP without ``find_unused_parameters`` needs every parameter in the graph every step."""
+    from model_utils import batch_without_objects, synthetic_batch
+
+    model = dino()
+    keys = set(model(synthetic_batch()))
+    losses = model(batch_without_objects())
+    assert set(losses) == keys and all(losses[k] == 0 for k in keys if k.startswith("dn/"))
+    sum(losses.values()).backward()
+    grad = model.group_sources["dn"].label_embedding.weight.grad
+    assert grad is not None and grad.abs().sum() == 0

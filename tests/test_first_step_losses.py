@@ -12,6 +12,7 @@ EMA teacher get a frozen copy of themselves.
 
 Re-record (only when a change is MEANT to change numbers, saying so in the commit):
     python tests/test_first_step_losses.py --record
+New configs only (the others' records kept): ``--record-new``.
 """
 import copy
 import json
@@ -26,7 +27,7 @@ from torch import nn
 from model_utils import REPO, shrink_model_config, synthetic_batch
 
 GOLDEN = REPO / "tests" / "golden" / "first_step_losses.json"
-CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
+CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/dino", "configs/h_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
 # Parameter names renamed since the record (core v3: routes -> variants, their per-layer branches ->
 # layer_variants, query_groups -> group_sources): pattern of the new name -> the recorded name.
 RENAMED = [(re.compile(r"^variants\.([^.]+)\.layer_variants\."), r"routes.\1.branches."),
@@ -145,10 +146,12 @@ def test_first_step_losses_as_recorded(config_path):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--record"]:
+    if sys.argv[1:] not in (["--record"], ["--record-new"]):
         sys.exit(__doc__)
-    results = {}
+    results = recorded() if sys.argv[1:] == ["--record-new"] else {}
     for path in experiment_configs():
+        if path in results:
+            continue
         results[path] = measure(path)
         print(path, "" if results[path] is None else len(results[path]["losses"]), flush=True)
     GOLDEN.parent.mkdir(exist_ok=True)

@@ -38,6 +38,7 @@ from .gather import QuerySubset
 from .groups import JointQueries, group_attention_mask, pad_per_image
 from .heads import init_detection_heads
 from .denoising import ContrastiveDenoising
+from .hybrid import HybridQueries, RepeatedTargets
 from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
@@ -49,10 +50,10 @@ __all__ = [
     "ChannelMapper", "ClassLoss", "ContrastiveDenoising", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
     "DecoderQueries", "DecoderVariant", "DeformableDETR", "DeformableDecoder", "DeformableDecoderLayer",
     "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
-    "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "Indices", "JointQueries", "LayerInputs",
+    "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "HybridQueries", "Indices", "JointQueries", "LayerInputs",
     "LayerOutput", "LayerPredictions", "LayerVariant", "LayerWrapper", "LossContext", "OneToManyMatcher",
     "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "SHARED", "QualityFocalLoss", "QueryContext", "QueryGroup",
-    "QuerySelection", "QueryStream", "QuerySubset", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
+    "QuerySelection", "QueryStream", "QuerySubset", "RepeatedTargets", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
     "init_detection_heads", "is_training_only", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",
     "strip_training_parts", "TRAINING_ONLY_CHILD",

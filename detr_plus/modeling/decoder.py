@@ -26,10 +26,11 @@ from .variants import VariantStreams
 QUERY_POSITIONS = ("box_sine", "static")
 
 
-def refine_boxes(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """sigmoid(delta + inverse_sigmoid(reference)) (Deformable DETR Sec. A.4); a 2-d reference point
-    offsets only the centre."""
-    offset = inverse_sigmoid(reference)
+    offsets only the centre. ``eps`` clamps the inverse sigmoid (1e-5 in Deformable DETR's code,
+    1e-3 in DINO's)."""
+    offset = inverse_sigmoid(reference, eps)
     if reference.shape[-1] == 2:
         offset = F.pad(offset, (0, 2))
     return (delta + offset).sigmoid()
@@ -57,6 +58,12 @@ class DeformableDecoder(nn.Module):
       model). Later layers' heads start at 0, which with refinement keeps the w / h they are given
       (the official refine model sets only its first head); a head shared by non-refining layers
       (the single-stage model) gets it, one shared by refining layers (OD-DETR's shared decoder) not.
+    * ``output_norm``: a LayerNorm (one for every layer) between each layer's output and the heads'
+      predictions, while the refinement chain (the next layer's reference) reads the un-normalised
+      output: DINO's decoder, whose loss boxes are ``box_head(norm(h_i))`` on the undetached
+      reference and whose next references are ``box_head(h_i)``. ``LayerPredictions.hidden`` stays
+      the layer's output (the next layer's input).
+    * ``inverse_sigmoid_eps``: the clamp of the refinement's inverse sigmoid (DINO: 1e-3).
     * ``layer_wrapper(layer, index) -> nn.Module``: wraps each layer at construction (QR-DETR's EEQR);
       the wrapped module takes ``LayerInputs`` and returns a ``LayerOutput`` (``contracts.DecoderLayer``).
     """
@@ -64,7 +71,7 @@ class DeformableDecoder(nn.Module):
     def __init__(self, num_layers=6, d_model=256, num_classes=80, box_refine=True, look_forward_twice=False,
                  share_heads: Optional[bool] = None, share_layers=False, query_position="box_sine",
                  layer_wrapper: Optional[LayerWrapper] = None, initial_reference_grad: bool = False,
-                 box_wh_bias: float = 0.0, **layer_kwargs):
+                 box_wh_bias: float = 0.0, output_norm: bool = False, inverse_sigmoid_eps: float = 1e-5, **layer_kwargs):
         super().__init__()
         if query_position not in QUERY_POSITIONS:
             raise ValueError(f"decoder.query_position={query_position!r}: expected one of {QUERY_POSITIONS}")
@@ -82,6 +89,8 @@ class DeformableDecoder(nn.Module):
         if query_position == "box_sine":
             self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
         self.initial_reference_grad = initial_reference_grad
+        self.output_norm = nn.LayerNorm(d_model) if output_norm else None
+        self.inverse_sigmoid_eps = inverse_sigmoid_eps
         class_head, box_head = nn.Linear(d_model, num_classes), MLP(d_model, d_model, 4, 3)
         init_detection_heads(class_head, box_head)
         if self.share_heads:
@@ -104,19 +113,25 @@ class DeformableDecoder(nn.Module):
         box and carries it on (a 2-d reference point has no box to keep: such a query is predicted by
         the head). Without refinement every query is predicted from its fixed reference anyway."""
         class_head, box_head = heads or (self.class_heads[layer_index], self.box_heads[layer_index])
-        delta = box_head(hidden)
-        boxes = refine_boxes(delta, stream.reference_for_grad)
+        seen = hidden if self.output_norm is None else self.output_norm(hidden)
+        delta = box_head(seen)
+        eps = self.inverse_sigmoid_eps
+        boxes = refine_boxes(delta, stream.reference_for_grad, eps)
         keep = None if updated is None or not self.box_refine or stream.reference.shape[-1] != 4 else updated[..., None]
         if keep is not None:
             boxes = torch.where(keep, boxes, stream.reference_for_grad)
-        predictions = LayerPredictions(class_head(hidden), boxes, hidden, stream.reference.detach(), updated=updated)
+        predictions = LayerPredictions(class_head(seen), boxes, hidden, stream.reference.detach(), updated=updated)
         if not self.box_refine:
             return predictions, replace(stream, query=hidden)
         # Look forward twice: the next layer's box is refined from this layer's box, whose graph reaches
         # this layer's head but starts from the detached input reference (no gradient further back).
-        refined = refine_boxes(delta, stream.reference) if self.look_forward_twice else boxes
-        if keep is not None and self.look_forward_twice:
-            refined = torch.where(keep, refined, stream.reference_for_grad)
+        # With an output norm the chain reads the un-normalised output.
+        refined = boxes
+        if self.look_forward_twice or self.output_norm is not None:
+            chain_delta = delta if self.output_norm is None else box_head(hidden)
+            refined = refine_boxes(chain_delta, stream.reference if self.look_forward_twice else stream.reference_for_grad, eps)
+            if keep is not None:
+                refined = torch.where(keep, refined, stream.reference_for_grad)
         following = refined.detach()
         return predictions, QueryStream(hidden, following, refined if self.look_forward_twice else following, stream.position)
 
@@ -126,7 +141,10 @@ class DeformableDecoder(nn.Module):
         elif self.query_position == "box_sine":
             if stream.reference.shape[-1] != 4:
                 raise ValueError("box_sine query positions need 4-d reference boxes; give 2-d points a static position")
-            query_pos = self.ref_point_head(box_sine_embedding(stream.reference, self.d_model // 2))
+            # The sine input is the box in the first level's valid-region coordinates, as the sampling
+            # points are (DAB-Deformable-DETR's and DINO's code): equal to the box when nothing is padded.
+            first_level = torch.cat([state.valid_ratios[:, 0]] * 2, -1)[:, None]
+            query_pos = self.ref_point_head(box_sine_embedding(stream.reference * first_level, self.d_model // 2))
         else:
             raise ValueError("decoder.query_position='static' needs DecoderQueries.position")
         ratios = state.valid_ratios if stream.reference.shape[-1] == 2 else torch.cat([state.valid_ratios] * 2, -1)

@@ -52,19 +52,23 @@ class ContrastiveDenoising(nn.Module):
 
     Layout of the N = G x 2 x n_max queries (n_max the batch's largest GT count): group g holds the
     positives of GT 0..n_max-1 then their negatives; an image's rows past its own GT count are
-    padding (never attended to, matched or supervised). ``indices`` fixes every positive to its GT in
+    padding: zero content at the box (0.5, 0.5, 0.5, 0.5). ``attend_padding`` (DINO's public code):
+    padding rows are queries like the others, seen by their group and supervised as background;
+    off: they are masked (never attended to, matched or supervised). ``indices`` fixes every positive to its GT in
     every decoder layer; the negatives are unmatched, so the class loss pushes them to background.
     The group's losses are scaled by ``loss_scale`` / G: normalised by num_boxes x G as in the
     public code. ``criterion``: the class / L1 / GIoU set loss (its matcher is never called).
     """
 
     def __init__(self, criterion: nn.Module, num_classes: int, d_model: int, dn_number: int = 100,
-                 label_noise_ratio: float = 0.5, box_noise_scale: float = 0.4, loss_scale: float = 1.0):
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 0.4, loss_scale: float = 1.0,
+                 attend_padding: bool = True):
         super().__init__()
         if dn_number < 1:
             raise ValueError(f"ContrastiveDenoising: dn_number={dn_number} must be at least 1")
         self.criterion, self.num_classes, self.dn_number = criterion, num_classes, dn_number
         self.label_noise_ratio, self.box_noise_scale, self.loss_scale = label_noise_ratio, box_noise_scale, loss_scale
+        self.attend_padding = attend_padding
         self.label_embedding = nn.Embedding(num_classes, d_model)
 
     def extra_repr(self):
@@ -113,7 +117,7 @@ class ContrastiveDenoising(nn.Module):
         labels, boxes, valid, groups = self.noised_targets(batch.targets)
         content = self.label_embedding(labels) * valid[..., None].to(self.label_embedding.weight.dtype)
         queries = batch.transformer.queries_at(content, boxes)
-        queries.valid = valid
+        queries.valid = None if self.attend_padding else valid
         counts = [len(t["labels"]) for t in batch.targets]
         group = QueryGroup(queries, self.criterion, indices=self.positive_indices(counts, groups, labels.device),
                            sees_primary=True, loss_scale=self.loss_scale / groups,

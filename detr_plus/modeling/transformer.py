@@ -47,12 +47,17 @@ class DeformableTransformer(nn.Module):
     encoder tokens (the published two-stage); ``xavier_init``: the published initialisation
     (Xavier-uniform for every matrix of the encoder, decoder layers and query generation, then the
     own init of every module that sets ``keeps_own_init``: the deformable attention's, QR-DETR's
-    routers)."""
+    routers); ``query_content_init``: the learned content queries (query_init "anchors" / "mixed")
+    keep ``nn.Embedding``'s N(0, 1) ("normal") or join the Xavier pass ("xavier": DINO's code, whose
+    transformer re-initialises every matrix it holds, its content embedding included)."""
 
     def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, num_classes=80, num_feature_levels=4,
                  num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True,
-                 enc_class_head_outputs: Optional[int] = None):
+                 enc_class_head_outputs: Optional[int] = None, query_content_init: str = "normal"):
         super().__init__()
+        if query_content_init not in ("normal", "xavier"):
+            raise ValueError(f"transformer.query_content_init={query_content_init!r}: expected 'normal' or 'xavier'")
+        self.query_content_init = query_content_init
         if query_init not in QUERY_INITS:
             raise ValueError(f"transformer.query_init={query_init!r}: expected one of {QUERY_INITS}")
         if enc_loss_tokens not in ENC_LOSS_TOKENS:
@@ -94,6 +99,8 @@ class DeformableTransformer(nn.Module):
             generators = [self.encoder, self.decoder.layers, getattr(self.decoder, "ref_point_head", None),
                           getattr(self, "enc_output", None), getattr(self, "proposal_embedding", None),
                           getattr(self, "reference_points", None)]
+            if self.query_content_init == "xavier":
+                generators.append(getattr(self, "query_content", None))
             xavier_matrices(*filter(None, generators))
             for module in self.modules():  # modules with an init of their own (the deformable attention's, ...)
                 if getattr(module, "keeps_own_init", False):
@@ -151,18 +158,24 @@ class DeformableTransformer(nn.Module):
         return logits, memory, valid[..., 0]
 
     def select_queries(self, state: EncoderState, heads: Optional[Tuple[nn.Module, nn.Module]] = None,
-                       indices: Optional[torch.Tensor] = None) -> QuerySelection:
+                       indices: Optional[torch.Tensor] = None, num_queries: Optional[int] = None,
+                       content: Optional[torch.Tensor] = None) -> QuerySelection:
         """The primary queries (``query_init``) and, for two-stage, the encoder predictions its loss reads.
 
         ``heads``: (class head, box head) to score and regress the encoder tokens with instead of the
         transformer's own (two-stage only): another top-k selection from the same encoder output,
         with the same learned content queries (Mr. DETR's Route-3, ``VariantQuerySelection``).
         ``indices`` (B, num_queries): the encoder tokens to select instead of the top-k of the scores
-        (two-stage only; an EMA teacher's selection, ``DeformableDETR.select_teacher_proposals``)."""
+        (two-stage only; an EMA teacher's selection, ``DeformableDETR.select_teacher_proposals``).
+        ``num_queries``: the top-k count instead of the model's, with ``content`` (k, d) the learned
+        content queries of mixed selection for all k (two-stage only; H-DETR's hybrid branch selects
+        the top-(primary + one-to-many) proposals, the primary queries being the first ones)."""
         batch = state.memory.shape[0]
         d_model = self.decoder.d_model
         if indices is not None and self.query_init in ("embedding", "anchors"):
             raise ValueError(f"query_init={self.query_init!r} selects no encoder tokens: indices are for two-stage models")
+        if (num_queries is not None or content is not None) and not self.two_stage:
+            raise ValueError(f"query_init={self.query_init!r} selects no encoder tokens: num_queries / content are for two-stage models")
         if self.query_init == "embedding":
             position, content = self.query_embedding.weight.split(d_model, -1)
             reference = self.reference_points(position).sigmoid()
@@ -170,16 +183,18 @@ class DeformableTransformer(nn.Module):
         if self.query_init == "anchors":
             reference = self.anchor_boxes.weight.sigmoid()[None].expand(batch, -1, -1)
             return QuerySelection(DecoderQueries(self.query_content.weight[None].expand(batch, -1, -1), reference))
+        num_queries = self.num_queries if num_queries is None else num_queries
+        learned_content = self.query_content.weight if content is None and self.query_init == "mixed" else content
         proposal_logits, memory, valid = self.encoder_proposals(state)
-        if memory.shape[1] < self.num_queries:
-            raise ValueError(f"two-stage selection needs at least num_queries={self.num_queries} encoder positions, "
+        if memory.shape[1] < num_queries:
+            raise ValueError(f"two-stage selection needs at least num_queries={num_queries} encoder positions, "
                              f"got {memory.shape[1]}: use larger images or fewer queries")
         class_head, box_head = heads or (self.enc_class_head, self.enc_box_head)
         enc_out = self.enc_output(memory)
         enc_logits = class_head(enc_out)
         enc_boxes = box_head(enc_out) + proposal_logits
         scores = (enc_logits[..., 0] if self.enc_class_agnostic else enc_logits.max(-1).values).masked_fill(~valid, -math.inf)
-        topk = scores.topk(self.num_queries, dim=1).indices if indices is None else indices
+        topk = scores.topk(num_queries, dim=1).indices if indices is None else indices
         topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         topk_boxes = enc_boxes.gather(1, topk[..., None].expand(-1, -1, 4)).sigmoid()
         reference = topk_boxes.detach()
@@ -187,7 +202,7 @@ class DeformableTransformer(nn.Module):
         if hasattr(self, "proposal_embedding"):
             position, content = self.proposal_embedding(box_sine_embedding(reference, d_model // 2)).split(d_model, -1)
         if self.query_init == "mixed":
-            content = self.query_content.weight[None].expand(batch, -1, -1)
+            content = learned_content[None].expand(batch, -1, -1)
         queries = DecoderQueries(content, reference, position if self.static_position else None)
         # "anchors": the proposal boxes the predictions start from (an encoder loss may match on them).
         if self.enc_loss_tokens == "topk":
