@@ -58,6 +58,9 @@ def shrink_model_config(model, enc_layers=1, dec_layers=2, num_queries=20, num_c
     model.transformer.decoder.update(num_layers=dec_layers, d_model=D_MODEL, d_ffn=2 * D_MODEL)
     model.transformer.num_classes = num_classes
     model.transformer.num_queries = num_queries
+    for name, source in dict(model.get("group_sources") or {}).items():  # H-DETR's one-to-many queries: 2x the primary
+        if name != "_target_" and hasattr(source, "get") and source.get("num_queries") is not None:
+            source.num_queries = 2 * num_queries
     return model
 
 
