@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from detr_plus.layers.box_ops import box_cxcywh_to_xyxy
-from detr_plus.modeling import DecoderQueries, FocalLoss, HungarianMatcher, JointQueries, SetCriterion
-from detr_plus.modeling import ContrastiveDenoising
+from detr_plus.modeling import (ContrastiveDenoising, DecoderQueries, FocalLoss, HungarianMatcher, JointQueries, SetCriterion,
+                                strip_training_parts)
 from detr_plus.modeling.denoising import denoising_group_count, noise_boxes, noise_labels
+from model_utils import batch_without_objects, build, synthetic_batch, tiny_model_config
 
 D = 8
 
@@ -151,15 +152,10 @@ def test_a_batch_without_objects_gives_one_empty_group():
 
 # --- DINO: the denoising source in the model ------------------------------------------------------
 def dino(seed=0, **kwargs):
-    from model_utils import build, tiny_model_config
-
     return build(tiny_model_config("dino", **kwargs), seed)
 
 
 def test_dino_trains_its_denoising_queries_and_evaluates_bit_equal_without_them():
-    from model_utils import synthetic_batch, tiny_model_config, build
-    from detr_plus.modeling import strip_training_parts
-
     model = dino()
     torch.manual_seed(0)
     losses = model(synthetic_batch())
@@ -184,8 +180,6 @@ def test_dino_trains_its_denoising_queries_and_evaluates_bit_equal_without_them(
 
 def test_dino_denoising_on_a_batch_without_objects_keeps_its_loss_keys_and_its_embedding_in_the_graph():
     """DDP without ``find_unused_parameters`` needs every parameter in the graph every step."""
-    from model_utils import batch_without_objects, synthetic_batch
-
     model = dino()
     keys = set(model(synthetic_batch()))
     losses = model(batch_without_objects())

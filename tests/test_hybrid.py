@@ -4,9 +4,13 @@ after the primary ones, masked from them, and nothing of it at inference."""
 import pytest
 import torch
 
-from detr_plus.modeling import FocalLoss, HungarianMatcher, JointQueries, RepeatedTargets, SetCriterion, strip_training_parts
+import detr_plus  # noqa: F401  (detectron2 compatibility patches first)
+from detectron2.config import LazyConfig
+
+from detr_plus.modeling import (FocalLoss, HungarianMatcher, JointQueries, RepeatedTargets, SetCriterion, TrainingBatch,
+                                strip_training_parts)
 from detr_plus.modeling.hybrid import repeat_targets
-from model_utils import build, encode, synthetic_batch, tiny_model_config
+from model_utils import REPO, build, encode, synthetic_batch, tiny_model_config
 
 
 def set_criterion():
@@ -33,10 +37,8 @@ def test_each_gt_is_matched_k_times_and_the_loss_is_normalised_by_k_num_boxes():
 
 
 def h_detr(seed=0, one2many=12):
+    """The tiny ++ with 20 primary queries and ``h_deformable_detr_r50.py``'s hybrid branch."""
     cfg = tiny_model_config("plusplus", num_queries=20)
-    from detectron2.config import LazyConfig
-
-    from model_utils import REPO
     cfg.group_sources = LazyConfig.load(str(REPO / "configs" / "models" / "h_deformable_detr_r50.py")).model.group_sources
     cfg.group_sources.one2many.num_queries = one2many
     cfg.group_sources.one2many.d_model = cfg.transformer.decoder.d_model
@@ -52,8 +54,6 @@ def test_one_to_many_queries_are_the_proposals_ranked_after_the_primary_ones_and
     whole = transformer.select_queries(state, num_queries=32)
     primary = transformer.select_queries(state)
     torch.testing.assert_close(whole.queries.reference[:, :20], primary.queries.reference)  # the first 20 are the primary ones
-    from detr_plus.modeling import TrainingBatch
-
     group = model.group_sources["one2many"](TrainingBatch(batch, [], [], state, primary, transformer=transformer))[""]
     assert len(group.queries) == 12 and not group.sees_primary
     torch.testing.assert_close(group.queries.reference, whole.queries.reference[:, 20:])
