@@ -16,7 +16,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 
-from detr_plus.modeling import resnet_stages
+from detr_plus.modeling import resnet_stages, strip_training_parts
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -96,6 +96,22 @@ def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SI
             x["instances"] = instances
         batch.append(x)
     return batch
+
+
+def assert_inference_without_training_parts(model, inference_cfg, sizes=IMAGE_SIZES, seed=1):
+    """``model``'s weights without its training-only parts load strictly into ``inference_cfg``'s
+    model, and both give bit-equal detections on an image-only batch. Returns (inference model,
+    ``model``'s per-image ``Instances``)."""
+    inference = build(inference_cfg, seed)
+    inference.load_state_dict(strip_training_parts(model.state_dict()), strict=True)
+    batch = synthetic_batch(with_instances=False, sizes=sizes)
+    model.eval(), inference.eval()
+    with torch.no_grad():
+        results = [(x["instances"], y["instances"]) for x, y in zip(model(batch), inference(batch))]
+    for a, b in results:
+        assert len(a) == len(b)
+        assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    return inference, [a for a, _ in results]
 
 
 def batch_without_objects():
