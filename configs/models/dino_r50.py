@@ -4,10 +4,12 @@ Detection", arXiv 2203.03605), ResNet-50, 900 queries: the Deformable-DETR++ of
 dropout 0) with what DINO's public code changes, plus contrastive denoising (Sec. 3.2, the core's
 ``ContrastiveDenoising`` group source, training only). Each change is a config key; the README's
 DINO section lists the public code's facts behind them and the differences we keep."""
+import copy
+
 from detectron2.config import LazyCall as L
 
 from detr_plus.engine.compose import named
-from detr_plus.modeling import ContrastiveDenoising, FocalLoss, HungarianMatcher, SetCriterion
+from detr_plus.modeling import ContrastiveDenoising
 
 from .deformable_detr_plusplus_r50 import model
 
@@ -25,11 +27,7 @@ model.criterion.loss_weights = {"class": 1.0, "bbox": 5.0, "giou": 2.0}  # match
 model.select_box_nums_for_evaluation = 300
 model.group_sources = L(named)(
     dn=L(ContrastiveDenoising)(
-        criterion=L(SetCriterion)(
-            matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),  # never called: fixed pairs
-            loss_weights={"class": 1.0, "bbox": 5.0, "giou": 2.0},
-            class_loss=L(FocalLoss)(),
-        ),
+        criterion=copy.deepcopy(model.criterion),  # the matching queries' weights (its matcher is never called)
         num_classes="${...transformer.num_classes}",
         d_model="${...transformer.decoder.d_model}",
         dn_number=100,

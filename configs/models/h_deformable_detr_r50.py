@@ -3,24 +3,19 @@ Deformable-DETR++ of ``deformable_detr_plusplus_r50.py`` with 300 one-to-one que
 branch (the core's ``HybridQueries`` group source, training only): 1500 one-to-many queries, the
 next proposals of the top-1800, matched with Hungarian to the GT set repeated k = 6 times, loss
 weight 1 on every decoder layer, masked from the 300. Inference: the 300, as the ++."""
+import copy
+
 from detectron2.config import LazyCall as L
 
 from detr_plus.engine.compose import named
-from detr_plus.modeling import FocalLoss, HungarianMatcher, HybridQueries, RepeatedTargets, SetCriterion
+from detr_plus.modeling import HybridQueries, RepeatedTargets
 
 from .deformable_detr_plusplus_r50 import model
 
 model.transformer.num_queries = 300
 model.group_sources = L(named)(
     one2many=L(HybridQueries)(
-        criterion=L(RepeatedTargets)(
-            criterion=L(SetCriterion)(
-                matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
-                loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-                class_loss=L(FocalLoss)(),
-            ),
-            repeats=6,
-        ),
+        criterion=L(RepeatedTargets)(criterion=copy.deepcopy(model.criterion), repeats=6),  # the one-to-one set loss
         num_queries=1500,
         d_model="${...transformer.decoder.d_model}",
         loss_scale=1.0,
