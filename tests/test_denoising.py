@@ -1,13 +1,15 @@
 """DINO's contrastive denoising group source (``detr_plus.modeling.denoising``, DINO Sec. 3.2): noise
 statistics, the group-count rule, the layout and attention mask on a batch with unequal GT counts,
 the fixed targets and the num_boxes x G normalisation by hand."""
+import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from detr_plus.layers.box_ops import box_cxcywh_to_xyxy
-from detr_plus.modeling import ContrastiveDenoising, DecoderQueries, FocalLoss, HungarianMatcher, JointQueries, SetCriterion
+from detr_plus.modeling import (ContrastiveDenoising, DecoderQueries, FocalLoss, HungarianMatcher, JointQueries, LayerVariant, QueryGroup,
+                                SetCriterion, TrainingVariant)
 from detr_plus.modeling.denoising import denoising_group_count, noise_boxes, noise_labels
 from model_utils import assert_inference_without_training_parts, batch_without_objects, build, synthetic_batch, tiny_model_config
 
@@ -178,3 +180,32 @@ def test_dino_denoising_on_a_batch_without_objects_keeps_its_loss_keys_and_its_e
     sum(losses.values()).backward()
     grad = model.group_sources["dn"].label_embedding.weight.grad
     assert grad is not None and grad.abs().sum() == 0
+
+
+def test_a_variant_with_group_losses_trains_the_denoising_queries_of_its_own_stream():
+    """``TrainingVariant(group_losses=["dn"])`` (Mr. DETR's routes on DINO): the variant's stream carries
+    the denoising queries and gets their losses under ``{variant}/dn/``. A variant that shares every
+    block and starts from the primary queries decodes exactly what the primary pass does, so its
+    losses equal the primary and denoising ones, x its loss scale."""
+    model = dino()
+    model.variants["same"] = TrainingVariant([LayerVariant(), LayerVariant()], copy.deepcopy(model.criterion), loss_scale=0.5,
+                                             own_stream=True, group_losses=["dn"])
+    torch.manual_seed(0)
+    losses = model(synthetic_batch())
+    dn_keys = [f"loss_{t}_{i}" for t in ("class", "bbox", "giou") for i in range(2)]
+    assert {k for k in losses if k.startswith("same/dn/")} == {f"same/dn/{k}" for k in dn_keys}
+    for key in dn_keys:
+        assert losses[f"dn/{key}"] > 0
+        torch.testing.assert_close(losses[f"same/dn/{key}"], 0.5 * losses[f"dn/{key}"])
+    torch.testing.assert_close(losses["same/loss_class_1"], 0.5 * losses["loss_class"])  # the last layer
+    model.variants["same"].group_losses = ("one2many",)
+    with pytest.raises(ValueError, match=r"model.variants\['same'\].group_losses names 'one2many'.*\['dn'\]"):
+        model(synthetic_batch())
+
+
+def test_joint_queries_mark_the_queries_of_groups():
+    primary = DecoderQueries(torch.zeros(2, 3, D), torch.rand(2, 3, 4))
+    group = QueryGroup(DecoderQueries(torch.zeros(2, 2, D), torch.rand(2, 2, 4)), criterion())
+    assert JointQueries(primary).group_queries is None
+    marks = JointQueries(primary, {"a": group, "b": group}).group_queries
+    assert marks.tolist() == [[False] * 3 + [True] * 4] * 2

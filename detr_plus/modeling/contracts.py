@@ -123,7 +123,9 @@ class QueryContext:
     Per-query fields (``PER_QUERY``) are indexed along dim 1 together with the queries, so a wrapper
     that decodes a subset of queries calls ``context.select(subset)``; the rest is shared.
     ``self_attn_mask`` is (Q, Q), or (B, Q, Q) when it differs per image, True where a query may not
-    attend; ``query_padding_mask`` (B, Q) is True on padded queries, which no query attends to.
+    attend; ``query_padding_mask`` (B, Q) is True on padded queries, which no query attends to;
+    ``group_queries`` (B, Q) is True on the queries of a query group (decoded beside the primary ones,
+    None without groups), for a block that treats them apart (Mr. DETR's instruction tokens).
     """
 
     query_pos: torch.Tensor  # (B, Q, d)
@@ -134,6 +136,7 @@ class QueryContext:
     memory_padding_mask: Optional[torch.Tensor] = None  # (B, S), True on padding
     self_attn_mask: Optional[torch.Tensor] = None  # (Q, Q) or (B, Q, Q) bool, True = may not attend
     query_padding_mask: Optional[torch.Tensor] = None  # (B, Q) bool, True on padded queries
+    group_queries: Optional[torch.Tensor] = None  # (B, Q) bool, True on the queries of a query group
 
     PER_QUERY = ("query_pos", "reference_points")
 
@@ -155,16 +158,18 @@ class QueryContext:
             inherited = subset.gather(self.query_padding_mask)
             padding = inherited if padding is None else padding | inherited
         picked["query_padding_mask"] = padding
+        if self.group_queries is not None:
+            picked["group_queries"] = subset.gather(self.group_queries)
         return replace(self, **picked)
 
     @staticmethod
     def concat(contexts: Sequence["QueryContext"]) -> "QueryContext":
         """Context for the queries of ``contexts`` concatenated along dim 1 (same memory, e.g. several
         streams in one cross-attention call); it has no self-attention or query padding mask (they
-        relate queries of one stream only)."""
+        relate queries of one stream only, as the group marks do)."""
         first = contexts[0]
         joined = {name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY}
-        return replace(first, self_attn_mask=None, query_padding_mask=None, **joined)
+        return replace(first, self_attn_mask=None, query_padding_mask=None, group_queries=None, **joined)
 
     def attention_mask(self, num_heads: int) -> Optional[torch.Tensor]:
         """The mask ``nn.MultiheadAttention`` takes: ``self_attn_mask`` as is when it is (Q, Q) and
@@ -288,6 +293,8 @@ class DecoderOutput:
     layers: List[LayerPredictions]  # the primary queries, one per decoder layer
     variants: Dict[str, List[Optional[LayerPredictions]]] = field(default_factory=dict)  # None: no variant in that layer
     groups: Dict[str, List[LayerPredictions]] = field(default_factory=dict)  # query groups, one per layer
+    # variant -> group -> the variant's predictions for that group's queries (None where it has no layer variant)
+    variant_groups: Dict[str, Dict[str, List[Optional[LayerPredictions]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -412,13 +419,16 @@ class DecoderVariant(Protocol):
     ``own_stream``: it carries its own queries and boxes from layer to layer (a full pass of the
     weight-shared decoder) instead of branching from the primary state in every layer;
     ``detach_reference``: its boxes are refined from a detached reference; ``query_selection``: its
-    own top-k proposals (two-stage, own stream). ``TrainingVariant`` is the core's."""
+    own top-k proposals (two-stage, own stream); ``group_losses``: names of query groups whose
+    queries the variant's pass also decodes and trains with the group's own criterion (DINO's
+    denoising queries in Mr. DETR's routes). ``TrainingVariant`` is the core's."""
 
     criterion: Criterion
     loss_scale: float
     own_stream: bool
     detach_reference: bool
     query_selection: Optional[nn.Module]
+    group_losses: Sequence[str]
 
     def layer_variant(self, layer_index: int) -> Optional[LayerVariant]: ...
 

@@ -135,7 +135,8 @@ class DeformableDecoder(nn.Module):
         following = refined.detach()
         return predictions, QueryStream(hidden, following, refined if self.look_forward_twice else following, stream.position)
 
-    def context_of(self, stream: QueryStream, state: EncoderState, self_attn_mask=None, query_padding_mask=None) -> QueryContext:
+    def context_of(self, stream: QueryStream, state: EncoderState, self_attn_mask=None, query_padding_mask=None,
+                   group_queries=None) -> QueryContext:
         if stream.position is not None:
             query_pos = stream.position
         elif self.query_position == "box_sine":
@@ -151,7 +152,8 @@ class DeformableDecoder(nn.Module):
         return QueryContext(
             query_pos=query_pos, reference_points=stream.reference[:, :, None] * ratios[:, None], memory=state.memory,
             spatial_shapes=state.spatial_shapes, level_start_index=state.level_start_index,
-            memory_padding_mask=state.padding_mask, self_attn_mask=self_attn_mask, query_padding_mask=query_padding_mask)
+            memory_padding_mask=state.padding_mask, self_attn_mask=self_attn_mask, query_padding_mask=query_padding_mask,
+            group_queries=group_queries)
 
     def decode_apart(self, groups: Mapping[str, QueryGroup], state: EncoderState) -> Dict[str, List[LayerPredictions]]:
         """Groups decoded without the primary queries (none, in their place) and without variants."""
@@ -193,7 +195,7 @@ class DeformableDecoder(nn.Module):
             primary = replace(primary, reference=joint.queries.reference)
 
         def context_of(stream: QueryStream) -> QueryContext:
-            return self.context_of(stream, state, joint.mask, joint.padding)
+            return self.context_of(stream, state, joint.mask, joint.padding, joint.group_queries)
 
         layers = []
         for index, layer in enumerate(self.layers):

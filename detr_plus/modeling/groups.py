@@ -45,7 +45,8 @@ def pad_per_image(rows: Sequence[torch.Tensor], min_length: int = 0) -> Tuple[to
 class JointQueries:
     """The primary queries and every group's, as one decoder pass sees them: ``queries`` (the
     concatenation), ``mask`` (the self-attention mask between the parts, None without groups),
-    ``padding`` (True on padded queries, None without padding) and ``sizes`` (primary first)."""
+    ``padding`` (True on padded queries, None without padding), ``group_queries`` ((B, T) True on
+    the groups' queries, None without groups) and ``sizes`` (primary first)."""
 
     def __init__(self, primary: DecoderQueries, groups: Optional[Mapping[str, QueryGroup]] = None):
         self.groups = dict(groups or {})
@@ -61,6 +62,10 @@ class JointQueries:
                     self.mask[start : start + size, start : start + size] |= group.self_attn_mask.to(self.mask.device)
                 start += size
         self.padding = None if self.queries.valid is None else ~self.queries.valid
+        self.group_queries = None
+        if self.groups:
+            beyond_primary = torch.arange(sum(self.sizes), device=primary.content.device) >= self.sizes[0]
+            self.group_queries = beyond_primary.expand(primary.content.shape[0], -1)
 
     def with_groups(self, start: DecoderQueries) -> DecoderQueries:
         """``start`` (queries in place of the primary ones) followed by every group's queries."""
@@ -68,7 +73,7 @@ class JointQueries:
 
     def split(self, layers: List[LayerPredictions], variants: Dict[str, List[Optional[LayerPredictions]]]) -> DecoderOutput:
         """The joint pass's per-layer predictions as a ``DecoderOutput``: the primary part, every
-        variant's primary part and every group's part. ``extras`` stay with the primary layers, cut
+        variant's primary part, every group's part and every variant's part of every group. ``extras`` stay with the primary layers, cut
         to the primary queries where they are per query (further ``LayerPredictions``, (B, Q, ...)
         tensors): a wrapper's exit predictions are supervised for the primary queries only."""
         if not self.groups:
@@ -79,11 +84,13 @@ class JointQueries:
             part = joint.part(0, self.sizes[0])
             part.extras = {name: self.primary_part(value) for name, value in joint.extras.items()}
             primary.append(part)
+        spans = list(zip(self.groups, bounds[:-1], bounds[1:]))
+        variant_groups = {name: {group: [None if p is None else p.part(start, end) for p in layers_of] for group, start, end in spans}
+                          for name, layers_of in variants.items()}
         variants = {name: [None if p is None else p.part(0, self.sizes[0]) for p in layers_of]
                     for name, layers_of in variants.items()}
-        groups = {name: [p.part(start, end) for p in layers]
-                  for name, start, end in zip(self.groups, bounds[:-1], bounds[1:])}
-        return DecoderOutput(primary, variants, groups)
+        groups = {name: [p.part(start, end) for p in layers] for name, start, end in spans}
+        return DecoderOutput(primary, variants, groups, variant_groups)
 
     def primary_part(self, value):
         """``value`` cut to the primary queries if it is per query of the joint pass."""

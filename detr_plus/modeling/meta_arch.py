@@ -298,7 +298,22 @@ class DeformableDETR(nn.Module):
             group = (groups or {})[name]
             for i, layer in enumerate(layers):
                 book.add_layer(group.criterion, layer, name, f"{name}/", f"_{i}", i, group.loss_scale, group)
+        self.variant_group_losses(book, out, groups or {})
         return book.losses, book.matching
+
+    def variant_group_losses(self, book: LossBook, out: DecoderOutput, groups: Dict[str, QueryGroup]):
+        """Every variant's ``group_losses``: the group's criterion on the variant's predictions for its queries."""
+        for name, variant in self.variants.items():
+            for group_name in variant.group_losses:
+                if group_name not in groups:
+                    raise ValueError(f"model.variants[{name!r}].group_losses names {group_name!r}, which is not one of this "
+                                     f"step's query groups {sorted(groups)}")
+                group, key = groups[group_name], f"{name}/{group_name}"
+                for i, layer in enumerate(out.variant_groups[name][group_name]):
+                    if layer is None:
+                        book.skip(key)
+                        continue
+                    book.add_layer(group.criterion, layer, key, f"{key}/", f"_{i}", i, variant.loss_scale * group.loss_scale, group)
 
     def encoder_losses(self, book: LossBook, batch: TrainingBatch):
         """The two-stage encoder loss of the primary selection ("enc") and of every variant's own one."""

@@ -42,10 +42,15 @@ class TrainingVariant(nn.Module):
     reference).
     ``query_selection``: a ``VariantQuerySelection`` (two-stage models, ``own_stream`` variants): the
     variant starts from its own top-k encoder proposals instead of the primary queries, and its
-    selection gets an encoder loss of its own (``{name}/loss_*_enc``)."""
+    selection gets an encoder loss of its own (``{name}/loss_*_enc``).
+    ``group_losses``: names of query groups (as their loss keys name them, e.g. "dn") whose queries,
+    as this variant decodes them, are trained with the group's own criterion and assignment too
+    (``{name}/{group}/loss_*``, x the variant's and the group's loss scales): the denoising losses
+    of every route in Mr. DETR's DINO code. Without it the variant's group part is not supervised."""
 
     def __init__(self, layer_variants: Sequence[Optional[LayerVariant]], criterion: nn.Module, loss_scale: float = 1.0,
-                 own_stream: bool = False, detach_reference: bool = False, query_selection: Optional[nn.Module] = None):
+                 own_stream: bool = False, detach_reference: bool = False, query_selection: Optional[nn.Module] = None,
+                 group_losses: Sequence[str] = ()):
         super().__init__()
         if query_selection is not None and not own_stream:
             raise ValueError("a variant with its own query_selection must carry its own stream (own_stream=True)")
@@ -56,6 +61,7 @@ class TrainingVariant(nn.Module):
         self.layer_variants = nn.ModuleList(v if v is not None else nn.Identity() for v in layer_variants)
         self.criterion = criterion
         self.loss_scale = loss_scale
+        self.group_losses = tuple(group_losses)
 
     def layer_variant(self, layer_index: int) -> Optional[LayerVariant]:
         if layer_index >= len(self.layer_variants):

@@ -59,7 +59,8 @@ def build_lora_branches(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[
                       init: str = "zero_b", naive: bool = False, dropout: float = 0.0, class_loss: str = "vfl_plus",
                       loss_weights: Optional[Dict[str, float]] = None, vfl_gamma: float = 1.5,
                       vfl_scale: float = DEFAULT_VFL_SCALE, max_positive_ratio: float = DEFAULT_MAX_POSITIVE_RATIO,
-                      detach_reference: bool = True, merge_o2o_positives: bool = False) -> Dict[str, TrainingVariant]:
+                      detach_reference: bool = True, merge_o2o_positives: bool = False,
+                      loss_scale: float = 1.0) -> Dict[str, TrainingVariant]:
     """``{"aux0": TrainingVariant, ...}``: one auxiliary branch per entry of ``ks``.
 
     * ``ks``: k of each branch, N_aux = len(ks) (Table 4: diverse {6}, {3,6}, {2,4,6}, {2,3,4,5,6});
@@ -74,7 +75,10 @@ def build_lora_branches(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[
       primary route's detached input reference, so its box losses send no gradient into the previous
       layer's box head through look-forward-twice (the core ``TrainingVariant`` option);
     * ``merge_o2o_positives`` (default False; the authors' 900-query recipe): each branch's positives
-      are its one-to-many pairs united with the layer's one-to-one pairs (``O2OMergedCriterion``).
+      are its one-to-many pairs united with the layer's one-to-one pairs (``O2OMergedCriterion``);
+    * ``loss_scale``: every branch's losses x this on top of 1 / N_aux: 0.5 when denoising queries
+      train beside the branches (Sec. 4, "Training": "we down-weight the auxiliary losses by a factor
+      of 0.5").
     """
     if class_loss not in CLASS_LOSSES:
         raise ValueError(f"build_lora_branches: class_loss={class_loss!r}: expected one of {CLASS_LOSSES}")
@@ -95,5 +99,5 @@ def build_lora_branches(num_layers: int, d_model: int, d_ffn: int, ks: Sequence[
         criterion = SetCriterion(matcher, weights, class_loss=branch_class_loss(class_loss, vfl_gamma, vfl_scale, alpha))
         if merge_o2o_positives:
             criterion = O2OMergedCriterion(criterion)
-        routes[f"aux{i}"] = TrainingVariant(branches, criterion, loss_scale=1.0 / n, detach_reference=detach_reference)
+        routes[f"aux{i}"] = TrainingVariant(branches, criterion, loss_scale=loss_scale / n, detach_reference=detach_reference)
     return routes

@@ -28,10 +28,10 @@ ROUTE_NAMES = ("route1", "route3", "share_all", *OWN_BLOCK_ROUTES)
 
 def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: float = 0.0,
                          routes: Sequence[str] = ("route1", "route3"), num_instruction_tokens: int = 10,
-                         num_unprompted_queries: int = 0, criterion: Optional[SetCriterion] = None,
+                         instruct_groups: bool = False, criterion: Optional[SetCriterion] = None,
                          own_streams: bool = True, loss_scale: float = 1.0,
                          route3_proposal_classes: Optional[int] = None, num_heads: int = 8, num_levels: int = 4,
-                         num_points: int = 4) -> Dict[str, TrainingVariant]:
+                         num_points: int = 4, group_losses: Sequence[str] = ()) -> Dict[str, TrainingVariant]:
     """The ``routes`` dict of ``DeformableDETR`` for the selected Mr. DETR routes, each with a branch
     in every decoder layer (every route gets the per-layer losses) and the o2m ``criterion``.
 
@@ -62,7 +62,7 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
                                  loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0})
     branch_of = {
         "route1": lambda: OwnFFNVariant(d_model, d_ffn, dropout),
-        "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, num_unprompted_queries),
+        "route3": lambda: InstructiveSelfAttentionBranch(d_model, num_instruction_tokens, instruct_groups),
         "share_all": LayerVariant,
         **{name: (lambda own=own: OwnBlocksVariant(own, d_model, d_ffn, dropout, num_heads, num_levels, num_points))
            for name, own in OWN_BLOCK_ROUTES.items()},
@@ -76,5 +76,6 @@ def build_mr_detr_routes(num_layers: int, d_model: int, d_ffn: int, dropout: flo
         return VariantQuerySelection(d_model, route3_proposal_classes, xavier_init=True)  # the authors' xavier pass
 
     return {name: TrainingVariant([branch_of[name]() for _ in range(num_layers)], criterion, loss_scale, own_stream=own_streams,
+                                group_losses=group_losses,
                                 query_selection=selection_of(name))
             for name in routes}

@@ -325,7 +325,7 @@ def manual_instructive_attention(query, query_pos, token_content, token_pos, mha
 def test_instructive_attention_weights_and_masks():
     """``attend`` (output and head-averaged weights) against ``manual_instructive_attention`` (K = [token
     content + token position; queries + positions], V = [token content; queries]), without a mask and
-    with the tokens hidden from the first 2 queries plus a query-group mask."""
+    with a query-group mask and the tokens hidden from the group's queries."""
     torch.manual_seed(0)
     d, q, t = 32, 7, 3
     shared = SelfAttentionBlock(d, num_heads=4)
@@ -342,19 +342,27 @@ def test_instructive_attention_weights_and_masks():
     torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-5)
     assert (weights[..., :t] > 0.01).any()  # the tokens get real weight
 
+    # Queries 2-6 form a query group (e.g. DINO's denoising queries): masked from the first two, and
+    # the tokens hidden from them (the authors' DINO code), unless instruct_groups.
     groups = torch.tensor([0, 0, 1, 1, 1, 1, 1])
     context.self_attn_mask = groups[:, None] != groups[None]
-    masked = InstructiveSelfAttentionBranch(d, t, num_unprompted_queries=2)
+    context.group_queries = (groups == 1).expand(2, q)
+    masked = InstructiveSelfAttentionBranch(d, t)
     masked.load_state_dict(branch.state_dict())
     blocked = torch.cat([torch.zeros(q, t, dtype=torch.bool), context.self_attn_mask], 1)
-    blocked[:2, :t] = True
+    blocked[2:, :t] = True
     with torch.no_grad():
         out, weights = masked.attend(query, context, shared, need_weights=True)
         expected_out, expected_weights = manual_instructive_attention(query, context.query_pos, branch.token_content,
                                                                       branch.token_pos, shared.attn, blocked)
     torch.testing.assert_close(weights, expected_weights, rtol=0, atol=1e-6)
     torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-5)
-    assert (weights[:, :2, :t] == 0).all() and (weights[:, 2:, :t] > 0).all()
+    assert (weights[:, 2:, :t] == 0).all() and (weights[:, :2, :t] > 0).all()
+    instructing_groups = InstructiveSelfAttentionBranch(d, t, instruct_groups=True)
+    instructing_groups.load_state_dict(branch.state_dict())
+    with torch.no_grad():
+        _, weights_all = instructing_groups.attend(query, context, shared, need_weights=True)
+    assert (weights_all[..., :t] > 0).all() and (weights_all[:, :2, t + 2:] == 0).all()
     # Route-3's self-attention block: its own norm around the shared attention's output.
     with torch.no_grad():
         torch.testing.assert_close(masked.self_attention(query, context, shared), masked.norm(query + expected_out), rtol=0, atol=1e-5)

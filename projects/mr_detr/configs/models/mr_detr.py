@@ -23,7 +23,8 @@ mr_detr = dict(
         # "shared_cross_attn", "shared_ffn" (the route ablation, README); [] = primary only
         routes=["route1", "route3"],
         num_instruction_tokens=10,
-        num_unprompted_queries=0,  # no mask between instruction tokens and object queries
+        instruct_groups=False,  # query groups' queries (DINO's denoising) do not see the instruction tokens
+        group_losses=[],  # ["dn"] on DINO: every route decodes the denoising queries and gets their losses
         own_streams=True,  # each route carries its own queries and boxes through all decoder layers
         loss_scale=1.0,  # every route's losses x this (the paper: same weights on every route)
         # Route-3's own top-k selection (its own class-agnostic proposal head: 1 class, as the ++
@@ -53,3 +54,18 @@ mr_detr = dict(
     eval_nms_threshold=None,
     eval_pre_nms_topk=1000,
 )
+
+
+def on_dino(model):
+    """The authors' DINO recipe on a DINO ``model`` already updated with ``mr_detr``
+    (docs/authors_code_facts.md#mr-detr-on-dino): every route decodes the denoising queries and gets
+    their losses, the instruction tokens hidden from them; class weight 2 for the primary, denoising
+    and one-to-many terms; box noise 0.4; the encoder losses at the primary's weights (x1); Route-3's
+    own proposal head has DINO's C classes (DINO's encoder is class-aware)."""
+    model.variants.group_losses = ["dn"]
+    model.variants.route3_proposal_classes = "${..transformer.num_classes}"
+    model.criterion.loss_weights["class"] = 2.0
+    model.group_sources.dn.criterion.loss_weights["class"] = 2.0
+    model.group_sources.dn.box_noise_scale = 0.4
+    model.enc_loss_weight = 1.0
+    return model
