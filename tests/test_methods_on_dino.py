@@ -8,7 +8,6 @@ import pytest
 import torch
 from detectron2.config import LazyConfig
 
-from detr_plus.modeling.contracts import TrainingBatch
 
 from model_utils import (REPO, assert_inference_without_training_parts, batch_without_objects, build, shrink_model_config,
                          synthetic_batch, tiny_model_config)
@@ -55,15 +54,13 @@ def test_mr_detr_on_dino_hides_the_instruction_tokens_from_the_denoising_queries
     model = build(tiny("projects/mr_detr/configs/mr_dino_r50_4scale_12ep.py")).train()
 
     def route3_states():
+        """Route-3's first-layer states of its matching and its denoising queries in a training step."""
+        decoded = []
+        hook = model.transformer.decoder.register_forward_hook(lambda module, args, out: decoded.append(out))
         torch.manual_seed(0)
-        images, state, selection = model.encode_and_select(synthetic_batch())
-        targets = model.prepare_targets(synthetic_batch(), images.image_sizes)
-        batch = TrainingBatch(synthetic_batch(), targets, images.image_sizes, state, selection, None,
-                              model.num_boxes(targets, model.device), model.transformer, model.variant_selections(state, model.variants))
-        groups = model.make_groups(batch)
-        starts = {name: s.queries for name, s in batch.variant_selections.items()}
-        out = model.transformer.decode(selection.queries, state, variants=model.variants, groups=groups, variant_queries=starts)
-        return out.variants["route3"][0].hidden, out.variant_groups["route3"]["dn"][0].hidden
+        model(synthetic_batch())
+        hook.remove()
+        return decoded[0].variants["route3"][0].hidden, decoded[0].variant_groups["route3"]["dn"][0].hidden
 
     with torch.no_grad():
         matching, denoising = route3_states()
