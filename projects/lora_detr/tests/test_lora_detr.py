@@ -458,6 +458,9 @@ EXPECTED_BRANCHES = {  # file stem: (ks, rank, naive)
     "lora_deformable_detr_r50_12ep": ([2, 4, 6], 32, False),
     "lora_deformable_detr_plusplus_r50_12ep": ([2, 4, 6], 48, False),
     "lora_detr_shapes_tiny": ([2, 4, 6], 32, False),
+    "lora_dino_r50_4scale_12ep": ([2, 4, 6], 48, False),
+    "lora_dino_hybrid_r50_4scale_12ep": ([6], 48, False),  # Table 2's "1+1": the hybrid branch + one LoRA branch
+    "lora_dino_shapes_tiny": ([2, 4, 6], 32, False),
     "naux1": (list(TABLE4_DIVERSE_K[1]), 32, False),
     "naux2": (list(TABLE4_DIVERSE_K[2]), 32, False),
     "naux5": (list(TABLE4_DIVERSE_K[5]), 32, False),
@@ -475,7 +478,11 @@ EXPECTED_BRANCHES = {  # file stem: (ks, rank, naive)
 FULLY_INSTANTIATED = {"lora_deformable_detr_r50_12ep", "lora_deformable_detr_plusplus_r50_12ep", "aux_nms_eval"}
 
 
-SHAPES = {"lora_detr_shapes_tiny", "lora_detr_shapes_tiny_vfl_plus_baseline"}
+SHAPES = {"lora_detr_shapes_tiny", "lora_detr_shapes_tiny_vfl_plus_baseline", "lora_dino_shapes_tiny"}
+# With DINO's denoising queries the branches' losses are x0.5 (Sec. 4, "Training"); the 900-query
+# recipe merges the o2o positives into each branch's.
+WITH_DENOISING = {"lora_dino_r50_4scale_12ep", "lora_dino_hybrid_r50_4scale_12ep", "lora_dino_shapes_tiny"}
+MERGE_O2O = {"lora_deformable_detr_plusplus_r50_12ep", "lora_dino_r50_4scale_12ep", "lora_dino_hybrid_r50_4scale_12ep"}
 # The authors' LR factors (docs/authors_code_facts.md#lora-detr-optimiser): the sampling offsets train at
 # the full LR and only the box head is at x0.1; the COCO backbone stays at x0.1, the shapes backbone trains from scratch at the full LR.
 COCO_LR_FACTORS, SHAPES_LR_FACTORS = {"backbone": 0.1, "box_heads": 0.1}, {"box_heads": 0.1}
@@ -529,9 +536,12 @@ def test_config_loads_and_instantiates(path):
     ks, rank, naive = EXPECTED_BRANCHES[stem]
     assert (list(cfg.model.variants.ks), cfg.model.variants.rank, cfg.model.variants.naive) == (ks, rank, naive)
     assert cfg.model.variants.vfl_scale == 0.25 and cfg.model.variants.detach_reference is True
-    assert cfg.model.variants.merge_o2o_positives == (stem == "lora_deformable_detr_plusplus_r50_12ep")
+    assert cfg.model.variants.merge_o2o_positives == (stem in MERGE_O2O)
     variants = instantiate(cfg.model.variants)
     assert len(variants) == len(ks)
+    scale = 0.5 if stem in WITH_DENOISING else 1.0
+    assert all(variant.loss_scale == pytest.approx(scale / len(ks)) for variant in variants.values())
+    assert ("dn" in (cfg.model.get("group_sources") or {})) == (stem in WITH_DENOISING)
     branch_type = OwnFFNVariant if naive else LoRAFFNBranch
     assert all(isinstance(b, branch_type) for variant in variants.values() for b in variant.layer_variants)
     assert all(variant.detach_reference for variant in variants.values())
