@@ -308,6 +308,9 @@ class DeformableDETR(nn.Module):
                 if group_name not in groups:
                     raise ValueError(f"model.variants[{name!r}].group_losses names {group_name!r}, which is not one of this "
                                      f"step's query groups {sorted(groups)}")
+                if group_name not in out.variant_groups.get(name, {}):
+                    raise ValueError(f"model.variants[{name!r}].group_losses names {group_name!r}, a group decoded apart from "
+                                     "the primary queries (its references are of another kind): no variant carries it")
                 group, key = groups[group_name], f"{name}/{group_name}"
                 for i, layer in enumerate(out.variant_groups[name][group_name]):
                     if layer is None:
