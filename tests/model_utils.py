@@ -5,6 +5,7 @@ The sizes follow ``configs/shapes/deformable_detr_tiny.py`` (thin ResNet-18 back
 with fewer layers and queries; the configs' decisive switches (two-stage, mixed query selection,
 look-forward-twice, box refinement) are left as the config file sets them unless a test asks.
 """
+import copy
 from pathlib import Path
 from typing import Dict, List
 
@@ -67,6 +68,14 @@ def shrink_model_config(model, enc_layers=1, dec_layers=2, num_queries=20, num_c
 def build(cfg, seed=0):
     torch.manual_seed(seed)
     return instantiate(cfg)
+
+
+def with_copied_teacher(model):
+    """``model`` with a frozen copy of itself attached as its EMA teacher when it needs one (as
+    ``train_net.py`` attaches the EMA at step 0, before any update)."""
+    if getattr(model, "requires_teacher", False):
+        model.attach_teacher(copy.deepcopy(model).eval().requires_grad_(False))
+    return model
 
 
 def build_tiny_model(name="plusplus", seed=0, **kwargs):

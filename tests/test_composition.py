@@ -3,7 +3,6 @@ build time with an error naming the conflict. Each pair's deltas (``projects/<m>
 go onto the tiny Deformable-DETR++ with ``compose_methods``; the model trains 2 iterations (a batch
 with objects, then one without: the loss keys must not change) and inference runs the baseline's
 cost (no training-only extension). README "Methods together" has the resulting matrix."""
-import copy
 import itertools
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.compose import compose_methods, merge_named
-from model_utils import REPO, batch_without_objects, synthetic_batch, tiny_model_config
+from model_utils import REPO, batch_without_objects, synthetic_batch, tiny_model_config, with_copied_teacher
 
 DELTAS = {  # method -> (its model config file, the delta's name in it)
     "mr_detr": ("projects/mr_detr/configs/models/mr_detr.py", "mr_detr"),
@@ -42,10 +41,7 @@ def test_every_pair_of_methods_trains_or_names_its_conflict(pair):
             composed(*pair)
         return
     torch.manual_seed(0)
-    model = instantiate(composed(*pair))
-    if model.requires_teacher:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        model.attach_teacher(teacher)
+    model = with_copied_teacher(instantiate(composed(*pair)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     keys = []

@@ -2,7 +2,6 @@
 a layer returns one output per variant; a wrapper's per-query extras are supervised for the primary
 queries only when groups ride along; the loss-key rule holds per mode; old checkpoint names load
 into the EMA too."""
-import copy
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.modeling import LayerOutput, OwnFFNVariant, SetCriterion, HungarianMatcher, TrainingVariant
-from model_utils import D_MODEL, build, synthetic_batch, tiny_model_config
+from model_utils import D_MODEL, build, synthetic_batch, tiny_model_config, with_copied_teacher
 from test_composition import composed
 
 
@@ -41,8 +40,7 @@ def test_exit_predictions_are_supervised_for_the_primary_queries_only_beside_gro
     """QR-DETR + OD-DETR: the routed layers' exit predictions cover the joint pass (primary + teacher
     group + auxiliary groups); their loss matches among the 20 primary queries only."""
     torch.manual_seed(0)
-    model = build(composed("od_detr", "qr_detr"))
-    model.attach_teacher(copy.deepcopy(model).eval().requires_grad_(False))
+    model = with_copied_teacher(build(composed("od_detr", "qr_detr")))
     model.train()
     _, matching = model.training_losses(synthetic_batch())
     exits = [pairs for pairs in matching["exit"] if pairs is not None]

@@ -14,7 +14,6 @@ Re-record (only when a change is MEANT to change numbers, saying so in the commi
     python tests/test_first_step_losses.py --record
 New configs only (the others' records kept): ``--record-new``.
 """
-import copy
 import json
 import re
 import sys
@@ -24,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_utils import REPO, shrink_model_config, synthetic_batch
+from model_utils import REPO, shrink_model_config, synthetic_batch, with_copied_teacher
 
 GOLDEN = REPO / "tests" / "golden" / "first_step_losses.json"
 CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/dino", "configs/h_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
@@ -91,11 +90,7 @@ def build(config_path: str):
     model = instantiate(model_cfg)
     set_parameters_by_name(model)
     without_dropout(model)
-    if getattr(model, "requires_teacher", False):
-        teacher = copy.deepcopy(model).eval()
-        teacher.requires_grad_(False)
-        model.attach_teacher(teacher)
-    return model
+    return with_copied_teacher(model)
 
 
 def measure(config_path: str):

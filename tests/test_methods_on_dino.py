@@ -2,7 +2,6 @@
 denoising losses beside the method's own, keeps its loss keys on a batch without objects, and its
 weights without the training-only parts evaluate bit-equal in the plain DINO model (the baseline's
 parameters and cost at inference; QR-DETR: in its own routed decoder without the exit heads)."""
-import copy
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from detectron2.config import LazyConfig
 
 
 from model_utils import (REPO, assert_inference_without_training_parts, batch_without_objects, build, shrink_model_config,
-                         synthetic_batch, tiny_model_config)
+                         synthetic_batch, tiny_model_config, with_copied_teacher)
 
 # config -> loss-key prefixes the method adds beside DINO's "dn/"
 CONFIGS = {
@@ -29,9 +28,7 @@ def tiny(path):
 
 @pytest.mark.parametrize("path", list(CONFIGS), ids=[p.split("/")[-1][:-3] for p in CONFIGS])
 def test_method_on_dino_trains_beside_denoising_and_evaluates_as_dino(path):
-    model = build(tiny(path))
-    if model.requires_teacher:
-        model.attach_teacher(copy.deepcopy(model).eval().requires_grad_(False))
+    model = with_copied_teacher(build(tiny(path)))
     model.train()
     torch.manual_seed(0)
     losses = model(synthetic_batch())
