@@ -18,9 +18,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DETR_PLUS_DATASETS", str(REPO / "datasets"))
+# Without a GPU, the Triton deformable-attention kernel is tested in Triton's interpreter on CPU
+# tensors; the interpreter is chosen when triton is imported (by detr_plus, below). With a GPU the
+# same tests run the compiled kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import detr_plus  # noqa: E402,F401  (compat shims before detectron2)
 import detr_plus.data  # noqa: E402  (registers shapes_train / shapes_val under $DETR_PLUS_DATASETS)

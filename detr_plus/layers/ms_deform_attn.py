@@ -20,6 +20,7 @@ and returning (B, Q, H * C):
 Out-of-bounds taps read zero (``grid_sample`` ``padding_mode="zeros"``) in all three.
 """
 import functools
+import logging
 import math
 import warnings
 from typing import List, NamedTuple, Tuple
@@ -27,6 +28,8 @@ from typing import List, NamedTuple, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ms_deform_attn_triton import ms_deform_attn_triton, triton_unavailable_reason
 
 # The CSR pattern below is built and used within one call; the beta notice would print on every run.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -360,9 +363,32 @@ def ms_deform_attn_naive(value, spatial_shapes, level_start_index, sampling_loca
 
 IMPLEMENTATIONS = {
     "bilinear_gather": ms_deform_attn_bilinear_gather,
+    "triton": ms_deform_attn_triton,
     "grid_sample": ms_deform_attn_grid_sample,
     "naive": ms_deform_attn_naive,
 }
+
+
+#: ``implementation="auto"``: Triton on CUDA when it works there, ``bilinear_gather`` otherwise.
+CHOICES = ("auto", *IMPLEMENTATIONS)
+_logged_choices = set()
+
+
+def resolve_implementation(implementation: str, device: torch.device, needs_grad: bool) -> str:
+    """The implementation a call runs: "auto" is Triton on CUDA when it can run there, else
+    ``bilinear_gather``; "triton" too becomes ``bilinear_gather`` when a backward follows under
+    ``torch.use_deterministic_algorithms(True)`` (its value gradient adds with atomics). Each
+    such choice is logged once per process."""
+    chosen, why = implementation, ""
+    if implementation == "auto":
+        reason = "CPU: Triton runs there only in its interpreter" if device.type == "cpu" else triton_unavailable_reason(device)
+        chosen, why = ("bilinear_gather", reason) if reason else ("triton", f"Triton works on {device.type}")
+    if chosen == "triton" and needs_grad and torch.are_deterministic_algorithms_enabled():
+        chosen, why = "bilinear_gather", "deterministic algorithms requested; the Triton backward adds with atomics"
+    if chosen != implementation and (implementation, chosen, device.type) not in _logged_choices:
+        _logged_choices.add((implementation, chosen, device.type))
+        logging.getLogger(__name__).info(f"Deformable attention: implementation={implementation!r} uses {chosen!r} ({why}).")
+    return chosen
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -376,12 +402,12 @@ class MultiScaleDeformableAttention(nn.Module):
 
     keeps_own_init = True  # the paper's offsets / weights init survives a model-wide Xavier init
 
-    def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, implementation="bilinear_gather"):
+    def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, implementation="auto"):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"Unknown deformable attention implementation {implementation!r}; use one of {list(IMPLEMENTATIONS)}")
+        if implementation not in CHOICES:
+            raise ValueError(f"Unknown deformable attention implementation {implementation!r}; use one of {list(CHOICES)}")
         self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
         self.implementation = implementation
         self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
@@ -415,8 +441,13 @@ class MultiScaleDeformableAttention(nn.Module):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(B, S, H, -1)
-        offsets = self.sampling_offsets(query).view(B, Q, H, L, P, 2)
-        weights = self.attention_weights(query).view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
+        # The sampling locations stay float32 under autocast: in bfloat16 a location on a 100-pixel
+        # map would be off by up to a quarter pixel.
+        at_least_float = torch.promote_types(query.dtype, torch.float32)
+        with torch.autocast(query.device.type, enabled=False):
+            offsets = self.sampling_offsets(query.to(at_least_float)).view(B, Q, H, L, P, 2)
+            reference_points = reference_points.to(at_least_float)
+        weights = self.attention_weights(query).to(at_least_float).view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
         if reference_points.shape[-1] == 2:
             normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # offsets are in pixels of each level
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
@@ -424,5 +455,7 @@ class MultiScaleDeformableAttention(nn.Module):
             locations = reference_points[:, :, None, :, None, :2] + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4 values, got shape {tuple(reference_points.shape)}")
-        out = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, level_start_index, locations, weights)
+        needs_grad = torch.is_grad_enabled() and (value.requires_grad or locations.requires_grad)
+        implementation = resolve_implementation(self.implementation, value.device, needs_grad)
+        out = IMPLEMENTATIONS[implementation](value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)

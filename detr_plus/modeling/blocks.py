@@ -40,7 +40,7 @@ class SelfAttentionBlock(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Deformable cross-attention of the queries to the encoder memory (Deformable DETR Eq. 3)."""
 
-    def __init__(self, d_model=256, num_heads=8, num_levels=4, num_points=4, dropout=0.0, attn_implementation="bilinear_gather"):
+    def __init__(self, d_model=256, num_heads=8, num_levels=4, num_points=4, dropout=0.0, attn_implementation="auto"):
         super().__init__()
         self.attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points, attn_implementation)
         self.dropout = nn.Dropout(dropout)

@@ -13,7 +13,7 @@ Block = Callable[[torch.Tensor, QueryContext], torch.Tensor]
 
 
 class DeformableDecoderLayer(nn.Module):
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0, num_heads=8, num_levels=4, num_points=4, attn_implementation="bilinear_gather"):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0, num_heads=8, num_levels=4, num_points=4, attn_implementation="auto"):
         super().__init__()
         self.self_attn = SelfAttentionBlock(d_model, num_heads, dropout)
         self.cross_attn = CrossAttentionBlock(d_model, num_heads, num_levels, num_points, dropout, attn_implementation)

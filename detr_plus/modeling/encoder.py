@@ -7,7 +7,7 @@ from .blocks import FFN
 
 
 class DeformableEncoderLayer(nn.Module):
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4, attn_implementation="bilinear_gather"):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4, attn_implementation="auto"):
         super().__init__()
         self.self_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points, attn_implementation)
         self.dropout = nn.Dropout(dropout)
