@@ -395,3 +395,24 @@ def test_row_arithmetic_falls_back_to_float64_past_float32_exact_integers():
         assert (tap_table.num_rows >= 2**24) == (row_dtype == torch.float64)
         assert row_step_y.dtype == row_start.dtype == row_dtype and scale.dtype == low.dtype == high.dtype == torch.float32
     assert int(row_start[1, 0, 0, 0, 0]) == 4096 * 4096  # image 1's first row: exact
+
+
+def test_backward_on_a_gpu_loops_over_a_handful_of_chunks_at_coco_size():
+    """The "gather" tap dots (the backward's path for half-precision tables) at a COCO-size encoder
+    layer: 800 x 1333 images, batch 2, levels 100x167 .. 13x21, 8 heads of 32 channels, 4 levels x 4
+    points (64 taps per output row). Chunked for a CPU cache that is ~700 Python iterations; on a
+    GPU a handful. In float32 / float64 "auto" takes sampled_addmm: no loop at all."""
+    from detr_plus.layers.ms_deform_attn import gather_chunk_rows
+
+    num_out = 2 * (100 * 167 + 50 * 84 + 25 * 42 + 13 * 21) * 8
+    chunks = {device: -(-num_out // gather_chunk_rows(torch.device(device), 64, 32, num_out)) for device in ("cpu", "cuda")}
+    assert chunks == {"cpu": 695, "cuda": 6}
+
+
+def test_row_counts_without_bincount_equal_bincount():
+    from detr_plus.layers.ms_deform_attn import _count_per_row
+
+    rows = torch.tensor([3, 0, 3, 5, 3])
+    expected = [1.0, 0.0, 0.0, 3.0, 0.0, 1.0, 0.0]
+    for use_bincount in (True, False):
+        assert _count_per_row(rows, 7, torch.float32, use_bincount=use_bincount).tolist() == expected

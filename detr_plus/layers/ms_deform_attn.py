@@ -42,7 +42,7 @@ TAP_LAYOUTS = ("auto", "in_place", "padded")
 #: ``tap_dots=...``: how the backward computes grad_out . table[tap] for every tap (the gradient of
 #: the tap weights). "sddmm": ``torch.sparse.sampled_addmm`` over the taps' sparsity pattern (reads
 #: each table row in place: ~10x faster on CPU). "gather": chunked ``index_select`` + ``vecdot``
-#: (any device and dtype). "auto": sddmm on CPU in float32 / float64, gather otherwise.
+#: (any device and dtype). "auto": sddmm in float32 / float64, gather otherwise.
 TAP_DOTS = ("auto", "sddmm", "gather")
 
 
@@ -76,11 +76,26 @@ def _tap_sources(tap_table: TapTable, device: torch.device, dtype: torch.dtype):
     return source.reshape(-1).to(device=device, dtype=dtype), tap.to(device=device, dtype=dtype)
 
 
+def gather_chunk_rows(device: torch.device, taps: int, channels: int, num_out: int) -> int:
+    """Output rows per chunk of the "gather" tap dots: on CPU ~1M gathered values (4 MB in float32:
+    the chunk stays in cache); on a GPU, where every chunk is a few kernel launches, ~128M values
+    (256 MB in bfloat16), i.e. a handful of chunks per COCO-size encoder layer instead of hundreds."""
+    values = (1 << 20) if device.type == "cpu" else (1 << 27)
+    return max(1, min(num_out, values // (taps * channels)))
+
+
+def _count_per_row(rows, num_bins, dtype, use_bincount=None):
+    """How many entries of ``rows`` hold each row index, in ``dtype``. ``bincount`` on CPU (fastest
+    there); an ``index_add_`` elsewhere (a CUDA bincount waits for the device to size its output)."""
+    if rows.device.type == "cpu" if use_bincount is None else use_bincount:
+        return torch.bincount(rows, minlength=num_bins).to(dtype)
+    return torch.zeros(num_bins, dtype=dtype, device=rows.device).index_add_(0, rows, rows.new_ones(1).to(dtype).expand(rows.numel()))
+
+
 def _tap_dot_products(table, rows, grad_out, tap_dots):
     """(N, T) = grad_out[n] . table[rows[n, t]] for every tap: the gradient of the tap weights."""
-    if tap_dots == "auto":  # CPU sampled_addmm takes float32 and float64 only (not CPU autocast's bfloat16)
-        sddmm_dtypes = (torch.float32, torch.float64)
-        tap_dots = "sddmm" if table.device.type == "cpu" and table.dtype in sddmm_dtypes else "gather"
+    if tap_dots == "auto":  # sampled_addmm takes float32 and float64 only (not autocast's half types)
+        tap_dots = "sddmm" if table.dtype in (torch.float32, torch.float64) else "gather"
     num_out, taps = rows.shape
     if tap_dots == "sddmm":
         row_starts = torch.arange(0, num_out * taps + 1, taps, dtype=rows.dtype, device=rows.device)
@@ -89,7 +104,7 @@ def _tap_dot_products(table, rows, grad_out, tap_dots):
         )
         return torch.sparse.sampled_addmm(pattern, grad_out, table.t(), beta=0.0).values().view(num_out, taps)
     dots = table.new_empty(num_out, taps)
-    chunk = max(1, (1 << 20) // (taps * table.shape[1]))  # ~4 MB of gathered rows: stays in cache
+    chunk = gather_chunk_rows(table.device, taps, table.shape[1], num_out)
     for start in range(0, num_out, chunk):
         gathered = table.index_select(0, rows[start : start + chunk].reshape(-1)).view(-1, taps, table.shape[1])
         # vecdot, not bmm: CPU bmm on (n, taps, C) x (n, C, 1) falls back to a loop over n.
@@ -118,7 +133,7 @@ def _table_gradient(grad_out, base, weights, tap_table):
     flat_base = base.reshape(-1)
     num_points, points_per_out = flat_base.numel(), base.shape[1]
     order = torch.argsort(flat_base)
-    counts = torch.bincount(flat_base, minlength=tap_table.num_rows + 1).to(dtype)  # last bucket: always empty
+    counts = _count_per_row(flat_base, tap_table.num_rows + 1, dtype)  # last bucket: always empty
     first_sorted = torch.cumsum(counts, 0, dtype=dtype) - counts
     sources, tap_of_run = _tap_sources(tap_table, flat_base.device, dtype)  # (rows * 4,): runs in bag order
     run_lengths = counts.index_select(0, sources)
