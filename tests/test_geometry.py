@@ -6,6 +6,8 @@ normalisation; DAB / DINO's box embedding). Every expected value is written out 
 Python floats."""
 import math
 
+import pytest
+
 import torch
 
 from detr_plus.layers import PositionEmbeddingSine, box_sine_embedding
@@ -135,3 +137,24 @@ def test_box_sine_embedding_is_the_dino_formula():
         cx, cy, w, h = (2 * math.pi * v for v in box)
         expected = [sine(v, k, num_feats) for v in (cy, cx, w, h) for k in range(num_feats)]
         torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)
+
+
+def test_paired_giou_loss_equals_torchvision_values_and_gradients():
+    """Overlapping, touching, disjoint (on one axis and on both) and identical pairs; a hand value:
+    (0,0,2,2) vs (1,1,3,3): IoU 1/7, enclosing 9, union 7 -> 1 - (1/7 - 2/9)."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    from detr_plus.layers.box_ops import paired_giou_loss
+
+    boxes1 = torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0.2, 0.3, 0.6, 0.9]], dtype=torch.float64)
+    boxes2 = torch.tensor([[1.0, 1, 3, 3], [1, 0, 2, 1], [0.5, 2, 1.5, 3], [2, 2, 3, 3], [0.2, 0.3, 0.6, 0.9]], dtype=torch.float64)
+    ours_inputs = [boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()]
+    theirs_inputs = [boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()]
+    ours = paired_giou_loss(*ours_inputs)
+    theirs = generalized_box_iou_loss(*theirs_inputs, reduction="none")
+    assert ours[0].item() == pytest.approx(1 - (1 / 7 - 2 / 9), rel=1e-6)
+    assert ours[4].item() == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    weights = torch.arange(1.0, 6.0, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), ours_inputs), torch.autograd.grad((theirs * weights).sum(), theirs_inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .level_shapes import level_sizes
 from .ms_deform_attn_triton import ms_deform_attn_triton, triton_unavailable_reason
 
 # The CSR pattern below is built and used within one call; the beta notice would print on every run.
@@ -243,12 +244,9 @@ def pad_levels(value, spatial_shapes):
     and the zeros they may read are exactly grid_sample's zero padding.
     """
     B, _, H, C = value.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    levels = value.split(sizes, dim=1)
-    padded = [
-        F.pad(level.reshape(B, int(h), int(w), H * C), (0, 0, 1, 1, 1, 1)).flatten(1, 2)
-        for level, (h, w) in zip(levels, spatial_shapes.tolist())
-    ]
+    shapes = level_sizes(spatial_shapes)
+    levels = value.split([h * w for h, w in shapes], dim=1)
+    padded = [F.pad(level.reshape(B, h, w, H * C), (0, 0, 1, 1, 1, 1)).flatten(1, 2) for level, (h, w) in zip(levels, shapes)]
     return torch.cat(padded, dim=1).view(B, -1, H, C)
 
 
@@ -280,14 +278,14 @@ def ms_deform_attn_bilinear_gather(
     # Plain ints, also under the JIT tracer (where sizes are traced values the Function cannot use).
     B, S, H, C = (int(n) for n in value.shape)
     Q, L, P = (int(n) for n in sampling_locations.shape[1:2] + sampling_locations.shape[3:5])
-    level_sizes = spatial_shapes.tolist()
-    smallest = min(min(h, w) for h, w in level_sizes)
+    shapes = level_sizes(spatial_shapes)
+    smallest = min(min(h, w) for h, w in shapes)
     in_place = smallest >= 2 if layout == "auto" else layout == "in_place"
     if in_place and smallest < 2:
-        raise ValueError(f"layout='in_place' needs every level at least 2 x 2 pixels; levels (H, W): {level_sizes}")
+        raise ValueError(f"layout='in_place' needs every level at least 2 x 2 pixels; levels (H, W): {[list(s) for s in shapes]}")
     table = value if in_place else pad_levels(value, spatial_shapes)
     dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
-    layout_tensors, tap_table = _level_layout(tuple(map(tuple, level_sizes)), in_place, B, H, P, value.device, dtype)
+    layout_tensors, tap_table = _level_layout(shapes, in_place, B, H, P, value.device, dtype)
     out = _BilinearSampling.apply(table.reshape(-1, C), sampling_locations, attention_weights, *layout_tensors,
                                   tap_table, tap_dots)
     return out.view(B, Q, H * C)
@@ -339,11 +337,11 @@ def _level_layout(level_sizes, in_place, num_images, num_heads, points, device, 
 def ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     B, S, H, C = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_levels = value.split(sizes, dim=1)
+    shapes = level_sizes(spatial_shapes)
+    value_levels = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled: List[torch.Tensor] = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(shapes):
         v = value_levels[level].flatten(2).transpose(1, 2).reshape(B * H, C, h, w)
         g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*H, Q, P, 2)
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))

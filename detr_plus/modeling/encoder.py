@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from ..layers import MultiScaleDeformableAttention
+from ..layers.level_shapes import level_sizes
 from .blocks import FFN
 
 
@@ -30,7 +31,7 @@ class DeformableEncoder(nn.Module):
     def reference_points(spatial_shapes, valid_ratios):
         """Pixel centres of every level, normalized by each image's valid (unpadded) extent: (B, S, L, 2)."""
         points = []
-        for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        for level, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ys, xs = torch.meshgrid(
                 torch.linspace(0.5, h - 0.5, h, device=valid_ratios.device),
                 torch.linspace(0.5, w - 0.5, w, device=valid_ratios.device),

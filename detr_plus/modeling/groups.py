@@ -9,6 +9,7 @@ primary queries, as DINO's denoising groups do), and splits the predictions back
 layer. Examples: OD-DETR's teacher-query and auxiliary groups (Sec. 3.3-3.4), H-DETR's hybrid
 group, DINO's denoising groups.
 """
+import itertools
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -21,12 +22,13 @@ def group_attention_mask(sizes: Sequence[int], sees_primary: Sequence[bool] = ()
     """(T, T) bool mask over queries concatenated in ``sizes`` order (the primary queries first),
     True where a query may NOT attend: each part sees only itself, and part ``g >= 1`` also sees the
     primary part when ``sees_primary[g - 1]``."""
-    sizes = [int(s) for s in sizes]
-    part_of = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-    blocked = part_of[:, None] != part_of[None, :]
+    bounds = list(itertools.accumulate((int(s) for s in sizes), initial=0))
+    blocked = torch.ones(bounds[-1], bounds[-1], dtype=torch.bool, device=device)
+    for start, end in zip(bounds[:-1], bounds[1:]):  # slices, not index masks: no host sync on a GPU
+        blocked[start:end, start:end] = False
     for g, sees in enumerate(sees_primary, start=1):
         if sees:
-            blocked[part_of == g, : sizes[0]] = False
+            blocked[bounds[g] : bounds[g + 1], : bounds[1]] = False
     return blocked
 
 
@@ -78,7 +80,7 @@ class JointQueries:
         tensors): a wrapper's exit predictions are supervised for the primary queries only."""
         if not self.groups:
             return DecoderOutput(layers, variants)
-        bounds = torch.tensor(self.sizes).cumsum(0).tolist()
+        bounds = list(itertools.accumulate(self.sizes))
         primary = []
         for joint in layers:
             part = joint.part(0, self.sizes[0])

@@ -9,10 +9,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
-from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou
+from ..layers.box_ops import box_cxcywh_to_xyxy, paired_box_iou, paired_giou_loss
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -45,8 +44,7 @@ def l1_box_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch
 
 def giou_box_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
     """GIoU loss 1 - GIoU(b, b_gt) (Rezatofighi et al., 2019) for N box pairs -> (N,)."""
-    return generalized_box_iou_loss(box_cxcywh_to_xyxy(pred_cxcywh),
-                                    box_cxcywh_to_xyxy(target_cxcywh.detach()), reduction="none")
+    return paired_giou_loss(box_cxcywh_to_xyxy(pred_cxcywh), box_cxcywh_to_xyxy(target_cxcywh.detach()))
 
 
 def vfl_plus_loss(logits: torch.Tensor, quality: torch.Tensor, positive_mask: torch.Tensor,

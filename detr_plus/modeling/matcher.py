@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_iou, generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou, generalized_box_iou
 
-from ..layers.box_ops import box_cxcywh_to_xyxy
+from ..layers.box_ops import box_cxcywh_to_xyxy, paired_giou_loss
 
 __all__ = ["HungarianMatcher", "OneToManyMatcher", "matching_quality"]
 
@@ -26,11 +26,6 @@ Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 def _empty_pair(device) -> Tuple[torch.Tensor, torch.Tensor]:
     e = torch.empty(0, dtype=torch.long, device=device)
     return e, e.clone()
-
-
-def _valid_rows(valid: Optional[torch.Tensor], b: int) -> Optional[torch.Tensor]:
-    """Indices of image b's unpadded queries, or None when nothing is padded."""
-    return None if valid is None else valid[b].nonzero().flatten()
 
 
 class HungarianMatcher:
@@ -85,7 +80,7 @@ class HungarianMatcher:
             boxes = pred_boxes[b, q].float()
             c_class = self.class_cost(pred_logits[b, q, labels])
             c_l1 = (boxes - gt).abs().sum(-1)
-            c_giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt), reduction="none") - 1
+            c_giou = paired_giou_loss(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt)) - 1
             costs.append(self.cost_class * c_class + self.cost_bbox * c_l1 + self.cost_giou * c_giou)
         return costs
 
@@ -99,8 +94,12 @@ class HungarianMatcher:
         labels = torch.cat([t["labels"] for t in targets])
         gt_boxes = torch.cat([t["boxes"] for t in targets])
         cost = self.cost_matrix(pred_logits, pred_boxes, labels, gt_boxes)
-        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # the one host copy
-        valid = None if valid is None else valid.cpu().numpy()
+        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
+        if valid is not None:  # one host copy for both: (B, Q, sum n + 1), the last column the validity
+            cost = torch.cat([cost, valid[..., None].to(cost.dtype)], -1)
+        cost = cost.cpu().numpy()  # the one host copy
+        if valid is not None:
+            cost, valid = cost[..., :-1], cost[..., -1] > 0
         rows, cols, counts, start = [], [], [], 0
         for b, n in enumerate(sizes):
             block = cost[b, :, start : start + n]
@@ -179,83 +178,95 @@ class OneToManyMatcher:
         self.selection, self.max_positives = selection, max_positives
         self.generator = torch.Generator().manual_seed(seed)
 
-    def dynamic_k_pairs(self, quality: torch.Tensor, is_top1: torch.Tensor, owner: torch.Tensor):
-        """Rules 2'-3': the (query, GT, M) pairs besides the rule-1 ones."""
-        nq, n = quality.shape
-        best_m, best_gt = quality.max(dim=1)
-        candidates = torch.bincount(best_gt[best_m >= self.threshold], minlength=n)
-        k = candidates.clamp(max=self.topk)
-        order = torch.sort(quality, dim=0, descending=True, stable=True).indices  # ties: lower query index
-        rank = torch.empty_like(order).scatter_(0, order, torch.arange(nq, device=quality.device)[:, None].expand(nq, n))
-        taken = rank < k[None]
-        taken_m, taken_gt = quality.masked_fill(~taken, -math.inf).max(dim=1)
-        keep = taken.any(dim=1) & ~is_top1
-        queries = torch.arange(nq, device=quality.device)[keep]
-        return queries, taken_gt[keep], taken_m[keep]
-
-    def match_single(self, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Assign from a (Q, n) matching-score matrix; returns (query_idx, gt_idx)."""
+    def assign(self, quality: torch.Tensor, valid: Optional[torch.Tensor] = None):
+        """Rules 1-4 (or 1, 2'-3') on the device without a host sync: for a (Q, n) matching-score
+        matrix, every query's GT (-1: none), whether it is a rule-1 pair, and its M. Rule 4' (a
+        random subset) is applied on the host (:meth:`host_pairs`). ``valid`` (Q,) bool: padded
+        queries (False) take part in nothing; rule 4's Q counts the valid ones."""
         nq, n = quality.shape
         device = quality.device
-        if nq == 0 or n == 0:
-            return _empty_pair(device)
-        arange_q = torch.arange(nq, device=device)
+        if valid is not None:
+            quality = quality.masked_fill(~valid[:, None], -math.inf)
+        query = torch.arange(nq, device=device)
         # Rule 1: top-1 query of every GT; a query claimed twice goes to the lower GT index.
         owner = torch.full((nq,), n, dtype=torch.long, device=device)
         if self.keep_top1:
-            top1 = quality.argmax(dim=0)
-            owner.scatter_reduce_(0, top1, torch.arange(n, device=device), reduce="amin")
+            owner.scatter_reduce_(0, quality.argmax(dim=0), torch.arange(n, device=device), reduce="amin")
         is_top1 = owner < n
-        has_top1 = torch.zeros(n, dtype=torch.long, device=device)
-        has_top1[owner[is_top1]] = 1
+        if valid is not None:
+            is_top1 &= valid
+        best_m, best_gt = quality.max(dim=1)
         if self.selection == "dynamic_k":
-            cq, cg, cm = self.dynamic_k_pairs(quality, is_top1, owner)
+            # 2'. c_j = #queries whose best GT is j with M >= threshold; 3'. GT j takes its top
+            # min(c_j, topk) queries by M[:, j] (ties: lower query index); a query keeps the taken GT of highest M.
+            counts = torch.zeros(n, dtype=torch.long, device=device).scatter_add_(0, best_gt, (best_m >= self.threshold).long())
+            taken = self._column_rank(quality) < counts.clamp(max=self.topk)[None]
+            cand_m, cand_gt = quality.masked_fill(~taken, -math.inf).max(dim=1)
+            keep = taken.any(dim=1) & ~is_top1
         else:
-            # Rule 2: remaining queries are candidates of their best GT if best M >= threshold.
-            best_m, best_gt = quality.max(dim=1)
-            cand = (~is_top1) & (best_m >= self.threshold)
-            cq, cg, cm = arange_q[cand], best_gt[cand], best_m[cand]
-            # Rule 3: rank candidates within their GT by M (desc), keep topk - has_top1 of them.
-            order = torch.sort(cm, descending=True, stable=True).indices
-            order = order[torch.sort(cg[order], stable=True).indices]
-            cq, cg, cm = cq[order], cg[order], cm[order]
-            counts = torch.bincount(cg, minlength=n)
-            group_start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(len(cg), device=device) - group_start[cg]
-            keep = rank < (self.topk - has_top1[cg])
-            cq, cg, cm = cq[keep], cg[keep], cm[keep]
-        tq = arange_q[is_top1]
-        tg = owner[is_top1]
-        q_all = torch.cat([tq, cq])
-        g_all = torch.cat([tg, cg])
-        if self.max_positives is not None:  # Rule 4': a random subset of fixed size
-            if len(q_all) > self.max_positives:
-                keep = torch.randperm(len(q_all), generator=self.generator)[: self.max_positives].to(device)
-                q_all, g_all = q_all[keep], g_all[keep]
-            order = torch.argsort(q_all)
-            return q_all[order], g_all[order]
-        # Rule 4: cap, top-1 pairs first, then by M descending.
-        cap = max(int(self.max_positive_ratio * nq), len(tq))
-        if len(q_all) > cap:
-            o = torch.argsort(cq)  # query order first, so M ties go to the lower query index
-            cq, cg, cm = cq[o], cg[o], cm[o]
-            o = torch.sort(cm, descending=True, stable=True).indices
-            cq, cg = cq[o], cg[o]
-            q_all = torch.cat([tq, cq])[:cap]
-            g_all = torch.cat([tg, cg])[:cap]
-        order = torch.argsort(q_all)
-        return q_all[order], g_all[order]
+            # 2. the other queries are candidates of their best GT when its M >= threshold; 3. a GT
+            # keeps its best candidates (ties: lower query index) up to topk - (1 if it has a top-1 pair).
+            cand_m, cand_gt = best_m, best_gt
+            candidate = ~is_top1 & (best_m >= self.threshold)
+            has_top1 = torch.zeros(n + 1, dtype=torch.long, device=device).scatter_(0, owner, 1)[:n]
+            of_gt = candidate[:, None] & (best_gt[:, None] == torch.arange(n, device=device))
+            rank = self._column_rank(quality.masked_fill(~of_gt, -math.inf)).gather(1, best_gt[:, None])[:, 0]
+            keep = candidate & (rank < self.topk - has_top1[best_gt])
+        if self.max_positives is None:  # 4. cap: top-1 pairs first, then by M descending (ties: lower query index)
+            valid_queries = float(nq) if valid is None else valid.sum().double()
+            room = (torch.floor(torch.as_tensor(valid_queries, dtype=torch.float64, device=device) * self.max_positive_ratio)
+                    - is_top1.sum()).clamp(min=0)
+            order = torch.sort(cand_m.masked_fill(~keep, -math.inf), descending=True, stable=True).indices
+            keep &= torch.empty_like(order).scatter_(0, order, query) < room
+        gt = torch.where(is_top1, owner, torch.where(keep, cand_gt, -1))
+        return gt, is_top1, torch.where(is_top1 | keep, cand_m, 0.0)
+
+    @staticmethod
+    def _column_rank(scores: torch.Tensor) -> torch.Tensor:
+        """(Q, n) -> every entry's rank in its column by descending score, ties to the lower row."""
+        order = torch.sort(scores, dim=0, descending=True, stable=True).indices
+        rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(order)
+        return torch.empty_like(order).scatter_(0, order, rows)
+
+    def host_pairs(self, gt: np.ndarray, is_top1: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One image's (query_idx, gt_idx), by query, from :meth:`assign`'s outputs on the host, with
+        rule 4': a uniformly random subset of ``max_positives`` pairs, drawn as a permutation of the
+        pairs listed top-1 pairs first (by query), then the others (by query for "dynamic_k"; by
+        GT, M descending, query for "candidates")."""
+        queries = np.flatnonzero(gt >= 0)
+        if self.max_positives is None or len(queries) <= self.max_positives:
+            return queries, gt[queries]
+        top1, others = queries[is_top1[queries]], queries[~is_top1[queries]]
+        if self.selection == "candidates":
+            others = others[np.lexsort((others, -m[others], gt[others]))]
+        listed = np.concatenate([top1, others])
+        chosen = np.sort(listed[torch.randperm(len(listed), generator=self.generator)[: self.max_positives].numpy()])
+        return chosen, gt[chosen]
+
+    def match_single(self, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Assign from a (Q, n) matching-score matrix; returns (query_idx, gt_idx)."""
+        if quality.shape[0] == 0 or quality.shape[1] == 0:
+            return _empty_pair(quality.device)
+        gt, is_top1, m = (t.cpu().numpy() for t in self.assign(quality))
+        return tuple(torch.as_tensor(x, dtype=torch.long, device=quality.device) for x in self.host_pairs(gt, is_top1, m))
 
     @torch.no_grad()
     def __call__(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor,
                  targets: List[Dict[str, torch.Tensor]], valid: Optional[torch.Tensor] = None) -> Indices:
-        out = []
+        """Every image assigned on the device, then ONE copy of the (B, 3, Q) assignments to the host
+        (the number of pairs is data-dependent) and one copy of the pairs back."""
+        device, num_queries = pred_logits.device, pred_logits.shape[1]
+        assigned = []
         for b, tgt in enumerate(targets):
-            rows = _valid_rows(valid, b)
-            logits, boxes = (pred_logits[b], pred_boxes[b]) if rows is None else (pred_logits[b, rows], pred_boxes[b, rows])
-            if len(tgt["labels"]) == 0 or logits.shape[0] == 0:
-                out.append(_empty_pair(pred_logits.device))
+            if len(tgt["labels"]) == 0 or num_queries == 0:
+                assigned.append(torch.full((3, num_queries), -1.0, dtype=torch.float64, device=device))
                 continue
-            q, g = self.match_single(matching_quality(logits, boxes, tgt["labels"], tgt["boxes"], self.class_weight))
-            out.append((q, g) if rows is None else (rows[q], g))
-        return out
+            quality = matching_quality(pred_logits[b], pred_boxes[b], tgt["labels"], tgt["boxes"], self.class_weight)
+            gt, is_top1, m = self.assign(quality, None if valid is None else valid[b])
+            assigned.append(torch.stack([gt.double(), is_top1.double(), m.double()]))
+        if not assigned:
+            return []
+        host = torch.stack(assigned).cpu().numpy()  # the one host copy
+        pairs = [self.host_pairs(h[0].astype(np.int64), h[1] > 0, h[2]) for h in host]
+        flat = torch.as_tensor(np.concatenate([np.stack(p) for p in pairs], axis=1), dtype=torch.long)
+        return [(p[0], p[1]) for p in flat.to(device).split([len(q) for q, _ in pairs], dim=1)]

@@ -266,12 +266,15 @@ class DeformableDETR(nn.Module):
 
     @staticmethod
     def num_boxes(targets, device):
-        """GT boxes over the whole (distributed) batch, at least 1: the loss normalizer."""
-        count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(count)
-            count = count / comm.get_world_size()
-        return count.clamp(min=1.0).item()
+        """GT boxes per process over the whole (distributed) batch, at least 1: the loss normalizer.
+        Counted on the host (the targets' lengths); across processes one all-reduce, left on the
+        device (a 0-d tensor divides the losses as well as a float, without a host sync)."""
+        count = float(sum(len(t["labels"]) for t in targets))
+        if comm.get_world_size() == 1:
+            return max(count, 1.0)
+        count = torch.tensor(count, device=device)
+        torch.distributed.all_reduce(count)
+        return (count / comm.get_world_size()).clamp(min=1.0)
 
     def losses(self, out: DecoderOutput, batch: TrainingBatch, groups: Optional[Dict[str, QueryGroup]] = None):
         """(weighted losses, matching indices): "primary" (one list entry per decoder layer), "enc", and

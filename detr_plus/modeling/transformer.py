@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..layers import MLP, box_sine_embedding
+from ..layers.level_shapes import level_shapes_tensor, level_sizes
 from .contracts import DecoderOutput, DecoderQueries, EncoderState, QueryGroup, QuerySelection
 from .decoder import DeformableDecoder
 from .encoder import DeformableEncoder
@@ -118,11 +119,11 @@ class DeformableTransformer(nn.Module):
     def encode(self, features: List[torch.Tensor], masks: List[torch.Tensor], pos_embeds: List[torch.Tensor]) -> EncoderState:
         src, pos, padding, shapes = [], [], [], []
         for level, (feature, mask, pe) in enumerate(zip(features, masks, pos_embeds)):
-            shapes.append(feature.shape[-2:])
+            shapes.append(tuple(feature.shape[-2:]))
             src.append(feature.flatten(2).transpose(1, 2))
             pos.append(pe.flatten(2).transpose(1, 2) + self.level_embed[level])
             padding.append(mask.flatten(1))
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src[0].device)
+        spatial_shapes = level_shapes_tensor(shapes, src[0].device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)
         padding = torch.cat(padding, 1)
@@ -141,7 +142,7 @@ class DeformableTransformer(nn.Module):
         """One proposal box per memory position (Deformable DETR Sec. A.4): the pixel centre with a
         size of 0.05 * 2^level, in logit space; positions on padding or near the border are invalid."""
         proposals, start = [], 0
-        for level, (h, w) in enumerate(state.spatial_shapes.tolist()):
+        for level, (h, w) in enumerate(level_sizes(state.spatial_shapes)):
             mask = state.padding_mask[:, start : start + h * w].view(-1, h, w)
             valid_h = (~mask[:, :, 0]).sum(1, keepdim=True).float()
             valid_w = (~mask[:, 0, :]).sum(1, keepdim=True).float()

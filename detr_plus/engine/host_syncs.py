@@ -1,0 +1,82 @@
+"""Count the calls that make the host wait for the GPU, on any device (a CPU run included).
+
+On CUDA, reading a tensor's value on the host (``.item()``, ``.tolist()``, ``.cpu()``, ``bool(t)``),
+sizing an output by the data (``nonzero``, boolean-mask indexing, ``bincount``, ``unique``,
+``repeat_interleave`` without ``output_size``) stalls the host until the queued kernels finish, and
+the GPU then idles while Python catches up. ``torch.cuda.set_sync_debug_mode`` reports them only on a
+GPU; :class:`HostSyncCounter` finds the same calls by their names, so a CPU test can count what a
+training step would do on a GPU and point at the lines (``tests/test_host_syncs.py``).
+
+Not counted: ``.to(device)`` (in our code it moves host data to the device: asynchronous from
+pinned memory) and ``.numpy()`` (only ever after ``.cpu()``, which is counted).
+"""
+import collections
+import os
+import sys
+from typing import Counter, Optional
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+#: Tensor methods / torch functions that read device values on the host or size an output by them.
+SYNCING = frozenset({
+    "item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__",
+    "nonzero", "argwhere", "masked_select", "bincount", "unique", "unique_consecutive",
+})
+INDEXING = frozenset({"__getitem__", "__setitem__", "index_put", "index_put_"})
+
+
+def _has_bool_index(index) -> bool:
+    items = index if isinstance(index, (tuple, list)) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool and i.dim() > 0 for i in items)
+
+
+def _is_sync(name: str, args, kwargs) -> bool:
+    if name in SYNCING:
+        return True
+    if name in INDEXING:
+        return len(args) > 1 and _has_bool_index(args[1])
+    if name == "repeat_interleave":
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        return isinstance(repeats, torch.Tensor) and repeats.numel() > 1 and kwargs.get("output_size") is None
+    if name == "where":
+        return len(args) + len(kwargs) == 1
+    return False
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """``with HostSyncCounter(roots) as counter: step()``; then ``counter.total`` and
+    ``counter.sites`` ("file:line function" of the innermost frame under one of ``roots``, e.g. the
+    repository, -> count). Calls from elsewhere (torch, detectron2) are attributed to the line of
+    ours that made them. ``ignore``: tensors known to live on the host by design, by ``id``."""
+
+    def __init__(self, roots=(), ignore=()):
+        super().__init__()
+        self.roots = tuple(os.path.abspath(r) + os.sep for r in roots)
+        self.ignore = {id(t) for t in ignore}
+        self.sites: Counter[str] = collections.Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.sites.values())
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if _is_sync(name, args, kwargs) and not (args and id(args[0]) in self.ignore):
+            self.sites[self._site(name)] += 1
+        return func(*args, **kwargs)
+
+    def _site(self, name: str) -> Optional[str]:
+        frame = sys._getframe(2)
+        while frame is not None:
+            path = os.path.abspath(frame.f_code.co_filename)
+            if any(path.startswith(root) for root in self.roots) and not path.endswith("host_syncs.py"):
+                relative = min((os.path.relpath(path, root) for root in self.roots), key=len)
+                return f"{relative}:{frame.f_lineno} {frame.f_code.co_name} ({name})"
+            frame = frame.f_back
+        return f"<outside> ({name})"
+
+    def report(self) -> str:
+        lines = [f"{count:5d}  {site}" for site, count in self.sites.most_common()]
+        return "\n".join([f"{self.total} host syncs"] + lines)
