@@ -83,7 +83,8 @@ def do_train(args, cfg):
     train_loader = instantiate(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     latest_results = {}  # the EvalHook also evaluates after the last iteration
-    trainer = DetrTrainer(ddp_model, train_loader, optimizer, cfg.train.clip_grad_norm, cfg.train.amp.enabled)
+    trainer = DetrTrainer(ddp_model, train_loader, optimizer, cfg.train.clip_grad_norm, cfg.train.amp.enabled,
+                          cfg.train.amp.get("dtype", "auto"))
     trainer.ema = ema  # for hooks that read the EMA / teacher
     checkpointables = {"ema": ema} if ema is not None else {}
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)

@@ -260,7 +260,8 @@ def measure(config_file, overrides, args):
 
         model.attach_teacher(ModelEMA(model, train_cfg.get("ema", {}).get("decay", 0.9996)).module)
     amp = bool(train_cfg.get("amp", {}).get("enabled", False)) and device.type == "cuda"
-    trainer = DetrTrainer(model, itertools.repeat(train_batch), optimizer, train_cfg.get("clip_grad_norm", 0.0), amp)
+    trainer = DetrTrainer(model, itertools.repeat(train_batch), optimizer, train_cfg.get("clip_grad_norm", 0.0), amp,
+                          train_cfg.get("amp", {}).get("dtype", "auto"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with EventStorage(0) as storage:

@@ -22,6 +22,7 @@ import torch
 import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
 from detr_plus_benchmarks.timing import interleaved_times, sync
 from detr_plus.layers.ms_deform_attn import IMPLEMENTATIONS
+from detr_plus.layers.ms_deform_attn_triton import triton_unavailable_reason
 
 REFERENCE = "grid_sample"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -301,7 +302,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 20, --quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3, --quick 1)")
     parser.add_argument("--quick", action="store_true", help="smaller shape (levels 32..4) and fewer repeats")
-    parser.add_argument("--impl", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS),
+    parser.add_argument("--impl", nargs="+", default=None, choices=list(IMPLEMENTATIONS),
                         help="implementations to run (naive only ever runs on the tiny shape)")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--heads", type=int)
@@ -324,6 +325,8 @@ def main():
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = DTYPES[args.dtype]
+    if args.impl is None:  # every implementation that runs compiled on the device (Triton: on CUDA)
+        args.impl = [i for i in IMPLEMENTATIONS if i != "triton" or (device.type == "cuda" and triton_unavailable_reason(device) is None)]
     repeats = args.repeats or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     shape = shape_from_args(args)

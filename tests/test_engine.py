@@ -157,12 +157,23 @@ def test_non_finite_loss_raises_and_keeps_weights():
     assert torch.isfinite(model.weight).all()
 
 
+def test_amp_dtype_choice():
+    from detr_plus.engine.trainer import resolve_amp_dtype
+
+    assert resolve_amp_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_amp_dtype("bfloat16", "cuda") == torch.bfloat16
+    assert resolve_amp_dtype("float16", "cuda") == torch.float16
+    with pytest.raises(ValueError, match="float16' needs CUDA"):
+        resolve_amp_dtype("float16", "cpu")
+    with pytest.raises(ValueError, match="train.amp.dtype='fp8'"):
+        resolve_amp_dtype("fp8", "cuda")
+
+
 def test_clip_grad_norm_and_amp_flag_on_cpu():
     model = _LossModel(finite_steps=100)
     trainer = DetrTrainer(model, itertools.repeat([{}]), torch.optim.SGD(model.parameters(), lr=0.1),
                           clip_grad_norm=0.1, amp=True)
-    if not torch.cuda.is_available():
-        assert trainer.amp is False and trainer.grad_scaler is None  # AMP is CUDA-only
+    assert trainer.amp and trainer.amp_dtype == torch.bfloat16 and trainer.grad_scaler is None  # CPU: bfloat16, no scaler
     with EventStorage(0) as storage:
         trainer.storage = storage
         trainer.iter = 0

@@ -296,7 +296,7 @@ _num_boxes = DeformableDETR.num_boxes
 def recording_num_boxes(targets, device):
     value = _num_boxes(targets, device)
     with open(os.path.join(os.environ["DDP_RECORD_DIR"], f"num_boxes_rank{comm.get_rank()}.jsonl"), "a") as f:
-        f.write(json.dumps({"local": sum(len(t["labels"]) for t in targets), "normalizer": value}) + "\\n")
+        f.write(json.dumps({"local": sum(len(t["labels"]) for t in targets), "normalizer": float(value)}) + "\\n")
     return value
 
 

@@ -7,7 +7,8 @@ train = dict(
     max_iter=90000,
     device="auto",  # "cuda" if available else "cpu"
     seed=42,
-    amp=dict(enabled=False),  # used only on CUDA
+    # Mixed precision: dtype "auto" = bfloat16 where the device has it, else float16 with a grad scaler.
+    amp=dict(enabled=False, dtype="auto"),
     ddp=dict(find_unused_parameters=False),
     clip_grad_norm=0.1,
     checkpointer=dict(period=5000, max_to_keep=100),

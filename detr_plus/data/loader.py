@@ -91,7 +91,7 @@ class ResumableTrainLoader:
         sampler = _PositionSampler(self.start_iter * self.batch_size, comm.get_rank(), comm.get_world_size())
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
                                              num_workers=self.num_workers, collate_fn=list,
-                                             persistent_workers=False)
+                                             pin_memory=torch.cuda.is_available(), persistent_workers=False)
         for batch in loader:
             self.count_unreadable([name for sample in batch for name in sample.pop(SKIPPED_KEY, [])])
             yield batch

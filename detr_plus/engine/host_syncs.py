@@ -7,7 +7,7 @@ the GPU then idles while Python catches up. ``torch.cuda.set_sync_debug_mode`` r
 GPU; :class:`HostSyncCounter` finds the same calls by their names, so a CPU test can count what a
 training step would do on a GPU and point at the lines (``tests/test_host_syncs.py``).
 
-Not counted: ``.to(device)`` (in our code it moves host data to the device: asynchronous from
+Not counted: calls from ``torch/optim`` (the optimizers' step counters are host tensors), ``.to(device)`` (in our code it moves host data to the device: asynchronous from
 pinned memory) and ``.numpy()`` (only ever after ``.cpu()``, which is counted).
 """
 import collections
@@ -23,6 +23,8 @@ SYNCING = frozenset({
     "item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__",
     "nonzero", "argwhere", "masked_select", "bincount", "unique", "unique_consecutive",
 })
+#: Calls made under this folder read host tensors by design: the optimizers' step counters.
+HOST_BY_DESIGN = os.sep + os.path.join("torch", "optim") + os.sep
 INDEXING = frozenset({"__getitem__", "__setitem__", "index_put", "index_put_"})
 
 
@@ -46,8 +48,8 @@ def _is_sync(name: str, args, kwargs) -> bool:
 
 class HostSyncCounter(TorchFunctionMode):
     """``with HostSyncCounter(roots) as counter: step()``; then ``counter.total`` and
-    ``counter.sites`` ("file:line function" of the innermost frame under one of ``roots``, e.g. the
-    repository, -> count). Calls from elsewhere (torch, detectron2) are attributed to the line of
+    ``counter.sites`` ("file:line function (call)" of the innermost frame under one of the folders
+    ``roots``, e.g. ``detr_plus/`` and ``projects/``, named from the folder -> count). Calls from elsewhere (torch, detectron2) are attributed to the line of
     ours that made them. ``ignore``: tensors known to live on the host by design, by ``id``."""
 
     def __init__(self, roots=(), ignore=()):
@@ -64,15 +66,20 @@ class HostSyncCounter(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if _is_sync(name, args, kwargs) and not (args and id(args[0]) in self.ignore):
-            self.sites[self._site(name)] += 1
+            site = self._site(name)
+            if site is not None:
+                self.sites[site] += 1
         return func(*args, **kwargs)
 
     def _site(self, name: str) -> Optional[str]:
         frame = sys._getframe(2)
         while frame is not None:
             path = os.path.abspath(frame.f_code.co_filename)
-            if any(path.startswith(root) for root in self.roots) and not path.endswith("host_syncs.py"):
-                relative = min((os.path.relpath(path, root) for root in self.roots), key=len)
+            if HOST_BY_DESIGN in path:
+                return None
+            root = next((r for r in self.roots if path.startswith(r)), None)
+            if root is not None and not path.endswith("host_syncs.py"):
+                relative = os.path.relpath(path, os.path.dirname(root.rstrip(os.sep)))  # "detr_plus/...", "projects/..."
                 return f"{relative}:{frame.f_lineno} {frame.f_code.co_name} ({name})"
             frame = frame.f_back
         return f"<outside> ({name})"

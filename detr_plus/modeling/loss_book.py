@@ -22,6 +22,8 @@ class LossBook:
             group: Optional[QueryGroup] = None, indices: Optional[Indices] = None, targets: Optional[Targets] = None):
         targets = self.batch.targets if targets is None else targets
         context = LossContext(layer=layer, name=name, batch=self.batch, group=group, matching=self.matching)
+        # float32 predictions (from autocast's half types): every criterion and matcher computes in float32.
+        logits, boxes = logits.float(), boxes.float()
         terms, matched = criterion(logits, boxes, targets, self.batch.num_boxes, indices=indices, valid=valid, context=context)
         self.file(terms, prefix, suffix, scale)
         self.matching.setdefault(name, []).append(matched)

@@ -155,7 +155,7 @@ class DeformableDETR(nn.Module):
 
     # --- inputs --------------------------------------------------------------------------------
     def preprocess_images(self, batched_inputs):
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [(self.from_host(x["image"]).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         images = ImageList.from_tensors(images, self.size_divisibility)
         masks = torch.ones(images.tensor.shape[0], *images.tensor.shape[-2:], dtype=torch.bool, device=self.device)
         for mask, (h, w) in zip(masks, images.image_sizes):
@@ -165,11 +165,18 @@ class DeformableDETR(nn.Module):
     def prepare_targets(self, batched_inputs, image_sizes):
         targets = []
         for x, (h, w) in zip(batched_inputs, image_sizes):
-            instances = x["instances"].to(self.device)
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            instances = x["instances"]  # normalised where they are (the host, from a data loader), then moved
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=instances.gt_boxes.tensor.device)
             boxes = box_xyxy_to_cxcywh(instances.gt_boxes.tensor / scale)
-            targets.append({"labels": instances.gt_classes, "boxes": boxes})
+            targets.append({"labels": self.from_host(instances.gt_classes), "boxes": self.from_host(boxes)})
         return targets
+
+    def from_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on the model's device; from the host to a GPU through pinned memory without
+        blocking (a copy from pageable memory makes the host wait for the GPU's queue)."""
+        if tensor.device.type == "cpu" and self.device.type == "cuda":
+            return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def extract_features(self, images, masks):
         """(the backbone's outputs by name, the neck's multi-scale features, their padding masks,
@@ -213,7 +220,8 @@ class DeformableDETR(nn.Module):
         targets = self.prepare_targets(batched_inputs, images.image_sizes) if "instances" in batched_inputs[0] else None
         matching = None
         if match and targets is not None:
-            matching = [self.criterion.matcher(p.logits, p.boxes, targets) for p in out.layers]
+            with torch.autocast(self.device.type, enabled=False):
+                matching = [self.criterion.matcher(p.logits.float(), p.boxes.float(), targets) for p in out.layers]
         return DetectionPass(images.image_sizes, targets, state, selection, out, matching)
 
     def training_losses(self, batched_inputs: List[Dict]) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[Indices]]]:
@@ -233,7 +241,8 @@ class DeformableDETR(nn.Module):
         groups = self.make_groups(batch)
         starts = {name: s.queries for name, s in batch.variant_selections.items()}
         out = self.transformer.decode(selection.queries, state, variants=self.variants, groups=groups, variant_queries=starts)
-        losses, matching = self.losses(out, batch, groups)
+        with torch.autocast(self.device.type, enabled=False):  # matching and losses in float32 (LossBook casts)
+            losses, matching = self.losses(out, batch, groups)
         self.check_loss_keys(losses)
         return losses, matching
 

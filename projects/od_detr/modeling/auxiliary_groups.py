@@ -2,6 +2,7 @@
 matching cost per GT become the initial queries and anchors of one independent student group."""
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,14 +40,12 @@ class TeacherStageGroups(nn.Module):
         """Per image: the selected query indices (GT-major: GT 0's best queries first) and the teacher's
         original pairs (index within the selection, GT)."""
         matcher = self.criterion.matcher
-        chosen, original = [], []
+        chosen, gt_of_chosen = [], []
         for b, target in enumerate(targets):
-            n = len(target["labels"])
             k = min(self.queries_per_gt, layer.logits.shape[1])
-            if n == 0:
-                empty = torch.empty(0, dtype=torch.long, device=layer.logits.device)
-                chosen.append(empty)
-                original.append((empty, empty.clone()))
+            if len(target["labels"]) == 0:
+                chosen.append(torch.empty(0, dtype=torch.long, device=layer.logits.device))
+                gt_of_chosen.append(chosen[-1])
                 continue
             cost = matcher.cost_matrix(layer.logits[b], layer.boxes[b], target["labels"], target["boxes"])  # (Q, n)
             picked = cost.topk(k, dim=0, largest=False).indices.T.reshape(-1)  # (n * k,)
@@ -54,9 +53,13 @@ class TeacherStageGroups(nn.Module):
             gt_of_query = torch.full((layer.logits.shape[1],), -1, dtype=torch.long, device=picked.device)
             q, g = matching[b]
             gt_of_query[q] = g
-            gt = gt_of_query[picked]
-            entries = (gt >= 0).nonzero().flatten()
-            original.append((entries, gt[entries]))
+            gt_of_chosen.append(gt_of_query[picked])
+        # The pairs' count is data-dependent: one host copy for the whole batch, not one per image.
+        host = np.split(torch.cat(gt_of_chosen).cpu().numpy(), np.cumsum([len(c) for c in chosen])[:-1])
+        original = []
+        for gt, picked in zip(host, chosen):
+            entries = np.flatnonzero(gt >= 0)
+            original.append(tuple(torch.as_tensor(x, dtype=torch.long).to(picked.device) for x in (entries, gt[entries])))
         return chosen, original
 
     def forward(self, batch) -> Dict[str, QueryGroup]:

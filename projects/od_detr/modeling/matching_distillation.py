@@ -62,12 +62,12 @@ class MatchingDistillation(nn.Module):
             return self.criterion.loss_terms(logits, boxes, targets, num_boxes, [own], own, valid=valid), own
         if self.conditional_iou is not None:
             teacher = self.condition(boxes, targets, teacher)
-        box_pairs, down = own, None
+        box_pairs, counting, down = own, None, None
         if self.regression or self.class_down_weight is not None:
-            box_pairs, down = self.regression_pairs(logits, boxes, targets, own, teacher)
+            box_pairs, counting, down = self.regression_pairs(logits, boxes, targets, own, teacher)
         box_weights = None
-        if self.regression and self.box_down_weight != 1.0:
-            box_weights = [torch.where(d, self.box_down_weight, 1.0).to(boxes.dtype) for d in down]
+        if self.regression:  # w_d on the down-weighted pairs, 0 on the teacher pairs that do not count
+            box_weights = [torch.where(d, self.box_down_weight, 1.0).to(boxes.dtype) * c for d, c in zip(down, counting)]
         class_indices = [own, teacher] if self.classification else [own]
         class_weights = None
         if self.class_down_weight is not None:
@@ -89,21 +89,25 @@ class MatchingDistillation(nn.Module):
 
     @torch.no_grad()
     def regression_pairs(self, logits, boxes, targets, own: Indices, teacher: Indices):
-        """Eq. 4's pairs per image (own pairs, then teacher-derived pairs of queries without their own
-        match) and which of them are down-weighted: a pair whose GT has another pair of lower cost."""
-        pairs, down = [], []
+        """Eq. 4's pairs per image: the own pairs, then the teacher-derived pairs; whether each pair
+        counts (a teacher pair of a query with an own match does not), and which counting pairs are
+        down-weighted: a pair whose GT has another counting pair of lower cost. The teacher pairs
+        that do not count stay in the list (weight 0) instead of being cut out: cutting by a
+        boolean mask would make the host wait for the GPU, per image and layer."""
+        pairs, counts, down = [], [], []
         for b, ((oq, og), (tq, tg)) in enumerate(zip(own, teacher)):
             has_own = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
             has_own[oq] = True
-            only_teacher = ~has_own[tq]
-            q, g = torch.cat([oq, tq[only_teacher]]), torch.cat([og, tg[only_teacher]])
+            q, g = torch.cat([oq, tq]), torch.cat([og, tg])
+            counting = torch.cat([torch.ones_like(oq, dtype=torch.bool), ~has_own[tq]])
             pairs.append((q, g))
             (cost,) = self.matcher.pair_costs(logits[b : b + 1], boxes[b : b + 1], targets[b : b + 1], [(q, g)])
             order = torch.arange(len(q), device=q.device)
-            same_gt = g[:, None] == g[None, :]
+            same_gt = (g[:, None] == g[None, :]) & counting[None, :]
             cheaper = (cost[None, :] < cost[:, None]) | ((cost[None, :] == cost[:, None]) & (order[None, :] < order[:, None]))
-            down.append((same_gt & cheaper).any(1))
-        return pairs, down
+            counts.append(counting)
+            down.append((same_gt & cheaper).any(1) & counting)
+        return pairs, counts, down
 
     def class_pair_weights(self, own: Indices, teacher: Indices, box_pairs: Indices, down: List[torch.Tensor]):
         """w_d on the class entry of every down-weighted (query, GT) pair, in the assignment it belongs to."""
