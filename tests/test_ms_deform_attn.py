@@ -398,10 +398,10 @@ def test_row_arithmetic_falls_back_to_float64_past_float32_exact_integers():
 
 
 def test_backward_on_a_gpu_loops_over_a_handful_of_chunks_at_coco_size():
-    """The "gather" tap dots (the backward's path for half-precision tables) at a COCO-size encoder
-    layer: 800 x 1333 images, batch 2, levels 100x167 .. 13x21, 8 heads of 32 channels, 4 levels x 4
-    points (64 taps per output row). Chunked for a CPU cache that is ~700 Python iterations; on a
-    GPU a handful. In float32 / float64 "auto" takes sampled_addmm: no loop at all."""
+    """The "gather" tap dots (the backward's path off the CPU) at a COCO-size encoder layer: 800 x
+    1333 images, batch 2, levels 100x167 .. 13x21, 8 heads of 32 channels, 4 levels x 4 points (64
+    taps per output row). Chunked for a CPU cache that is ~700 Python iterations; on a GPU a
+    handful. (On CPU "auto" takes sampled_addmm in float32 / float64: no loop at all.)"""
     from detr_plus.layers.ms_deform_attn import gather_chunk_rows
 
     num_out = 2 * (100 * 167 + 50 * 84 + 25 * 42 + 13 * 21) * 8

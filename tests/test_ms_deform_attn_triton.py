@@ -139,3 +139,17 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
         ms_deform_attn_triton(value, shapes, starts, locations, weights)
     with pytest.raises(ValueError, match="use one of .*'auto'.*'triton'"):
         MultiScaleDeformableAttention(16, 2, 1, 1, implementation="cuda_ext")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_first_launch_check(device, monkeypatch):
+    """"auto" takes Triton on a GPU only when one tiny launch works there; a failing one is the reason."""
+    from detr_plus.layers import ms_deform_attn_triton as kernel
+
+    assert kernel._first_launch_failure.__wrapped__(device) is None
+
+    def broken(*args):
+        raise RuntimeError("PTX assembly failed")
+
+    monkeypatch.setattr(kernel._TritonSampling, "apply", broken)
+    assert "does not compile or run here (RuntimeError: PTX assembly failed)" in kernel._first_launch_failure.__wrapped__(device)

@@ -43,7 +43,7 @@ TAP_LAYOUTS = ("auto", "in_place", "padded")
 #: ``tap_dots=...``: how the backward computes grad_out . table[tap] for every tap (the gradient of
 #: the tap weights). "sddmm": ``torch.sparse.sampled_addmm`` over the taps' sparsity pattern (reads
 #: each table row in place: ~10x faster on CPU). "gather": chunked ``index_select`` + ``vecdot``
-#: (any device and dtype). "auto": sddmm in float32 / float64, gather otherwise.
+#: (any device and dtype). "auto": sddmm on CPU in float32 / float64, gather otherwise.
 TAP_DOTS = ("auto", "sddmm", "gather")
 
 
@@ -95,8 +95,8 @@ def _count_per_row(rows, num_bins, dtype, use_bincount=None):
 
 def _tap_dot_products(table, rows, grad_out, tap_dots):
     """(N, T) = grad_out[n] . table[rows[n, t]] for every tap: the gradient of the tap weights."""
-    if tap_dots == "auto":  # sampled_addmm takes float32 and float64 only (not autocast's half types)
-        tap_dots = "sddmm" if table.dtype in (torch.float32, torch.float64) else "gather"
+    if tap_dots == "auto":  # CPU sampled_addmm takes float32 and float64 only (not autocast's bfloat16)
+        tap_dots = "sddmm" if table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64) else "gather"
     num_out, taps = rows.shape
     if tap_dots == "sddmm":
         row_starts = torch.arange(0, num_out * taps + 1, taps, dtype=rows.dtype, device=rows.device)

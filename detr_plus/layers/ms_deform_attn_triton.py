@@ -47,7 +47,22 @@ def triton_unavailable_reason(device: torch.device):
         return f"CUDA device not usable: {error}"
     if major < 7:
         return f"Triton needs compute capability >= 7.0, device has {major}.x"
-    return None
+    return _first_launch_failure(str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _first_launch_failure(device: str):
+    """None when the kernel compiles and runs on ``device`` (one tiny forward), else the error: a
+    machine whose Triton cannot compile (no compiler back end for its driver) falls back instead of failing later."""
+    try:
+        value = torch.ones(1, 2, 1, 1, device=device)
+        shapes = torch.tensor([[1, 2]], device=device)
+        starts = torch.zeros(1, dtype=torch.long, device=device)
+        out = _TritonSampling.apply(value, shapes, starts, torch.full((1, 1, 1, 1, 1, 2), 0.5, device=device),
+                                    torch.ones(1, 1, 1, 1, 1, device=device))
+        return None if float(out) == 1.0 else f"the kernel's first result was {float(out)}, not 1.0"
+    except Exception as error:  # noqa: BLE001 - any failure means "not usable here"
+        return f"the kernel does not compile or run here ({type(error).__name__}: {str(error)[:200]})"
 
 
 def _sampling_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
