@@ -26,7 +26,7 @@ from torch import nn
 from model_utils import REPO, shrink_model_config, synthetic_batch, with_copied_teacher
 
 GOLDEN = REPO / "tests" / "golden" / "first_step_losses.json"
-CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/dino", "configs/h_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
+CONFIG_DIRS = ["configs/shapes", "configs/deformable_detr", "configs/dino", "configs/h_detr", "configs/conditional_detr", "configs/dab_detr", "configs/custom", "projects/*/configs", "projects/*/configs/*"]
 # Parameter names renamed since the record (core v3: routes -> variants, their per-layer branches ->
 # layer_variants, query_groups -> group_sources): pattern of the new name -> the recorded name.
 RENAMED = [(re.compile(r"^variants\.([^.]+)\.layer_variants\."), r"routes.\1.branches."),

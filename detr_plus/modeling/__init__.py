@@ -30,6 +30,8 @@ from .contracts import (
     Targets,
     TrainingBatch,
 )
+from .conditional import (ConditionalCrossAttentionBlock, ConditionalDecoderLayer, ConditionalSelfAttentionBlock,
+                          ConditionalSpatialQuery)
 from .criterion import SetCriterion
 from .decoder import DeformableDecoder
 from .decoder_layer import SHARED, DeformableDecoderLayer
@@ -42,12 +44,14 @@ from .hybrid import HybridQueries, RepeatedTargets
 from .losses import FocalLoss, QualityFocalLoss, VarifocalPlusLoss
 from .matcher import HungarianMatcher, OneToManyMatcher, matching_quality
 from .meta_arch import DeformableDETR
+from .standard_encoder import StandardEncoder, StandardEncoderLayer
 from .transformer import DeformableTransformer
 from .variants import (TRAINING_ONLY_CHILD, OwnBlocksVariant, OwnFFNVariant, TrainingVariant, VariantQuerySelection, is_training_only,
                        rename_legacy_keys, strip_training_parts)
 
 __all__ = [
-    "ChannelMapper", "ClassLoss", "ContrastiveDenoising", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
+    "ChannelMapper", "ClassLoss", "ConditionalCrossAttentionBlock", "ConditionalDecoderLayer", "ConditionalSelfAttentionBlock",
+    "ConditionalSpatialQuery", "StandardEncoder", "StandardEncoderLayer", "ContrastiveDenoising", "Criterion", "CrossAttentionBlock", "DecoderLayer", "DecoderOutput",
     "DecoderQueries", "DecoderVariant", "DeformableDETR", "DeformableDecoder", "DeformableDecoderLayer",
     "DeformableEncoder", "DeformableTransformer", "DetectionPass", "EncoderState", "FFN", "FFNBlock",
     "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "HybridQueries", "Indices", "JointQueries", "LayerInputs",

@@ -27,7 +27,8 @@ def resnet_stages(depth=50, base_channels=64, norm="FrozenBN", stride_in_1x1=Fal
 
 class ChannelMapper(nn.Module):
     """Maps backbone levels to ``out_channels`` (1x1 conv + GroupNorm) and adds extra levels with
-    stride-2 3x3 convs on the last input, as Deformable DETR's input projection (Sec. 4.1)."""
+    stride-2 3x3 convs on the last input, as Deformable DETR's input projection (Sec. 4.1);
+    ``num_groups=0``: without the GroupNorm."""
 
     def __init__(self, input_shapes: Dict[str, ShapeSpec], in_features: List[str], out_channels=256, num_outs=4, num_groups=32):
         super().__init__()
@@ -35,13 +36,13 @@ class ChannelMapper(nn.Module):
         if missing:
             raise ValueError(f"neck.in_features {missing} are not backbone outputs {list(input_shapes)}")
         self.in_features = list(in_features)
-        self.convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(input_shapes[f].channels, out_channels, 1), nn.GroupNorm(num_groups, out_channels))
-            for f in in_features
-        )
+        def norm():  # num_groups=0: no norm (Conditional / DAB-DETR's plain 1x1 input projection)
+            return nn.GroupNorm(num_groups, out_channels) if num_groups else nn.Identity()
+
+        self.convs = nn.ModuleList(nn.Sequential(nn.Conv2d(input_shapes[f].channels, out_channels, 1), norm()) for f in in_features)
         extra, channels = [], input_shapes[in_features[-1]].channels
         for _ in range(num_outs - len(in_features)):
-            extra.append(nn.Sequential(nn.Conv2d(channels, out_channels, 3, stride=2, padding=1), nn.GroupNorm(num_groups, out_channels)))
+            extra.append(nn.Sequential(nn.Conv2d(channels, out_channels, 3, stride=2, padding=1), norm()))
             channels = out_channels
         self.extra_convs = nn.ModuleList(extra)
         for module in self.modules():

@@ -52,27 +52,33 @@ class CrossAttentionBlock(nn.Module):
         return self.norm(query + self.dropout(out))
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU}  # PReLU: DAB-DETR's FFNs (one learned slope)
+
+
 class FFN(nn.Module):
     """The position-wise feed-forward network, W2 act(W1 x + b1) + b2 (LoRA-DETR Eq. 2), without residual."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0, activation="relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"FFN activation={activation!r}: expected one of {list(ACTIVATIONS)}")
         self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = ACTIVATIONS[activation]()
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout2(self.linear2(self.dropout1(torch.relu(self.linear1(x)))))
+        return self.dropout2(self.linear2(self.dropout1(self.activation(self.linear1(x)))))
 
 
 class FFNBlock(nn.Module):
     """Residual + norm around an FFN. ``forward(query, context, ffn=None)`` may run another FFN
     (a variant's own weights) inside this block's residual and shared norm."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.0, activation="relu"):
         super().__init__()
-        self.ffn = FFN(d_model, d_ffn, dropout)
+        self.ffn = FFN(d_model, d_ffn, dropout, activation)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, query, context: Optional[QueryContext] = None, ffn: Optional[nn.Module] = None):

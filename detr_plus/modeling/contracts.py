@@ -57,6 +57,7 @@ class EncoderState:
     valid_ratios: torch.Tensor  # (B, L, 2) (w, h) fraction of each level that is not padding
     padding_mask: torch.Tensor  # (B, S) True on padding
     backbone_features: Optional[Dict[str, torch.Tensor]] = None  # the backbone's outputs by name (res3, ...), for heads
+    memory_pos: Optional[torch.Tensor] = None  # (B, S, d) the memory's position embedding (keys of standard cross-attention)
 
 
 @dataclass
@@ -137,8 +138,10 @@ class QueryContext:
     self_attn_mask: Optional[torch.Tensor] = None  # (Q, Q) or (B, Q, Q) bool, True = may not attend
     query_padding_mask: Optional[torch.Tensor] = None  # (B, Q) bool, True on padded queries
     group_queries: Optional[torch.Tensor] = None  # (B, Q) bool, True on the queries of a query group
+    memory_pos: Optional[torch.Tensor] = None  # (B, S, d) position embedding of the memory (standard cross-attention)
+    spatial_query: Optional[torch.Tensor] = None  # (B, Q, d) Conditional DETR's spatial query (ConditionalSpatialQuery)
 
-    PER_QUERY = ("query_pos", "reference_points")
+    PER_QUERY = ("query_pos", "reference_points", "spatial_query")  # None where a decoder has no such field
 
     def select(self, subset: Union[QuerySubset, torch.Tensor]) -> "QueryContext":
         """Context for the queries of ``subset`` (a ``QuerySubset``, or a (B, K) index of distinct
@@ -146,7 +149,7 @@ class QueryContext:
         padding mask are gathered; padded slots of the subset become padded queries."""
         if isinstance(subset, torch.Tensor):
             subset = QuerySubset(subset, torch.ones(subset.shape, dtype=torch.bool, device=subset.device))
-        picked = {name: subset.gather(getattr(self, name)) for name in self.PER_QUERY}
+        picked = {name: subset.gather(getattr(self, name)) for name in self.PER_QUERY if getattr(self, name) is not None}
         if self.self_attn_mask is not None:
             mask = self.self_attn_mask
             if mask.dim() == 2:
@@ -168,7 +171,7 @@ class QueryContext:
         streams in one cross-attention call); it has no self-attention or query padding mask (they
         relate queries of one stream only, as the group marks do)."""
         first = contexts[0]
-        joined = {name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY}
+        joined = {name: torch.cat([getattr(c, name) for c in contexts], 1) for name in first.PER_QUERY if getattr(first, name) is not None}
         return replace(first, self_attn_mask=None, query_padding_mask=None, group_queries=None, **joined)
 
     def attention_mask(self, num_heads: int) -> Optional[torch.Tensor]:

@@ -66,20 +66,30 @@ class DeformableDecoder(nn.Module):
     * ``inverse_sigmoid_eps``: the clamp of the refinement's inverse sigmoid (DINO: 1e-3).
     * ``layer_wrapper(layer, index) -> nn.Module``: wraps each layer at construction (QR-DETR's EEQR);
       the wrapped module takes ``LayerInputs`` and returns a ``LayerOutput`` (``contracts.DecoderLayer``).
+    * ``layer_class``: the layers, built as ``layer_class(d_model=..., **layer_kwargs)`` and, when it
+      has one, ``layer.specialise(index)`` (``DeformableDecoderLayer``; ``ConditionalDecoderLayer``:
+      Conditional DETR / DAB-DETR).
+    * ``spatial_query``: a module ``(layer input, reference, layer index) -> (B, Q, d)`` computed for
+      every query of every layer into ``QueryContext.spatial_query`` (``ConditionalSpatialQuery``).
+    * ``position_in_valid_region``: "box_sine" positions from the box in the first level's
+      valid-region coordinates (DAB-Deformable-DETR, DINO), else from the box as is (DAB-DETR).
     """
 
     def __init__(self, num_layers=6, d_model=256, num_classes=80, box_refine=True, look_forward_twice=False,
                  share_heads: Optional[bool] = None, share_layers=False, query_position="box_sine",
                  layer_wrapper: Optional[LayerWrapper] = None, initial_reference_grad: bool = False,
-                 box_wh_bias: float = 0.0, output_norm: bool = False, inverse_sigmoid_eps: float = 1e-5, **layer_kwargs):
+                 box_wh_bias: float = 0.0, output_norm: bool = False, inverse_sigmoid_eps: float = 1e-5,
+                 layer_class=DeformableDecoderLayer, spatial_query: Optional[nn.Module] = None,
+                 position_in_valid_region: bool = True, **layer_kwargs):
         super().__init__()
         if query_position not in QUERY_POSITIONS:
             raise ValueError(f"decoder.query_position={query_position!r}: expected one of {QUERY_POSITIONS}")
         if share_layers:
-            shared = DeformableDecoderLayer(d_model=d_model, **layer_kwargs)
+            shared = layer_class(d_model=d_model, **layer_kwargs)
             layers = [shared] * num_layers
         else:
-            layers = [DeformableDecoderLayer(d_model=d_model, **layer_kwargs) for _ in range(num_layers)]
+            layers = [layer_class(d_model=d_model, **layer_kwargs) for _ in range(num_layers)]
+            layers = [layer.specialise(index) if hasattr(layer, "specialise") else layer for index, layer in enumerate(layers)]
         if layer_wrapper is not None:
             layers = [layer_wrapper(layer, index) for index, layer in enumerate(layers)]
         self.layers = nn.ModuleList(layers)
@@ -89,6 +99,7 @@ class DeformableDecoder(nn.Module):
         if query_position == "box_sine":
             self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
         self.initial_reference_grad = initial_reference_grad
+        self.spatial_query, self.position_in_valid_region = spatial_query, position_in_valid_region
         self.output_norm = nn.LayerNorm(d_model) if output_norm else None
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
         class_head, box_head = nn.Linear(d_model, num_classes), MLP(d_model, d_model, 4, 3)
@@ -136,7 +147,7 @@ class DeformableDecoder(nn.Module):
         return predictions, QueryStream(hidden, following, refined if self.look_forward_twice else following, stream.position)
 
     def context_of(self, stream: QueryStream, state: EncoderState, self_attn_mask=None, query_padding_mask=None,
-                   group_queries=None) -> QueryContext:
+                   group_queries=None, layer_index: int = 0) -> QueryContext:
         if stream.position is not None:
             query_pos = stream.position
         elif self.query_position == "box_sine":
@@ -144,8 +155,10 @@ class DeformableDecoder(nn.Module):
                 raise ValueError("box_sine query positions need 4-d reference boxes; give 2-d points a static position")
             # The sine input is the box in the first level's valid-region coordinates, as the sampling
             # points are (DAB-Deformable-DETR's and DINO's code): equal to the box when nothing is padded.
-            first_level = torch.cat([state.valid_ratios[:, 0]] * 2, -1)[:, None]
-            query_pos = self.ref_point_head(box_sine_embedding(stream.reference * first_level, self.d_model // 2))
+            box = stream.reference
+            if self.position_in_valid_region:
+                box = box * torch.cat([state.valid_ratios[:, 0]] * 2, -1)[:, None]
+            query_pos = self.ref_point_head(box_sine_embedding(box, self.d_model // 2))
         else:
             raise ValueError("decoder.query_position='static' needs DecoderQueries.position")
         ratios = state.valid_ratios if stream.reference.shape[-1] == 2 else torch.cat([state.valid_ratios] * 2, -1)
@@ -153,7 +166,8 @@ class DeformableDecoder(nn.Module):
             query_pos=query_pos, reference_points=stream.reference[:, :, None] * ratios[:, None], memory=state.memory,
             spatial_shapes=state.spatial_shapes, level_start_index=state.level_start_index,
             memory_padding_mask=state.padding_mask, self_attn_mask=self_attn_mask, query_padding_mask=query_padding_mask,
-            group_queries=group_queries)
+            group_queries=group_queries, memory_pos=state.memory_pos,
+            spatial_query=None if self.spatial_query is None else self.spatial_query(stream.query, stream.reference, layer_index))
 
     def decode_apart(self, groups: Mapping[str, QueryGroup], state: EncoderState) -> Dict[str, List[LayerPredictions]]:
         """Groups decoded without the primary queries (none, in their place) and without variants."""
@@ -194,8 +208,8 @@ class DeformableDecoder(nn.Module):
         if self.initial_reference_grad:  # the sampling of the layers before any refinement trains the reference
             primary = replace(primary, reference=joint.queries.reference)
 
-        def context_of(stream: QueryStream) -> QueryContext:
-            return self.context_of(stream, state, joint.mask, joint.padding, joint.group_queries)
+        def context_of(stream: QueryStream) -> QueryContext:  # of the layer ``index`` (the loop's, read at call time)
+            return self.context_of(stream, state, joint.mask, joint.padding, joint.group_queries, index)
 
         layers = []
         for index, layer in enumerate(self.layers):

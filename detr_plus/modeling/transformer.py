@@ -50,12 +50,24 @@ class DeformableTransformer(nn.Module):
     own init of every module that sets ``keeps_own_init``: the deformable attention's, QR-DETR's
     routers); ``query_content_init``: the learned content queries (query_init "anchors" / "mixed")
     keep ``nn.Embedding``'s N(0, 1) ("normal") or join the Xavier pass ("xavier": DINO's code, whose
-    transformer re-initialises every matrix it holds, its content embedding included)."""
+    transformer re-initialises every matrix it holds, its content embedding included);
+    ``query_content``: "learned" content queries for query_init "embedding" / "anchors", or "zeros"
+    (Conditional DETR, DAB-DETR: the content starts at zero; "embedding" then learns the positional
+    part only); ``reference_head_layers``: the layers of the MLP that gives "embedding" its 2-d
+    reference points (1: Deformable DETR's linear layer; 2: Conditional DETR's MLP);
+    ``anchor_init``: the learned anchors of "anchors", as logits: "spread" over the image
+    (x, y ~ U(-3, 3), w = h = -2) or "normal" (N(0, 1), DAB-DETR); ``level_embedding``: a learned
+    vector per feature level added to the position embedding (multi-scale; off for one level)."""
 
     def __init__(self, encoder: DeformableEncoder, decoder: DeformableDecoder, num_classes=80, num_feature_levels=4,
                  num_queries=300, query_init="mixed", enc_class_agnostic=False, enc_loss_tokens="topk", xavier_init=True,
-                 enc_class_head_outputs: Optional[int] = None, query_content_init: str = "normal"):
+                 enc_class_head_outputs: Optional[int] = None, query_content_init: str = "normal",
+                 query_content: str = "learned", reference_head_layers: int = 1, anchor_init: str = "spread",
+                 level_embedding: bool = True):
         super().__init__()
+        if query_content not in ("learned", "zeros") or anchor_init not in ("spread", "normal"):
+            raise ValueError(f"transformer.query_content={query_content!r} (learned | zeros), anchor_init={anchor_init!r} (spread | normal)")
+        self.query_content_kind, self.anchor_init = query_content, anchor_init
         if query_content_init not in ("normal", "xavier"):
             raise ValueError(f"transformer.query_content_init={query_content_init!r}: expected 'normal' or 'xavier'")
         self.query_content_init = query_content_init
@@ -71,20 +83,21 @@ class DeformableTransformer(nn.Module):
         d_model = decoder.d_model
         self.num_queries, self.query_init = num_queries, query_init
         self.enc_class_agnostic, self.enc_loss_tokens = enc_class_agnostic, enc_loss_tokens
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model)) if level_embedding else None
         if self.two_stage:
             self.enc_output = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
             outputs = enc_class_head_outputs or (1 if enc_class_agnostic else num_classes)
             self.enc_class_head = nn.Linear(d_model, outputs)
             self.enc_box_head = MLP(d_model, d_model, 4, 3)
         self.static_position = decoder.query_position == "static"
+        learned_content = query_content == "learned"
         if query_init == "embedding":
-            self.query_embedding = nn.Embedding(num_queries, 2 * d_model)  # [position | content]
-            self.reference_points = nn.Linear(d_model, 2)
+            self.query_embedding = nn.Embedding(num_queries, (2 if learned_content else 1) * d_model)  # [position | content]
+            self.reference_points = nn.Linear(d_model, 2) if reference_head_layers == 1 else MLP(d_model, d_model, 2, reference_head_layers)
         if query_init == "proposals" or (query_init == "mixed" and self.static_position):
             # [position | content] from the proposals' sine embedding (Deformable DETR's pos_trans).
             self.proposal_embedding = nn.Sequential(nn.Linear(2 * d_model, 2 * d_model), nn.LayerNorm(2 * d_model))
-        if query_init in ("anchors", "mixed"):
+        if query_init == "mixed" or (query_init == "anchors" and learned_content):
             self.query_content = nn.Embedding(num_queries, d_model)
         if query_init == "anchors":
             self.anchor_boxes = nn.Embedding(num_queries, 4)  # as logits
@@ -106,14 +119,17 @@ class DeformableTransformer(nn.Module):
             for module in self.modules():  # modules with an init of their own (the deformable attention's, ...)
                 if getattr(module, "keeps_own_init", False):
                     module.reset_parameters()
-        nn.init.normal_(self.level_embed)
+        if self.level_embed is not None:
+            nn.init.normal_(self.level_embed)
         if self.two_stage:
             init_detection_heads(self.enc_class_head, self.enc_box_head)
-        if self.query_init == "embedding":
+        if self.query_init == "embedding" and isinstance(self.reference_points, nn.Linear):
             nn.init.constant_(self.reference_points.bias, 0.0)
-        if self.query_init == "anchors":  # spread over the image
+        if self.query_init == "anchors" and self.anchor_init == "spread":  # spread over the image
             nn.init.uniform_(self.anchor_boxes.weight[:, :2], -3.0, 3.0)
             nn.init.constant_(self.anchor_boxes.weight[:, 2:], -2.0)
+        elif self.query_init == "anchors":
+            nn.init.normal_(self.anchor_boxes.weight)
 
     # --- encoder -------------------------------------------------------------------------------
     def encode(self, features: List[torch.Tensor], masks: List[torch.Tensor], pos_embeds: List[torch.Tensor]) -> EncoderState:
@@ -121,14 +137,14 @@ class DeformableTransformer(nn.Module):
         for level, (feature, mask, pe) in enumerate(zip(features, masks, pos_embeds)):
             shapes.append(tuple(feature.shape[-2:]))
             src.append(feature.flatten(2).transpose(1, 2))
-            pos.append(pe.flatten(2).transpose(1, 2) + self.level_embed[level])
+            pos.append(pe.flatten(2).transpose(1, 2) + (0 if self.level_embed is None else self.level_embed[level]))
             padding.append(mask.flatten(1))
         spatial_shapes = level_shapes_tensor(shapes, src[0].device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
         valid_ratios = torch.stack([self.valid_ratio(m) for m in masks], 1)
         padding = torch.cat(padding, 1)
         memory = self.encoder(torch.cat(src, 1), torch.cat(pos, 1), spatial_shapes, level_start_index, valid_ratios, padding)
-        return EncoderState(memory, spatial_shapes, level_start_index, valid_ratios, padding)
+        return EncoderState(memory, spatial_shapes, level_start_index, valid_ratios, padding, memory_pos=torch.cat(pos, 1))
 
     @staticmethod
     def valid_ratio(mask):
@@ -178,12 +194,14 @@ class DeformableTransformer(nn.Module):
         if (num_queries is not None or content is not None) and not self.two_stage:
             raise ValueError(f"query_init={self.query_init!r} selects no encoder tokens: num_queries / content are for two-stage models")
         if self.query_init == "embedding":
-            position, content = self.query_embedding.weight.split(d_model, -1)
+            position, content = self.query_embedding.weight[:, :d_model], self.query_embedding.weight[:, d_model:]
             reference = self.reference_points(position).sigmoid()
+            content = content if content.shape[1] else torch.zeros_like(position)
             return QuerySelection(DecoderQueries(*(x[None].expand(batch, -1, -1) for x in (content, reference, position))))
         if self.query_init == "anchors":
             reference = self.anchor_boxes.weight.sigmoid()[None].expand(batch, -1, -1)
-            return QuerySelection(DecoderQueries(self.query_content.weight[None].expand(batch, -1, -1), reference))
+            content = self.query_content.weight if hasattr(self, "query_content") else reference.new_zeros(reference.shape[1], d_model)
+            return QuerySelection(DecoderQueries(content[None].expand(batch, -1, -1), reference))
         num_queries = self.num_queries if num_queries is None else num_queries
         learned_content = self.query_content.weight if content is None and self.query_init == "mixed" else content
         proposal_logits, memory, valid = self.encoder_proposals(state)

@@ -70,8 +70,8 @@ class LoRAFFNBranch(LayerVariant):
         return linear(x) + self.scaling * (x @ a.t() @ b.t())
 
     def adapted_ffn(self, base: FFN, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 on the shared FFN ``base`` (ReLU, as ``detr_plus.modeling.FFN``)."""
-        hidden = torch.relu(self.adapted_linear(base.linear1, self.lora_a1, self.lora_b1, x))
+        """Eq. 3 on the shared FFN ``base`` (its activation: ReLU, or DAB-DETR's PReLU)."""
+        hidden = base.activation(self.adapted_linear(base.linear1, self.lora_a1, self.lora_b1, x))
         return base.dropout2(self.adapted_linear(base.linear2, self.lora_a2, self.lora_b2, base.dropout1(hidden)))
 
     def feed_forward(self, query, context: QueryContext, shared: FFNBlock):
