@@ -42,6 +42,7 @@ model = L(DeformableDETR)(
             box_refine=False, share_heads=True, query_position="static", output_norm=True,
             initial_reference_grad=True,  # the reference's sine embedding trains the reference MLP through the attention
             position_in_valid_region=False,
+            inverse_sigmoid_eps=1e-3,  # the official code's clamp of the reference's inverse sigmoid
         ),
         num_classes=80,
         num_feature_levels=1,
