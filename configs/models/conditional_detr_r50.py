@@ -7,7 +7,6 @@ and one box head for every layer after a final LayerNorm. Image positions: DETR'
 offset, temperature 10000). QR-DETR's Table 1 baseline."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BasicStem, ResNet
 
 from detr_plus.layers import PositionEmbeddingSine
 from detr_plus.modeling import (
@@ -17,20 +16,16 @@ from detr_plus.modeling import (
     DeformableDecoder,
     DeformableDETR,
     DeformableTransformer,
-    FocalLoss,
-    HungarianMatcher,
-    SetCriterion,
     StandardEncoder,
-    resnet_stages,
 )
 
+from .deformable_detr_r50 import model as _deformable
+
+_backbone = _deformable.backbone  # the same R50 (FrozenBN, stem and res2 frozen), C5 only
+_backbone.out_features = ["res5"]
+
 model = L(DeformableDETR)(
-    backbone=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        stages=L(resnet_stages)(depth=50, norm="FrozenBN"),
-        out_features=["res5"],
-        freeze_at=2,
-    ),
+    backbone=_backbone,
     neck=L(ChannelMapper)(input_shapes={"res5": L(ShapeSpec)(channels=2048)}, in_features=["res5"], out_channels=256,
                           num_outs=1, num_groups=0),
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, offset=0.0),
@@ -53,11 +48,7 @@ model = L(DeformableDETR)(
         level_embedding=False,
         xavier_init=True,
     ),
-    criterion=L(SetCriterion)(
-        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
-        loss_weights={"class": 2.0, "bbox": 5.0, "giou": 2.0},
-        class_loss=L(FocalLoss)(),
-    ),
+    criterion=_deformable.criterion,  # Hungarian 2 / 5 / 2, focal loss, weights 2 / 5 / 2: the same as Deformable DETR's
     select_box_nums_for_evaluation=100,
     size_divisibility=0,
 )

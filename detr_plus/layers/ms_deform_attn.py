@@ -88,7 +88,9 @@ def gather_chunk_rows(device: torch.device, taps: int, channels: int, num_out: i
 def _count_per_row(rows, num_bins, dtype, use_bincount=None):
     """How many entries of ``rows`` hold each row index, in ``dtype``. ``bincount`` on CPU (fastest
     there); an ``index_add_`` elsewhere (a CUDA bincount waits for the device to size its output)."""
-    if rows.device.type == "cpu" if use_bincount is None else use_bincount:
+    if use_bincount is None:
+        use_bincount = rows.device.type == "cpu"
+    if use_bincount:
         return torch.bincount(rows, minlength=num_bins).to(dtype)
     return torch.zeros(num_bins, dtype=dtype, device=rows.device).index_add_(0, rows, rows.new_ones(1).to(dtype).expand(rows.numel()))
 
