@@ -176,3 +176,16 @@ def test_parameter_counts_by_hand():
         model = instantiate(LazyConfig.load(str(REPO / f"configs/models/{config}.py")).model)
         assert sum(p.numel() for p in model.parameters()) == expected, config
     assert (conditional, dab) == (43_415_574, 43_668_690)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_spatial_query_mlps_get_the_transformers_xavier_init(name):
+    """The official transformers Xavier-initialise every matrix they hold, the decoder's lambda MLP and
+    DAB's width / height MLP included: weights up to sqrt(6 / (256 + 256)) = 0.108, beyond a default
+    Linear's bound 1 / sqrt(256) = 0.0625."""
+    model = instantiate(LazyConfig.load(str(REPO / MODELS[name])).model)
+    spatial = model.transformer.decoder.spatial_query
+    matrices = [layer.weight for layer in spatial.scale.layers] + ([] if spatial.reference_size is None else [spatial.reference_size.layers[0].weight])
+    for weight in matrices:
+        bound = math.sqrt(6 / sum(weight.shape))
+        assert 0.0625 < weight.abs().max() <= bound

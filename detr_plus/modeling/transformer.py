@@ -67,7 +67,7 @@ class DeformableTransformer(nn.Module):
         super().__init__()
         if query_content not in ("learned", "zeros") or anchor_init not in ("spread", "normal"):
             raise ValueError(f"transformer.query_content={query_content!r} (learned | zeros), anchor_init={anchor_init!r} (spread | normal)")
-        self.query_content_kind, self.anchor_init = query_content, anchor_init
+        self.anchor_init = anchor_init
         if query_content_init not in ("normal", "xavier"):
             raise ValueError(f"transformer.query_content_init={query_content_init!r}: expected 'normal' or 'xavier'")
         self.query_content_init = query_content_init
@@ -111,6 +111,7 @@ class DeformableTransformer(nn.Module):
     def reset_parameters(self, xavier_init=True):
         if xavier_init:
             generators = [self.encoder, self.decoder.layers, getattr(self.decoder, "ref_point_head", None),
+                          getattr(self.decoder, "spatial_query", None),  # Conditional / DAB-DETR's lambda and w/h MLPs
                           getattr(self, "enc_output", None), getattr(self, "proposal_embedding", None),
                           getattr(self, "reference_points", None)]
             if self.query_content_init == "xavier":
