@@ -50,12 +50,11 @@ class HostSyncCounter(TorchFunctionMode):
     """``with HostSyncCounter(roots) as counter: step()``; then ``counter.total`` and
     ``counter.sites`` ("file:line function (call)" of the innermost frame under one of the folders
     ``roots``, e.g. ``detr_plus/`` and ``projects/``, named from the folder -> count). Calls from elsewhere (torch, detectron2) are attributed to the line of
-    ours that made them. ``ignore``: tensors known to live on the host by design, by ``id``."""
+    ours that made them."""
 
-    def __init__(self, roots=(), ignore=()):
+    def __init__(self, roots=()):
         super().__init__()
         self.roots = tuple(os.path.abspath(r) + os.sep for r in roots)
-        self.ignore = {id(t) for t in ignore}
         self.sites: Counter[str] = collections.Counter()
 
     @property
@@ -65,7 +64,7 @@ class HostSyncCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if _is_sync(name, args, kwargs) and not (args and id(args[0]) in self.ignore):
+        if _is_sync(name, args, kwargs):
             site = self._site(name)
             if site is not None:
                 self.sites[site] += 1
