@@ -12,11 +12,12 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from detr_plus.data import check_dataset_available
 from detr_plus.data.loader import ReportingTestLoader
 from detr_plus.data.custom import register_config_datasets
-from detr_plus.engine.checkpoint import check_checkpoint_matches
+from detr_plus.engine.checkpoint import check_checkpoint_matches, load_modules
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.engine.hooks import EMAHook, resolve_stop_update_iter, unwrap
@@ -103,9 +104,14 @@ def do_train(args, cfg):
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
-    if cfg.train.init_checkpoint and not (args.resume and checkpointer.has_checkpoint()):
+    starting = cfg.train.init_checkpoint and not (args.resume and checkpointer.has_checkpoint())
+    init_only = cfg.train.get("init_only")
+    if starting and init_only:  # a part of another model's checkpoint (its backbone): loaded here, the rest stays
+        count = load_modules(model, cfg.train.init_checkpoint, list(init_only))
+        logger.info(f"train.init_only: loaded {count} tensors of {list(init_only)} from {cfg.train.init_checkpoint}")
+    elif starting:
         check_initial_weights(cfg, model)
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    checkpointer.resume_or_load("" if starting and init_only else cfg.train.init_checkpoint, resume=args.resume)
     if ema is not None:
         if not ema.restored:  # the EMA (and any teacher) starts from the loaded weights, not the random init
             ema.reset(model)
@@ -164,6 +170,8 @@ def main(args):
     cfg = apply_overrides(cfg, args.opts)
     register_config_datasets(cfg)  # a config's ``data`` section: your own COCO-format files
     default_setup(cfg, args)
+    for name in ("detr_plus", "detr_plus_projects"):  # default_setup sets up detectron2's and fvcore's loggers only
+        setup_logger(cfg.train.output_dir, comm.get_rank(), name=name, abbrev_name=name)
     if args.eval_only:
         model = build_model(cfg)
         if cfg.train.init_checkpoint and not args.resume:

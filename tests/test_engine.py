@@ -449,3 +449,41 @@ def test_build_adamw_fused_on_cpu_and_same_update(tiny_model):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
     fused.load_state_dict(plain.state_dict())
     assert fused.state_dict()["state"].keys() == plain.state_dict()["state"].keys()
+
+
+# ----------------------------------------------------------------------------------------------
+# train.init_only: one module of another detector's checkpoint as the initialisation
+# ----------------------------------------------------------------------------------------------
+def test_init_only_loads_the_backbone_of_another_detector(tmp_path):
+    """A Deformable-DETR++ checkpoint's backbone into a Conditional DETR: every backbone tensor
+    (BatchNorm statistics included) is the checkpoint's, every other tensor keeps the model's own
+    init; a checkpoint without the module, or with another backbone width, names the file."""
+    from model_utils import build, build_tiny_model, shrink_model_config, REPO
+
+    from detr_plus.engine.checkpoint import load_modules
+
+    source = build_tiny_model("plusplus", seed=0)
+    with torch.no_grad():
+        for buffer in source.backbone.buffers():
+            buffer.add_(1)  # the statistics of a trained backbone, not the init's
+    path = tmp_path / "plusplus.pth"
+    torch.save({"model": source.state_dict()}, path)
+    target = build(shrink_model_config(LazyConfig.load(str(REPO / "configs/models/conditional_detr_r50.py")).model), seed=1)
+    before = copy.deepcopy(target.state_dict())
+    assert load_modules(target, str(path), ["backbone"]) == len(source.backbone.state_dict())
+    theirs = source.state_dict()
+    for key, value in target.state_dict().items():
+        expected = theirs[key] if key.startswith("backbone.") else before[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(target.backbone.stem.conv1.weight, before["backbone.stem.conv1.weight"])
+
+    torch.save({"model": {k: v for k, v in theirs.items() if not k.startswith("backbone.")}}, tmp_path / "headless.pth")
+    lacking = f"lacks {len(source.backbone.state_dict())} of the model's tensors under these names"
+    with pytest.raises(ValueError, match=rf"train.init_only=\['backbone'\]: checkpoint '.*headless.pth' {lacking}"):
+        load_modules(target, str(tmp_path / "headless.pth"), ["backbone"])
+    wide = {k: (torch.zeros(v.shape[0] * 2, *v.shape[1:]) if k == "backbone.stem.conv1.weight" else v) for k, v in theirs.items()}
+    torch.save({"model": wide}, tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match=r"wide.pth' does not match the config: 1 tensor\(s\) differ:\n  backbone.stem.conv1.weight: checkpoint \(64, 3, 7, 7\), model \(32, 3, 7, 7\)"):
+        load_modules(target, str(tmp_path / "wide.pth"), ["backbone"])
+    with pytest.raises(ValueError, match=r"train.init_only=\['backbon'\]: the model has no module 'backbon'"):
+        load_modules(target, str(path), ["backbon"])

@@ -239,6 +239,7 @@ def test_fine_tuning_a_coco_shaped_checkpoint_on_three_classes(own_data_run, tmp
     lines = [r.getMessage() for r in records if r.getMessage().startswith("train.reinit_class_heads")]
     assert lines == [f"train.reinit_class_heads: re-initialised 4 class-head tensors for 3 classes: {', '.join(coco_heads)}; "
                      f"every other tensor comes from {checkpoint}"]
+    assert lines[0] in (out / "log.txt").read_text()  # the project's log lines reach the run's log, as detectron2's
     rows = [json.loads(line) for line in open(out / "metrics.json")]
     assert max(r["iteration"] for r in rows if "total_loss" in r) == 1
     tuned = torch.load(out / "model_final.pth", weights_only=False)["model"]

@@ -199,12 +199,14 @@ class RecordAtStart(HookBase):
         self.record = box.record  # (a dict given to a LazyCall would become a config copy)
 
     def before_step(self):
-        if "ema" in self.record:
+        if "model" in self.record:
             return
         ema = self.trainer.ema
         self.record["iter"] = self.trainer.iter
-        self.record["ema"] = {n: t.detach().clone() for n, t in ema.shadow.items()}
-        self.record["teacher_is_ema"] = self.trainer.model.teacher is ema.module
+        self.record["model"] = {n: t.detach().clone() for n, t in self.trainer.model.state_dict().items()}
+        if ema is not None:
+            self.record["ema"] = {n: t.detach().clone() for n, t in ema.shadow.items()}
+            self.record["teacher_is_ema"] = self.trainer.model.teacher is ema.module
 
 
 def test_ema_starts_from_the_loaded_weights(tiny, trained, tmp_path):
@@ -221,6 +223,25 @@ def test_ema_starts_from_the_loaded_weights(tiny, trained, tmp_path):
     assert record["ema"].keys() <= loaded.keys() and len(record["ema"]) > 100
     for name, tensor in record["ema"].items():
         assert torch.equal(tensor, loaded[name]), name
+
+
+def test_init_only_starts_the_backbone_alone_from_the_checkpoint(tiny, trained, tmp_path):
+    """``train.init_only=[backbone]``: at iteration 0 every backbone tensor is the checkpoint's and
+    the transformer is not (it keeps its initialisation)."""
+    from detectron2.config import LazyCall as L
+
+    record = {}
+    cfg = tiny.make_cfg(tmp_path, "train.max_iter=1", f"train.init_checkpoint={trained['out'] / 'model_final.pth'}",
+                        "train.init_only=[backbone]")
+    cfg.train.hooks = [L(RecordAtStart)(box=SimpleNamespace(record=record))]
+    tiny.run_train(cfg)
+    loaded, start = _checkpoint(trained["out"] / "model_final.pth")["model"], record["model"]
+    backbone = [k for k in start if k.startswith("backbone.")]
+    assert len(backbone) > 50
+    for name in backbone:
+        assert torch.equal(start[name], loaded[name]), name
+    transformer = [k for k in start if k.startswith("transformer.") and k.endswith("weight")]
+    assert not any(torch.equal(start[k], loaded[k]) for k in transformer if start[k].numel() > 16)
 
 
 def test_stop_update_at_the_first_lr_decay_survives_resume(tiny, shapes_mini, tmp_path):

@@ -4,6 +4,9 @@ train = dict(
     # Fine-tuning a checkpoint trained on other classes: load everything but the class heads (every
     # decoder layer's and the encoder's), which start from their initialisation.
     reinit_class_heads=False,
+    # Load only these top-level modules of train.init_checkpoint (e.g. ["backbone"]: another detector's
+    # trained backbone as the initialisation); None loads the whole checkpoint.
+    init_only=None,
     max_iter=90000,
     device="auto",  # "cuda" if available else "cpu"
     seed=42,

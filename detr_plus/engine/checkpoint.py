@@ -69,3 +69,27 @@ def check_checkpoint_matches(model: nn.Module, path: str, require_all: bool = Fa
                 f"from data.num_classes / the dataset's categories; to fine-tune on these classes, "
                 f"train.reinit_class_heads=True re-initialises the class heads); ")
     raise ValueError(f"Checkpoint '{path}' does not match the config: {lead}{len(lines)} tensor(s) differ:\n" + "\n".join(lines))
+
+
+def load_modules(model: nn.Module, path: str, modules: List[str]) -> int:
+    """Load only the weights of ``modules`` (top-level names such as ``"backbone"``) from checkpoint
+    ``path`` into ``model`` (``train.init_only``): a detector's backbone as another detector's
+    initialisation, as COCO models start from an ImageNet backbone. Every model tensor under those
+    names must be in the checkpoint with its shape; ``ValueError`` names the file and the tensors
+    otherwise. Returns the number of tensors loaded."""
+    if not os.path.isfile(path):
+        raise ValueError(f"train.init_only={list(modules)} needs train.init_checkpoint to be a local file, got {path!r}")
+    prefixes = tuple(f"{m}." for m in modules)
+    own = model.state_dict()
+    unknown = [m for m in modules if not any(k.startswith(f"{m}.") for k in own)]
+    if unknown:
+        raise ValueError(f"train.init_only={list(modules)}: the model has no module {', '.join(map(repr, unknown))} "
+                         f"(its modules: {', '.join(sorted({k.split('.')[0] for k in own}))})")
+    state = {k: v for k, v in rename_legacy_keys(checkpoint_state_dict(path)).items() if k.startswith(prefixes)}
+    check_checkpoint_matches(model, path, state=state)
+    missing = sorted(k for k in own if k.startswith(prefixes) and k not in state)
+    if missing:
+        raise ValueError(f"train.init_only={list(modules)}: checkpoint '{path}' lacks {len(missing)} of the model's "
+                         f"tensors under these names: {', '.join(missing[:5])}")
+    model.load_state_dict(state, strict=False)
+    return len(state)
