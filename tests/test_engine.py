@@ -485,5 +485,7 @@ def test_init_only_loads_the_backbone_of_another_detector(tmp_path):
     torch.save({"model": wide}, tmp_path / "wide.pth")
     with pytest.raises(ValueError, match=r"wide.pth' does not match the config: 1 tensor\(s\) differ:\n  backbone.stem.conv1.weight: checkpoint \(64, 3, 7, 7\), model \(32, 3, 7, 7\)"):
         load_modules(target, str(tmp_path / "wide.pth"), ["backbone"])
+    with pytest.raises(ValueError, match=r"train.init_checkpoint '.*absent.pth' is not a local file \(train the model"):
+        load_modules(target, str(tmp_path / "absent.pth"), ["backbone"])
     with pytest.raises(ValueError, match=r"train.init_only=\['backbon'\]: the model has no module 'backbon'"):
         load_modules(target, str(path), ["backbon"])

@@ -78,7 +78,8 @@ def load_modules(model: nn.Module, path: str, modules: List[str]) -> int:
     names must be in the checkpoint with its shape; ``ValueError`` names the file and the tensors
     otherwise. Returns the number of tensors loaded."""
     if not os.path.isfile(path):
-        raise ValueError(f"train.init_only={list(modules)} needs train.init_checkpoint to be a local file, got {path!r}")
+        raise ValueError(f"train.init_only={list(modules)}: train.init_checkpoint {path!r} is not a local file (train the model "
+                         "that writes it first: the shapes configs' trained backbone comes from `make train`)")
     prefixes = tuple(f"{m}." for m in modules)
     own = model.state_dict()
     unknown = [m for m in modules if not any(k.startswith(f"{m}.") for k in own)]

@@ -1,0 +1,7 @@
+"""QR-DAB-DETR tiny (``qr_dab_detr_shapes_tiny.py``) with its baseline's recipe of
+``configs/shapes/dab_detr_tiny_trained_backbone.py``: ``make train``'s backbone, 3000 iterations."""
+from ....configs.shapes.tiny_model import start_from_trained_backbone
+from .qr_dab_detr_shapes_tiny import dataloader, model, optimizer, train
+
+lr_multiplier = start_from_trained_backbone(train, optimizer)
+train.output_dir = "./output/qr_dab_detr_shapes_tiny_trained_backbone"
