@@ -101,6 +101,39 @@ def test_dab_anchor_refinement_is_detached_and_predictions_look_forward_twice():
     assert model.transformer.decoder.share_heads and model.transformer.decoder.look_forward_twice
 
 
+def test_conditional_detr_training_gradient_equals_finite_differences(monkeypatch):
+    """Nothing on Conditional DETR's path is detached (its official code detaches nothing): in
+    float64, a central difference of the summed training loss along a random direction of each
+    transformer part (the reference MLP, which the box centres and the spatial queries both read, the
+    query embedding, the spatial-query MLP, the decoder layers) equals autograd's directional
+    derivative. Dropout off, BatchNorm in eval mode; the matching does not change at this step."""
+    monkeypatch.setattr(torch.Tensor, "float", lambda self, *args, **kwargs: self.double())  # losses follow the model's float64
+    config = tiny("conditional")
+    config.transformer.encoder.dropout = config.transformer.decoder.dropout = 0.0
+    model = build(config).double().train()
+    model.backbone.eval()
+    batch = synthetic_batch()
+
+    def loss():
+        return sum(v for k, v in model(batch).items() if k.startswith("loss"))
+
+    loss().backward()
+    generator, eps = torch.Generator().manual_seed(0), 1e-6
+    for part in ("reference_points", "query_embedding", "decoder.spatial_query", "decoder.layers"):
+        params = [p for n, p in model.transformer.named_parameters() if n.startswith(part)]
+        directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+        analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, directions))
+        with torch.no_grad():
+            values = []
+            for sign in (1, -2, 1):  # + eps, - eps, back
+                for p, d in zip(params, directions):
+                    p.add_(sign * eps * d)
+                values.append(float(loss()))
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert abs(analytic) > 1e-3, part
+        assert numeric == pytest.approx(analytic, rel=1e-4), part
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_padding_changes_no_output(name):
     """The transformer on an image's feature map, and on the same map padded (random values, masked)
