@@ -3,6 +3,8 @@
 #   make train  train the tiny Deformable-DETR on the synthetic shapes data set (ARGS=... appended)
 #   make test   lint (ruff, settings in ruff.toml), then run the test suite
 #   make bench  run the benchmarks
+#   make mutation  mutation audit: break each paper formula / core rule alone, run the tests meant to
+#               catch it, table in docs/mutation_audit.md (minutes; not part of `make test`)
 SHELL := /bin/bash
 .DEFAULT_GOAL := venv
 
@@ -21,7 +23,7 @@ ARGS ?=
 VENV_HASH := $(shell (cat setup.py tools/install_detectron2.py; echo '$(TORCH_PINS) $(BUILD_DEPS) $(DEPS)') | sha256sum | cut -c1-12)
 STAMP     := $(VENV)/.stamp-$(VENV_HASH)
 
-.PHONY: venv train test bench
+.PHONY: venv train test bench mutation
 
 venv: $(STAMP)
 
@@ -46,3 +48,6 @@ test: venv
 bench: venv
 	$(VPY) benchmarks/bench_model.py --config-file $(TRAIN_CONFIG)
 	$(VPY) benchmarks/bench_ms_deform_attn.py
+
+mutation: venv
+	$(VPY) tools/mutation_audit.py --output docs/mutation_audit.md
