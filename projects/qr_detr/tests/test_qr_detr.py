@@ -95,6 +95,22 @@ def per_image(passes):
     return [(b, passes[b].nonzero().flatten()) for b in range(passes.shape[0])]
 
 
+def test_router_decision_and_exit_score_by_hand():
+    """Eq. 5-6 on two hand-made queries: the router's scores (s_pass, s_bypass) = (2, -2) and
+    (-0.5, 0.5); a query passes iff s_pass >= s_bypass, and sigma_EE is the larger of the two
+    sigmoids: sigmoid(2) = 0.880797 and sigmoid(0.5) = 0.622459 (their mean would be 0.5 for both)."""
+    wrapper = routed(plain_layer(), "F")
+    with torch.no_grad():
+        wrapper.router.weight[1, 0] = -1.0  # scores (q0, -q0)
+    query = torch.zeros(1, 2, D)
+    query[0, 0, 0], query[0, 1, 0] = 2.0, -0.5
+    with torch.no_grad():
+        wrapper.router.bias.copy_(torch.tensor([0.0, 0.0]))
+        passes, sigma = wrapper.route(query)
+    assert passes.tolist() == [[True, False]]
+    torch.testing.assert_close(sigma, torch.tensor([[0.880797, 0.622459]]), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["SA", "CA", "F"])
 def test_each_wrapper_matches_its_equation(mode):
     """Eq. 9 (SA), Eq. 10 (CA), Eq. 11 (F), each with the FFN on the routed queries (Sec. 5.4 c)."""
