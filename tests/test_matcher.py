@@ -110,6 +110,17 @@ def test_one_to_many_threshold_topk_and_top1_below_threshold():
     assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (2, 0), (6, 0)]
 
 
+@pytest.mark.parametrize("selection", ["candidates", "dynamic_k"])
+def test_one_to_many_threshold_includes_its_boundary(selection):
+    """A query whose best M equals the threshold is a candidate (M >= tau; 0.5 and 0.25 are exact in
+    float32): q1 at M = tau is kept, q2 just below is not; with tau = 0.25 q2 is kept too."""
+    m = torch.tensor([[0.9], [0.5], [0.25]])
+    o2m = OneToManyMatcher(topk=6, threshold=0.5, max_positive_ratio=1.0, selection=selection)
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0)]
+    o2m.threshold = 0.25
+    assert pairs(o2m.match_single(m)) == [(0, 0), (1, 0), (2, 0)]
+
+
 def test_one_to_many_top1_overrides_and_gt_tie():
     m = torch.tensor([
         [0.6, 0.9],  # top-1 of both GTs -> goes to gt0 (lower index), though its best GT is gt1
