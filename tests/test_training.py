@@ -1,6 +1,7 @@
 """End-to-end tests of train_net.py on the shapes data with a tiny Deformable-DETR (CPU): the loss
 goes down, COCO evaluation, exact resume (weights, EMA, optimizer), --eval-only of a checkpoint,
-and a 2-process DDP run (gloo) equal to a 1-process run at the same global batch. The mini splits
+and 2-process DDP runs (gloo; one machine, and two "machines" over loopback) equal to a 1-process run
+at the same global batch. The mini splits
 (64 train / 16 val images) keep them fast."""
 import functools
 import json
@@ -349,62 +350,109 @@ def _records(path):
     return [json.loads(line) for line in open(path)]
 
 
-def test_ddp_two_processes_on_cpu_equal_one_process_at_the_same_global_batch(tiny, tmp_path, monkeypatch):
-    """``train_net.py --num-gpus 2`` (gloo, one image per process) against the same 3 iterations in one
-    process at the same global batch of 2 (the same images: the loader's stream is a function of the
-    position): every logged loss of every iteration is equal (DDP averages the processes' losses and
-    gradients, each normalised by the all-reduced GT count / 2); each process's normalizer is half the
-    one-process GT count and the processes' own counts add up to it. The 2-process run also evaluates
-    (split over the processes) after its last iteration."""
-    ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
-    records = tmp_path / "records"
-    records.mkdir()
-    driver = tmp_path / "ddp_driver.py"
-    driver.write_text(DDP_DRIVER)
-    # The evaluation after the last iteration covers shapes_val's 200 images: at 64 px (~1.5 s, not ~6 s).
-    cmd = [sys.executable, str(driver), "--config-file", tiny.config, "--num-gpus", "2", *tiny.model_overrides, *DDP_OVERRIDES,
-           f"train.output_dir={ddp_out}", "dataloader.test.mapper.augmentations.min_size=64",
-           "dataloader.test.mapper.augmentations.max_size=80"]
-    # One thread per process: two processes share the two cores.
-    # PYTHONPATH: the driver (in tmp_path) imports train_net.py from the repository root.
-    env = dict(os.environ, DETR_PLUS_DATASETS=os.environ["DETR_PLUS_DATASETS"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(tiny.repo), os.environ.get("PYTHONPATH")])),
-               DDP_RECORD_DIR=str(records))
-    proc = subprocess.run(cmd, cwd=tiny.repo, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        print(proc.stdout[-5000:])
-        print(proc.stderr[-10000:], file=sys.stderr)
-    assert proc.returncode == 0, f"train_net.py --num-gpus 2 failed (rc={proc.returncode}); stderr tail:\n{proc.stderr[-3000:]}"
-    assert "Starting training from iteration 0" in proc.stderr + proc.stdout
-    assert (ddp_out / "model_final.pth").exists()
-    assert "bbox/AP" in json.loads((ddp_out / "metrics.json").read_text().splitlines()[-1])
-
-    # The reference: one process, in this process, without the evaluation.
+@pytest.fixture(scope="module")
+def one_process_reference(single_thread, tiny, tmp_path_factory):
+    """The reference of the multi-process runs: the same 3 iterations at global batch 2 in this one
+    process, without the evaluation; each step's GT count and normalizer, and metrics.json's rows."""
     from detr_plus.data import ensure_shapes_generated
     from detr_plus.modeling.meta_arch import DeformableDETR
 
-    one_records = []
+    out = tmp_path_factory.mktemp("one_process")
+    records = []
     num_boxes = DeformableDETR.num_boxes
 
     def recording(targets, device):
-        one_records.append({"local": sum(len(t["labels"]) for t in targets), "normalizer": num_boxes(targets, device)})
-        return one_records[-1]["normalizer"]
+        records.append({"local": sum(len(t["labels"]) for t in targets), "normalizer": num_boxes(targets, device)})
+        return records[-1]["normalizer"]
 
-    monkeypatch.setattr(DeformableDETR, "num_boxes", staticmethod(recording))
     ensure_shapes_generated("shapes_train")
-    cfg = tiny.make_cfg(one_out, *DDP_OVERRIDES, mini_data=False)
+    cfg = tiny.make_cfg(out, *DDP_OVERRIDES, mini_data=False)
     cfg.dataloader.pop("evaluator")
-    tiny.run_train(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DeformableDETR, "num_boxes", staticmethod(recording))
+        tiny.run_train(cfg)
+    return records, _rows(out / "metrics.json")
 
+
+def _start_driver(tiny, tmp_path, out, launch_args):
+    """train_net.py's own launch in a subprocess (the driver above), one thread per process (two
+    processes share the two cores); PYTHONPATH: the driver (in tmp_path) imports train_net.py from the
+    repository root. The evaluation after the last iteration covers shapes_val's 200 images at 64 px."""
+    records = tmp_path / "records"
+    records.mkdir(exist_ok=True)
+    driver = tmp_path / "ddp_driver.py"
+    driver.write_text(DDP_DRIVER)
+    cmd = [sys.executable, str(driver), "--config-file", tiny.config, *launch_args, *tiny.model_overrides, *DDP_OVERRIDES,
+           f"train.output_dir={out}", "dataloader.test.mapper.augmentations.min_size=64",
+           "dataloader.test.mapper.augmentations.max_size=80"]
+    env = dict(os.environ, DETR_PLUS_DATASETS=os.environ["DETR_PLUS_DATASETS"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tiny.repo), os.environ.get("PYTHONPATH")])),
+               DDP_RECORD_DIR=str(records))
+    # Output to a file, not a pipe: two machines' processes wait on each other, and a full pipe of one
+    # that nobody reads yet would stall both.
+    log = tmp_path / f"driver_{len(list(tmp_path.glob('driver_*.log')))}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=tiny.repo, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def _finish(proc, what):
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    output = proc.log.read_text()
+    if proc.returncode != 0:
+        print(output[-10000:], file=sys.stderr)
+    assert proc.returncode == 0, f"{what} failed (rc={proc.returncode}); output tail:\n{output[-3000:]}"
+    return output
+
+
+def _assert_equal_to_one_process(reference, records, out):
+    """Each process's normalizer is half the one-process GT count and the processes' own counts add
+    up to it; every logged loss of every iteration equals the one-process run's."""
+    one_records, one_rows = reference
     ranks = [_records(records / f"num_boxes_rank{r}.jsonl") for r in (0, 1)]
     assert len(one_records) == len(ranks[0]) == len(ranks[1]) == 3
     for step, (one, r0, r1) in enumerate(zip(one_records, *ranks)):
         assert r0["local"] + r1["local"] == one["local"] == one["normalizer"] > 1, step  # the same global batch
         assert r0["normalizer"] == r1["normalizer"] == one["normalizer"] / 2, step
-    ddp_rows, one_rows = _rows(ddp_out / "metrics.json"), _rows(one_out / "metrics.json")
-    assert [r["iteration"] for r in ddp_rows] == [r["iteration"] for r in one_rows] == [0, 1, 2]
-    for ddp, one in zip(ddp_rows, one_rows):
+    rows = _rows(out / "metrics.json")
+    assert [r["iteration"] for r in rows] == [r["iteration"] for r in one_rows] == [0, 1, 2]
+    for row, one in zip(rows, one_rows):
         keys = sorted(k for k in one if k.startswith("loss_") or k == "total_loss")
-        assert len(keys) > 9 and keys == sorted(k for k in ddp if k.startswith("loss_") or k == "total_loss")
+        assert len(keys) > 9 and keys == sorted(k for k in row if k.startswith("loss_") or k == "total_loss")
         for key in keys:
-            assert ddp[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["iteration"], key)
+            assert row[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), (one["iteration"], key)
+    assert (out / "model_final.pth").exists()
+    assert "bbox/AP" in json.loads((out / "metrics.json").read_text().splitlines()[-1])
+
+
+def test_ddp_two_processes_on_cpu_equal_one_process_at_the_same_global_batch(tiny, one_process_reference, tmp_path):
+    """``train_net.py --num-gpus 2`` (gloo, one image per process) against the same 3 iterations in one
+    process at the same global batch of 2 (the same images: the loader's stream is a function of the
+    position): every logged loss of every iteration is equal (DDP averages the processes' losses and
+    gradients, each normalised by the all-reduced GT count / 2). The 2-process run also evaluates
+    (split over the processes) after its last iteration."""
+    out = tmp_path / "ddp"
+    log = _finish(_start_driver(tiny, tmp_path, out, ["--num-gpus", "2"]), "train_net.py --num-gpus 2")
+    assert "Starting training from iteration 0" in log
+    _assert_equal_to_one_process(one_process_reference, tmp_path / "records", out)
+
+
+def test_two_machines_over_loopback_equal_one_process_at_the_same_global_batch(tiny, one_process_reference, tmp_path):
+    """Two "machines" of one process each: ``--num-machines 2 --machine-rank 0|1 --dist-url
+    tcp://127.0.0.1:PORT``, started as two separate ``train_net.py`` commands as on two hosts (gloo
+    over loopback). Global ranks 0 and 1 see the images a 2-process run sees, so the losses equal the
+    one-process run's at the same global batch, and the evaluation gathers over the two machines."""
+    from detr_plus.engine.launch import _free_port
+
+    out = tmp_path / "two_machines"
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    machines = [_start_driver(tiny, tmp_path, out, ["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank),
+                                                    "--dist-url", url]) for rank in (0, 1)]
+    logs = [_finish(proc, f"machine {rank}") for rank, proc in enumerate(machines)]
+    assert "Starting training from iteration 0" in logs[0]
+    _assert_equal_to_one_process(one_process_reference, tmp_path / "records", out)

@@ -4,6 +4,7 @@ detectron2 v0.6's ``launch`` asserts CUDA for more than one process and hard-cod
 (engine/launch.py:95,99), and ``create_ddp_model`` forces ``device_ids`` (engine/defaults.py:72-74).
 """
 import logging
+import os
 from datetime import timedelta
 
 import torch
@@ -17,7 +18,16 @@ logger = logging.getLogger(__name__)
 
 def launch(main_func, num_processes_per_machine, num_machines=1, machine_rank=0, dist_url="auto", args=(), timeout_minutes=30):
     """Run ``main_func(*args)`` in ``num_processes_per_machine * num_machines`` processes (one per GPU,
-    or CPU processes with gloo when CUDA is unavailable); a single process runs it directly."""
+    or CPU processes with gloo when CUDA is unavailable); a single process runs it directly.
+
+    Under ``torchrun`` (which starts the processes itself and says so in ``LOCAL_WORLD_SIZE``, ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) this process is one of them: it joins through
+    those variables and the ``--num-gpus / --num-machines / --machine-rank / --dist-url`` arguments
+    are ignored."""
+    if "LOCAL_WORLD_SIZE" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        per_machine, rank = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["RANK"])
+        return _worker(int(os.environ["LOCAL_RANK"]), main_func, int(os.environ["WORLD_SIZE"]), per_machine,
+                       rank // per_machine, "env://", args, timeout_minutes)
     world_size = num_processes_per_machine * num_machines
     if world_size <= 1:
         return main_func(*args)
