@@ -16,6 +16,7 @@ from torch import nn
 
 from ..layers import MLP, box_sine_embedding
 from ..layers.box_ops import inverse_sigmoid
+from .activation_checkpoint import call_layer
 from .contracts import (PRIMARY, DecoderOutput, DecoderQueries, DecoderVariant, EncoderState, LayerInputs, LayerPredictions, LayerWrapper,
                         PredictWith, QueryContext, QueryGroup, QueryStream, Stream)
 from .decoder_layer import DeformableDecoderLayer
@@ -73,6 +74,8 @@ class DeformableDecoder(nn.Module):
       every query of every layer into ``QueryContext.spatial_query`` (``ConditionalSpatialQuery``).
     * ``position_in_valid_region``: "box_sine" positions from the box in the first level's
       valid-region coordinates (DAB-Deformable-DETR, DINO), else from the box as is (DAB-DETR).
+    * ``checkpoint_layers``: activation checkpointing of each layer (wrapped or not, with its groups
+      and variants) while training (``activation_checkpoint``); the heads and the refinement are not.
     """
 
     def __init__(self, num_layers=6, d_model=256, num_classes=80, box_refine=True, look_forward_twice=False,
@@ -80,7 +83,7 @@ class DeformableDecoder(nn.Module):
                  layer_wrapper: Optional[LayerWrapper] = None, initial_reference_grad: bool = False,
                  box_wh_bias: float = 0.0, output_norm: bool = False, inverse_sigmoid_eps: float = 1e-5,
                  layer_class=DeformableDecoderLayer, spatial_query: Optional[nn.Module] = None,
-                 position_in_valid_region: bool = True, **layer_kwargs):
+                 position_in_valid_region: bool = True, checkpoint_layers: bool = False, **layer_kwargs):
         super().__init__()
         if query_position not in QUERY_POSITIONS:
             raise ValueError(f"decoder.query_position={query_position!r}: expected one of {QUERY_POSITIONS}")
@@ -102,6 +105,7 @@ class DeformableDecoder(nn.Module):
         self.spatial_query, self.position_in_valid_region = spatial_query, position_in_valid_region
         self.output_norm = nn.LayerNorm(d_model) if output_norm else None
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
+        self.checkpoint_layers = checkpoint_layers
         class_head, box_head = nn.Linear(d_model, num_classes), MLP(d_model, d_model, 4, 3)
         init_detection_heads(class_head, box_head)
         if self.share_heads:
@@ -215,7 +219,7 @@ class DeformableDecoder(nn.Module):
         for index, layer in enumerate(self.layers):
             inputs = LayerInputs({PRIMARY: Stream(primary.query, context_of(primary)), **streams.streams(context_of)},
                                  streams.layer_variants(index))
-            result = layer(inputs)
+            result = call_layer(layer, self.checkpoint_layers, inputs)
             if set(result.variants) != set(inputs.variants):
                 raise ValueError(f"decoder layer {index} ({type(layer).__name__}) returned outputs for variants "
                                  f"{sorted(result.variants)}, was given {sorted(inputs.variants)}: a layer returns one per variant")

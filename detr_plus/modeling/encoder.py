@@ -4,6 +4,7 @@ from torch import nn
 
 from ..layers import MultiScaleDeformableAttention
 from ..layers.level_shapes import level_sizes
+from .activation_checkpoint import call_layer
 from .blocks import FFN
 
 
@@ -23,9 +24,13 @@ class DeformableEncoderLayer(nn.Module):
 
 
 class DeformableEncoder(nn.Module):
-    def __init__(self, num_layers=6, **layer_kwargs):
+    """``num_layers`` deformable encoder layers; ``checkpoint_layers``: activation checkpointing of
+    each layer while training (``activation_checkpoint``)."""
+
+    def __init__(self, num_layers=6, checkpoint_layers=False, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(DeformableEncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.checkpoint_layers = checkpoint_layers
 
     @staticmethod
     def reference_points(spatial_shapes, valid_ratios):
@@ -46,5 +51,5 @@ class DeformableEncoder(nn.Module):
     def forward(self, src, pos, spatial_shapes, level_start_index, valid_ratios, padding_mask):
         reference_points = self.reference_points(spatial_shapes, valid_ratios)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = call_layer(layer, self.checkpoint_layers, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src

@@ -4,6 +4,7 @@ map (q = k = x + pos, v = x) and an FFN."""
 from torch import nn
 
 from ..layers import MLP
+from .activation_checkpoint import call_layer
 from .blocks import FFN
 
 
@@ -27,16 +28,18 @@ class StandardEncoder(nn.Module):
     """``num_layers`` post-norm layers; the same call as ``DeformableEncoder`` (the level shapes,
     start indices and valid ratios are not needed: one level, full attention with the padding masked).
     ``scale_position``: each layer sees its position embedding scaled elementwise by an MLP of its
-    input (DAB-DETR's encoder; one MLP for all layers)."""
+    input (DAB-DETR's encoder; one MLP for all layers). ``checkpoint_layers``: activation
+    checkpointing of each layer while training (``activation_checkpoint``)."""
 
-    def __init__(self, num_layers=6, scale_position=False, **layer_kwargs):
+    def __init__(self, num_layers=6, scale_position=False, checkpoint_layers=False, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(StandardEncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.checkpoint_layers = checkpoint_layers
         d_model = self.layers[0].norm1.normalized_shape[0]
         self.position_scale = MLP(d_model, d_model, d_model, 2) if scale_position else None
 
     def forward(self, src, pos, spatial_shapes, level_start_index, valid_ratios, padding_mask):
         for layer in self.layers:
             scaled = pos if self.position_scale is None else pos * self.position_scale(src)
-            src = layer(src, scaled, padding_mask)
+            src = call_layer(layer, self.checkpoint_layers, src, scaled, padding_mask)
         return src
