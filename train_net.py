@@ -20,7 +20,7 @@ from detr_plus.data.custom import register_config_datasets
 from detr_plus.engine.checkpoint import check_checkpoint_matches, load_modules
 from detr_plus.engine.config import apply_overrides, resolve_device
 from detr_plus.engine.ema import ModelEMA
-from detr_plus.engine.hooks import EMAHook, resolve_stop_update_iter, unwrap
+from detr_plus.engine.hooks import EMAHook, KeepBestCheckpoint, resolve_stop_update_iter, unwrap
 from detr_plus.engine.launch import create_ddp_model, launch
 from detr_plus.engine.trainer import DetrTrainer, NonFiniteLossError
 from detr_plus.engine.writers import default_writers
@@ -76,6 +76,14 @@ def check_initial_weights(cfg, model):
                     f"comes from {cfg.train.init_checkpoint}")
 
 
+def keep_best_checkpoint(cfg, checkpointer):
+    """``train.best_checkpoint``: model_best.pth by its metric (after the evaluation hook), or None."""
+    best = cfg.train.get("best_checkpoint") or {}
+    if not best.get("metric") or "evaluator" not in cfg.dataloader or cfg.train.eval_period <= 0:
+        return None
+    return KeepBestCheckpoint(cfg.train.eval_period, checkpointer, best["metric"], best.get("mode", "max"))
+
+
 def do_train(args, cfg):
     model = build_model(cfg)
     cfg.optimizer.model = model
@@ -100,6 +108,7 @@ def do_train(args, cfg):
         hooks.LRScheduler(scheduler=lr_multiplier),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: latest_results.update(do_test(cfg, model, ema)) or latest_results),
+        keep_best_checkpoint(cfg, checkpointer),
         *[instantiate(hook) for hook in cfg.train.get("hooks", [])],
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,

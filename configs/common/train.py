@@ -16,6 +16,9 @@ train = dict(
     clip_grad_norm=0.1,
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,
+    # model_best.pth (+ model_best.json: value, iteration): the weights of the best evaluation by this
+    # metric of the evaluation results ("bbox/AP"; "segm/AP", ...); metric=None keeps none.
+    best_checkpoint=dict(metric="bbox/AP", mode="max"),
     log_period=20,
     # Model EMA (hook in detr_plus.engine.hooks), started from the loaded weights. stop_update_iter
     # freezes it (OD-DETR's Stop Update): None (never), an iteration, or "first_lr_decay".

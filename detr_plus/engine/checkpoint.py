@@ -94,3 +94,28 @@ def load_modules(model: nn.Module, path: str, modules: List[str]) -> int:
                          f"tensors under these names: {', '.join(missing[:5])}")
     model.load_state_dict(state, strict=False)
     return len(state)
+
+
+def average_checkpoints(paths: List[str]) -> Dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights of several checkpoints of one model (the last
+    checkpoints of a run, as the Mr. DETR authors recommend for a more stable final model). Floating
+    tensors are averaged in float64 and stored in their own dtype; integer tensors (BatchNorm's
+    ``num_batches_tracked``) are taken from the last file. The files must hold the same tensor names
+    and shapes: a ``ValueError`` names the file and the tensors that differ."""
+    if len(paths) < 2:
+        raise ValueError(f"average_checkpoints: give at least two checkpoints, got {paths}")
+    states = [checkpoint_state_dict(path) for path in paths]
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:]):
+        missing, extra = sorted(set(first) - set(state)), sorted(set(state) - set(first))
+        reshaped = sorted(k for k in set(first) & set(state) if first[k].shape != state[k].shape)
+        if missing or extra or reshaped:
+            raise ValueError(f"{path} is not a checkpoint of the model of {paths[0]}: missing {missing[:5]}, "
+                             f"extra {extra[:5]}, other shapes {reshaped[:5]} (first 5 of each)")
+    averaged = {}
+    for key, value in first.items():
+        if value.is_floating_point():
+            averaged[key] = (sum(state[key].double() for state in states) / len(states)).to(value.dtype)
+        else:
+            averaged[key] = states[-1][key].clone()
+    return averaged

@@ -1,8 +1,11 @@
 """Trainer hooks of the shared core."""
+import json
 import logging
+import os
 from typing import Callable, Optional, Union
 
 from detectron2.engine import HookBase
+from detectron2.engine.hooks import BestCheckpointer
 from detectron2.utils import comm
 
 from .ema import ModelEMA
@@ -63,3 +66,30 @@ class EMAHook(HookBase):
             return
         self.ema.update(unwrap(self.trainer.model))
         self.trainer.storage.put_scalar("ema_decay", self.ema.current_decay(), smoothing_hint=False)
+
+
+class KeepBestCheckpoint(BestCheckpointer):
+    """Detectron2's ``BestCheckpointer`` (``model_best.pth``: the weights of the evaluation with the
+    best ``val_metric``, default bbox AP) that survives ``--resume``: the best value and its iteration
+    are also written to ``model_best.json`` beside the checkpoint and read back before training, so a
+    resumed run replaces ``model_best.pth`` only with a better evaluation (the parent starts from
+    none and would overwrite it with the first one)."""
+
+    def _record_path(self) -> str:
+        return os.path.join(self._checkpointer.save_dir, f"{self._file_prefix}.json")
+
+    def before_train(self):
+        path = self._record_path()
+        if self.trainer.iter > 0 and os.path.exists(path):  # a resumed run: the best so far stays
+            with open(path) as f:
+                record = json.load(f)
+            self.best_metric, self.best_iter = record["value"], record["iteration"]
+            self._logger.info(f"{self._file_prefix}: best {self._val_metric} so far {self.best_metric:.4f} at iteration {self.best_iter}")
+
+    def _update_best(self, val, iteration):
+        if not super()._update_best(val, iteration):
+            return False
+        if comm.is_main_process():
+            with open(self._record_path(), "w") as f:
+                json.dump({"metric": self._val_metric, "value": val, "iteration": iteration}, f)
+        return True
