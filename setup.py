@@ -24,4 +24,5 @@ setup(
     package_dir={name: folder for name, folder in PACKAGE_DIRS.items() if name != folder},
     python_requires=">=3.9",
     install_requires=["fvcore", "pycocotools", "scipy", "tqdm", "matplotlib"],
+    extras_require={"export": ["onnx", "onnxruntime"]},  # tools/export_onnx.py, tools/demo.py --onnx
 )

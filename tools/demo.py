@@ -3,12 +3,15 @@
 
     python tools/demo.py --config-file CONFIG --input IMG|DIR|GLOB ... [--output DIR]
         [--confidence-threshold 0.5] [--eval-variant NAME] train.init_checkpoint=CKPT [key=value ...]
+    python tools/demo.py --config-file CONFIG --onnx model.onnx --input ...   (the exported model, onnxruntime)
 
 Per image it writes ``DIR/<name>.png`` (the detections drawn by Detectron2's ``Visualizer``, class
 names from the dataset metadata or the checkpoint's ``config.yaml``) and ``DIR/<name>.json`` (boxes
 XYXY in original image pixels, scores, class ids and names), and prints a one-line summary. The
 model runs in eval mode on the config's device with the config's test-time resize; a method's
 training variants, query groups and teachers are not run. Unreadable or non-image files are reported and skipped.
+With ``--onnx`` the model is the file written by ``tools/export_onnx.py``, run by onnxruntime on the
+CPU; the config gives the test-time resize and the class names only.
 """
 import argparse
 import glob
@@ -36,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="./output/demo", help="folder for the PNG and JSON files")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--eval-variant", default=None, help="a training variant (model.variants) to evaluate instead of the primary queries")
+    parser.add_argument("--onnx", default=None, help="run this exported model (tools/export_onnx.py) with onnxruntime instead of the checkpoint")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -59,7 +63,7 @@ def expand_inputs(inputs):
 def class_names(cfg, checkpoint):
     """The test dataset's class names, else those of the ``config.yaml`` saved beside the checkpoint."""
     names = MetadataCatalog.get(cfg.dataloader.test.dataset.names).get("thing_classes")
-    saved = os.path.join(os.path.dirname(checkpoint), "config.yaml")
+    saved = os.path.join(os.path.dirname(checkpoint or ""), "config.yaml")
     if names is None and os.path.isfile(saved):
         saved_cfg = LazyConfig.load(saved)
         register_config_datasets(saved_cfg, required=False)
@@ -68,8 +72,17 @@ def class_names(cfg, checkpoint):
 
 
 def build_predictor(args):
-    """(model in eval mode with the checkpoint's weights, test mapper, metadata) of the config."""
+    """(model in eval mode with the checkpoint's weights, test mapper, metadata) of the config; with
+    ``--onnx`` an ``OnnxPredictor`` of that file in place of the model."""
     cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    if getattr(args, "onnx", None):
+        register_config_datasets(cfg, required=False)
+        mapper = instantiate(cfg.dataloader.test.mapper)
+        mapper.unreadable = "raise"
+        names = class_names(cfg, args.onnx)
+        predictor = OnnxPredictor(args.onnx)
+        metadata = Metadata(name="demo", thing_classes=list(names) if names else [str(i) for i in range(predictor.num_classes)])
+        return predictor, mapper, metadata
     checkpoint = cfg.train.init_checkpoint
     if not checkpoint or not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"train.init_checkpoint={checkpoint!r}: give the checkpoint file to run, "
@@ -91,6 +104,39 @@ def build_predictor(args):
     num_classes = model.transformer.decoder.class_heads[0].out_features
     metadata = Metadata(name="demo", thing_classes=list(names) if names else [str(i) for i in range(num_classes)])
     return model, mapper, metadata
+
+
+class OnnxPredictor:
+    """The exported graph (``tools/export_onnx.py``) as a predictor with the model's call: a list of
+    mapped inputs in, ``[{"instances": Instances}]`` out, in original image pixels as the model gives."""
+
+    def __init__(self, path):
+        import onnx
+        import onnxruntime
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--onnx {path}: no such file (write one with tools/export_onnx.py)")
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.canvas = tuple(self.session.get_inputs()[0].shape[-2:])
+        meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        self.num_classes = int(meta.get("num_classes", 0))
+
+    def __call__(self, batched_inputs):
+        from detectron2.structures import Boxes, Instances
+
+        from detr_plus.deploy import pad_to_canvas, to_original_size
+
+        results = []
+        for inputs in batched_inputs:
+            image = inputs["image"]
+            canvas, size = pad_to_canvas(image.float(), self.canvas)
+            boxes, scores, classes = (torch.from_numpy(a) for a in self.session.run(None, {"image": canvas.numpy(), "image_size": size.numpy()}))
+            original = (inputs.get("height", image.shape[-2]), inputs.get("width", image.shape[-1]))
+            boxes, keep = to_original_size(boxes, tuple(image.shape[-2:]), original)
+            instances = Instances(original)
+            instances.pred_boxes, instances.scores, instances.pred_classes = Boxes(boxes[keep]), scores[keep], classes[keep]
+            results.append({"instances": instances})
+        return results
 
 
 def detections(instances, names):

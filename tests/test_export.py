@@ -1,0 +1,133 @@
+"""ONNX export (issue #31): ``tools/export_onnx.py`` on a checkpoint of the baseline and of a method
+(Mr. DETR: its routes are not in the graph), onnxruntime against PyTorch on the shapes validation
+images, the graph against ``DeformableDETR.forward``, ``tools/demo.py --onnx`` against the PyTorch
+demo, and the errors."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import demo  # noqa: E402
+import export_onnx  # noqa: E402
+from detr_plus.deploy import InferenceGraph, attention_implementation, match_detections, pad_to_canvas  # noqa: E402
+
+BASELINE = "configs/shapes/deformable_detr_tiny.py"
+MR_DETR = "projects/mr_detr/configs/mr_detr_shapes_tiny.py"
+CANVAS = ["--canvas", "128", "128"]  # the shapes images (128 x 128) at the test resize
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def random_checkpoint(config, path, seed=0):
+    """A checkpoint of ``config``'s model with random weights."""
+    torch.manual_seed(seed)
+    model = instantiate(LazyConfig.load(str(REPO / config)).model)
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shapes_mini):
+    """Both checkpoints exported with ``--check 3`` (which raises when onnxruntime disagrees)."""
+    out = tmp_path_factory.mktemp("export")
+    files = {}
+    for name, config in (("baseline", BASELINE), ("mr_detr", MR_DETR)):
+        checkpoint = random_checkpoint(config, out / f"{name}.pth")
+        onnx_path = out / f"{name}.onnx"
+        export_onnx.main(["--config-file", str(REPO / config), "--output", str(onnx_path), "--check", "3", *CANVAS,
+                          f"train.init_checkpoint={checkpoint}"])
+        files[name] = (config, checkpoint, onnx_path)
+    return files
+
+
+def test_the_export_checks_itself_and_records_its_canvas(exported, capsys):
+    _, checkpoint, path = exported["baseline"]
+    model = onnx.load(path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta == {"canvas": "128x128", "num_classes": "4", "deformable_attention": "grid_sample"}
+    assert [i.name for i in model.graph.input] == ["image", "image_size"]
+    assert [o.name for o in model.graph.output] == ["boxes", "scores", "classes"]
+    assert any(node.op_type == "GridSample" for node in model.graph.node)
+
+
+def test_a_methods_graph_is_its_baselines(exported):
+    """Mr. DETR's checkpoint holds its routes' weights; the exported graph has exactly the baseline's
+    weights (the same initializer shapes) and operators."""
+    graphs = {name: onnx.load(path).graph for name, (_, _, path) in exported.items()}
+    shapes = {name: sorted(tuple(i.dims) for i in g.initializer) for name, g in graphs.items()}
+    assert shapes["mr_detr"] == shapes["baseline"]
+    ops = {name: sorted(n.op_type for n in g.node) for name, g in graphs.items()}
+    assert ops["mr_detr"] == ops["baseline"]
+    state = torch.load(exported["mr_detr"][1], weights_only=False)["model"]
+    assert any(k.startswith("variants.") for k in state)  # the routes were in the checkpoint
+
+
+def test_onnxruntime_equals_pytorch_on_a_smaller_image_padded_to_the_canvas(exported):
+    """A 96 x 112 image on the 128 x 128 canvas: the padding is masked as Detectron2's batch padding."""
+    import onnxruntime
+
+    config, checkpoint, path = exported["baseline"]
+    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
+                                                               f"train.init_checkpoint={checkpoint}"]))
+    graph = InferenceGraph(model)
+    image, size = pad_to_canvas(torch.rand(3, 96, 112, generator=torch.Generator().manual_seed(3)) * 255, (128, 128))
+    assert size.tolist() == [96, 112] and image[:, 96:].abs().sum() == 0
+    with attention_implementation(model), torch.no_grad():
+        expected = dict(zip(("boxes", "scores", "classes"), graph(image, size)))
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"image": image.numpy(), "image_size": size.numpy()})
+    ok, why = match_detections(expected, dict(zip(("boxes", "scores", "classes"), map(torch.from_numpy, got))), 1e-3, 1e-4)
+    assert ok, why
+    assert expected["boxes"][:, 2].max() <= 112 and expected["boxes"][:, 3].max() <= 96  # clipped to the image, not the canvas
+
+
+def test_the_graph_equals_the_models_forward_on_an_image_of_the_canvas_size(exported):
+    config, checkpoint, _ = exported["baseline"]
+    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
+                                                               f"train.init_checkpoint={checkpoint}"]))
+    image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(4)) * 255
+    with torch.no_grad(), attention_implementation(model):
+        boxes, scores, classes = InferenceGraph(model)(*pad_to_canvas(image, (128, 128)))
+        instances = model([{"image": image}])[0]["instances"]
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # detector_postprocess drops empty boxes
+    torch.testing.assert_close(instances.scores, scores[keep], rtol=0, atol=0)
+    torch.testing.assert_close(instances.pred_classes, classes[keep], rtol=0, atol=0)
+    torch.testing.assert_close(instances.pred_boxes.tensor, boxes[keep], rtol=1e-6, atol=1e-4)
+
+
+def test_demo_with_the_onnx_file_gives_the_pytorch_demos_detections(exported, tmp_path):
+    config, checkpoint, path = exported["baseline"]
+    images = [str(p) for p in sorted((REPO / "datasets" / "shapes" / "val").glob("*.png"))[:2]] or pytest.skip("no shapes_val")
+    common = ["--config-file", str(REPO / config), "--input", *images, "--confidence-threshold", "0.0"]
+    torch_files, _ = demo.main([*common, "--output", str(tmp_path / "pt"), f"train.init_checkpoint={checkpoint}"])
+    onnx_files, _ = demo.main([*common, "--output", str(tmp_path / "onnx"), "--onnx", str(path)])
+    import json
+
+    for a, b in zip(torch_files, onnx_files):
+        det = [json.loads(Path(f + ".json").read_text())["detections"] for f in (a, b)]
+        assert len(det[0]) == len(det[1]) > 50
+        as_tensors = [{"boxes": torch.tensor([d["box_xyxy"] for d in ds]), "scores": torch.tensor([d["score"] for d in ds]),
+                       "classes": torch.tensor([d["class_id"] for d in ds])} for ds in det]
+        ok, why = match_detections(*as_tensors, 1e-3, 1e-4)
+        assert ok, (a, why)
+        assert Path(b + ".png").exists()
+
+
+def test_bad_requests_say_what_to_do(exported, tmp_path):
+    config, checkpoint, path = exported["baseline"]
+    with pytest.raises(ValueError, match="200x100 does not fit the exported canvas 128x128"):
+        pad_to_canvas(torch.zeros(3, 200, 100), (128, 128))
+    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
+                                                               f"train.init_checkpoint={checkpoint}"]))
+    model.eval_nms_threshold = 0.7
+    with pytest.raises(ValueError, match="eval_nms_threshold=0.7: the exported graph has no NMS"):
+        InferenceGraph(model)
+    with pytest.raises(FileNotFoundError, match="--onnx .*missing.onnx: no such file"):
+        demo.OnnxPredictor(str(tmp_path / "missing.onnx"))
