@@ -1,5 +1,6 @@
 """Conditional DETR and DAB-DETR as configurations of the core: the conditional cross-attention and
-DAB's width / height modulation against hand-written references, DAB's detached anchor refinement,
+DAB's width / height modulation against hand-written references, DAB's encoder position scaling by
+hand, DAB's detached anchor refinement,
 padding that changes no detection, QR-DETR's routing that routes every query equal to the plain
 layer, LoRA-DETR's branches on Conditional DETR (the extension points do not depend on the
 decoder), and the parameter counts."""
@@ -11,7 +12,8 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.engine.compose import compose_methods
-from detr_plus.modeling import ConditionalCrossAttentionBlock, ConditionalSpatialQuery, QueryContext, strip_training_parts
+from detr_plus.modeling import (ConditionalCrossAttentionBlock, ConditionalSpatialQuery, QueryContext, StandardEncoder,
+                                strip_training_parts)
 from model_utils import REPO, assert_inference_without_training_parts, build, shrink_model_config, synthetic_batch
 
 MODELS = {"conditional": "configs/models/conditional_detr_r50.py", "dab": "configs/models/dab_detr_r50.py"}
@@ -81,6 +83,33 @@ def test_dab_spatial_query_modulation_by_hand():
     assert layer1 == pytest.approx([2 * v for v in expected], abs=1e-5)
     plain = ConditionalSpatialQuery(d)
     assert plain(torch.randn(1, 1, d), anchor[..., :2], 0)[0, 0].tolist() == pytest.approx(sine(0.25) + sine(0.5), abs=1e-5)
+
+
+def test_dab_encoder_scales_each_layers_position_by_an_mlp_of_its_input():
+    """DAB-DETR's encoder: layer i attends with pos x MLP(x_i), x_i ITS input (the previous layer's
+    output), one MLP for all layers. With both linear layers of the MLP the identity (d 4), MLP(x) =
+    relu(x): the first layer, on x = (1, -2, 0.5, 3), sees pos (2, 5, -4, 1) x (1, 0, 0.5, 3) =
+    (2, 0, -2, 3); the second sees pos x relu(the first layer's output)."""
+    encoder = StandardEncoder(num_layers=2, scale_position=True, d_model=4, d_ffn=8, dropout=0.0, num_heads=1).eval()
+    with torch.no_grad():
+        for linear in encoder.position_scale.layers:
+            linear.weight.copy_(torch.eye(4))
+            linear.bias.zero_()
+    seen, outputs = [], []
+
+    def record(module, args, out):  # the position the layer attends with, and its output
+        seen.append(args[1])
+        outputs.append(out)
+
+    for layer in encoder.layers:
+        layer.register_forward_hook(record)
+    src, pos = torch.tensor([[[1.0, -2.0, 0.5, 3.0]]]), torch.tensor([[[2.0, 5.0, -4.0, 1.0]]])
+    with torch.no_grad():
+        out = encoder(src, pos, None, None, None, torch.zeros(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(seen[0], torch.tensor([[[2.0, 0.0, -2.0, 3.0]]]), rtol=0, atol=0)
+    assert (outputs[0] < 0).any() and not torch.equal(outputs[0], src)  # the second layer's scale is not the first's
+    torch.testing.assert_close(seen[1], pos * outputs[0].clamp(min=0), rtol=0, atol=0)
+    torch.testing.assert_close(out, outputs[1], rtol=0, atol=0)
 
 
 def test_dab_anchor_refinement_is_detached_and_predictions_look_forward_twice():

@@ -1,15 +1,17 @@
 """The decoder and transformer options DINO's public code needs (``configs/models/dino_r50.py``): the
 output LayerNorm before the heads with the refinement chain on the raw output, the inverse-sigmoid
-clamp, box-sine positions in the first level's valid-region coordinates, and the Xavier content
-embedding; each against the formula it implements."""
+clamp, box-sine positions in the first level's valid-region coordinates, the Xavier content
+embedding, and mixed query selection (top-k by the largest class score, detached anchors); each
+against the formula it implements."""
 import math
 
 import torch
+from torch import nn
 
 from detr_plus.layers import MLP
 from detr_plus.layers.box_ops import inverse_sigmoid
 from detr_plus.layers.position_encoding import box_sine_embedding
-from detr_plus.modeling import DeformableDecoder, QueryStream
+from detr_plus.modeling import DeformableDecoder, EncoderState, QueryStream
 from model_utils import D_MODEL, build_tiny_model, encode, synthetic_batch
 
 
@@ -97,3 +99,37 @@ def test_dino_heads_are_shared_and_the_box_mlp_is_not_the_encoders():
     assert all(h is decoder.class_heads[0] for h in decoder.class_heads)
     assert all(h is decoder.box_heads[0] for h in decoder.box_heads)
     assert isinstance(decoder.box_heads[0], MLP) and decoder.output_norm is not None
+
+
+def test_mixed_query_selection_takes_the_top_k_by_the_largest_class_score_with_detached_anchors():
+    """DINO Sec. 3.3 on four hand-made encoder tokens, one 1 x 4 level: the proposals are (cx, 0.5, 0.05,
+    0.05) with cx = (j + 0.5) / 4 = 0.125, 0.375, 0.625, 0.875; the class logits [3, -5, -5], [1, 1, 1],
+    [-4, 2.5, -4], [0.5, 0.5, 0] have the largest class scores 3, 1, 2.5, 0.5, so the top 2 are tokens 0
+    and 2 (by the mean, -2.33, 1, -1.83, 0.33, they would be 1 and 3; by the first logit 0 and 1). A
+    zero box head keeps the proposals: sigmoid(0 + log(p / (1 - p))) = p, so the anchors are (0.125,
+    0.5, 0.05, 0.05) and (0.625, 0.5, 0.05, 0.05), detached (the decoder's losses do not train the
+    encoder heads through them), while the encoder predictions the encoder loss reads keep their graph;
+    the content queries are the learned embedding (mixed selection)."""
+    transformer = build_tiny_model("dino", num_queries=2).transformer
+    assert transformer.query_init == "mixed" and not transformer.enc_class_agnostic
+    logits = torch.tensor([[[3.0, -5.0, -5.0], [1.0, 1.0, 1.0], [-4.0, 2.5, -4.0], [0.5, 0.5, 0.0]]])
+
+    class HandLogits(nn.Module):
+        def forward(self, x):
+            return logits.expand(x.shape[0], -1, -1)
+
+    box_head = nn.Linear(D_MODEL, 4)
+    nn.init.zeros_(box_head.weight)
+    nn.init.zeros_(box_head.bias)
+    state = EncoderState(torch.randn(1, 4, D_MODEL), torch.tensor([[1, 4]]), torch.tensor([0]), torch.ones(1, 1, 2),
+                         torch.zeros(1, 4, dtype=torch.bool))
+    selection = transformer.select_queries(state, heads=(HandLogits(), box_head))
+    assert selection.topk_indices.tolist() == [[0, 2]]
+    anchors = torch.tensor([[[0.125, 0.5, 0.05, 0.05], [0.625, 0.5, 0.05, 0.05]]])
+    torch.testing.assert_close(selection.queries.reference, anchors, rtol=0, atol=1e-6)
+    assert not selection.queries.reference.requires_grad
+    encoder = selection.encoder_predictions
+    torch.testing.assert_close(encoder["logits"], logits[:, [0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(encoder["boxes"], anchors, rtol=0, atol=1e-6)
+    assert encoder["boxes"].requires_grad  # the encoder loss trains the box head
+    torch.testing.assert_close(selection.queries.content[0], transformer.query_content.weight, rtol=0, atol=0)

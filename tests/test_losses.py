@@ -6,6 +6,7 @@ import torch
 
 from detr_plus.layers.box_ops import inverse_sigmoid, paired_box_iou
 from detr_plus.modeling.losses import (
+    FocalLoss,
     giou_box_loss,
     l1_box_loss,
     multi_target_quality_focal_loss,
@@ -34,6 +35,17 @@ def test_sigmoid_focal_loss_hand_values():
         0.75 * p2 ** 2 * -math.log(1 - p2),
     ]
     assert out.shape == (1, 3)
+    torch.testing.assert_close(out[0], torch.tensor(expected, dtype=torch.float64))
+
+
+def test_focal_loss_module_is_eq_5_with_alpha_one_quarter_and_gamma_two():
+    """The criterion's default class loss ``FocalLoss()`` (Deformable DETR: alpha 0.25, gamma 2) on the
+    one-hot targets: logit 0 (p = 1/2) as a positive, 0.25 x (1/2)^2 x ln 2 = 0.043322; the same logit
+    as a negative, 0.75 x (1/2)^2 x ln 2 = 0.129965; logit 2 as a positive, 0.25 x (1 - sigmoid(2))^2 x
+    -ln sigmoid(2) = 0.000451."""
+    out = FocalLoss()(t([0.0, 0.0, 2.0]), t([1.0, 0.0, 1.0]))
+    expected = [0.25 * 0.5 ** 2 * math.log(2), 0.75 * 0.5 ** 2 * math.log(2), 0.25 * (1 - sig(2.0)) ** 2 * -math.log(sig(2.0))]
+    assert expected == pytest.approx([0.043322, 0.129965, 0.000451], abs=1e-6)
     torch.testing.assert_close(out[0], torch.tensor(expected, dtype=torch.float64))
 
 

@@ -40,6 +40,12 @@ MR_FUSION = "projects/mr_detr/modeling/score_fusion.py"
 LORA = "projects/lora_detr/modeling/lora.py"
 LORA_BRANCHES = "projects/lora_detr/modeling/branches.py"
 LORA_CRITERION = "projects/lora_detr/modeling/criterion.py"
+TRANSFORMER = "detr_plus/modeling/transformer.py"
+POSTPROCESS = "detr_plus/modeling/postprocess.py"
+STANDARD_ENCODER = "detr_plus/modeling/standard_encoder.py"
+META_ARCH = "detr_plus/modeling/meta_arch.py"
+MSDA_TRITON = "detr_plus/layers/ms_deform_attn_triton.py"
+OD_STABILITY = "projects/od_detr/modeling/stability.py"
 
 # Test files and frequently used selections.
 T_MATCHER = "tests/test_matcher.py"
@@ -55,6 +61,9 @@ T_QR = "projects/qr_detr/tests/test_qr_detr.py"
 T_OD = "projects/od_detr/tests/test_od_detr.py"
 T_MR = "projects/mr_detr/tests/test_mr_detr.py"
 T_LORA = "projects/lora_detr/tests/test_lora_detr.py"
+T_POSTPROCESS = "tests/test_postprocess.py"
+T_DINO = "tests/test_dino_decoder.py"
+T_TRITON = "tests/test_ms_deform_attn_triton.py"
 
 HUNGARIAN_VS_BRUTE_FORCE = f"{T_MATCHER}::test_hungarian_matches_brute_force"
 DN_LAYOUT = f"{T_DENOISING}::test_layout_targets_and_attention_mask_on_a_batch_with_unequal_gt_counts"
@@ -64,6 +73,8 @@ OD_MD_HAND = f"{T_OD}::test_matching_distillation_hand_values"
 OD_PD_HAND = f"{T_OD}::test_prediction_distillation_hand_values"
 MR_ATTENTION = f"{T_MR}::test_instructive_attention_weights_and_masks"
 LORA_VFL_HAND = f"{T_LORA}::test_vfl_plus_equals_a_hand_computation_for_both_branches"
+PROPOSALS_HAND = f"{T_GEOMETRY}::test_encoder_proposals_hand_values"
+DINO_SELECTION = f"{T_DINO}::test_mixed_query_selection_takes_the_top_k_by_the_largest_class_score_with_detached_anchors"
 
 MUTATIONS = [
     # --- core: Hungarian matcher costs (Deformable DETR: class 2 x focal cost, L1 5, GIoU 2) ---------
@@ -124,6 +135,11 @@ MUTATIONS = [
          find="alpha=alpha, gamma=gamma,", replace="alpha=1 - alpha, gamma=gamma,",
          rule="focal loss (Lin et al. Eq. 5): alpha (0.25) weighs the positives, 1 - alpha the negatives",
          tests=[f"{T_LOSSES}::test_sigmoid_focal_loss_hand_values"]),
+    dict(id="focal-module-alpha-gamma-swapped", path=LOSSES,
+         find="return sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma)",
+         replace="return sigmoid_focal_loss(logits, onehot, self.gamma, self.alpha)",
+         rule="focal loss (Lin et al. Eq. 5) as the criterion's class loss: alpha 0.25 weighs, gamma 2 modulates (1 - p_t)^gamma",
+         tests=[f"{T_LOSSES}::test_focal_loss_module_is_eq_5_with_alpha_one_quarter_and_gamma_two"]),
     dict(id="vfl-plus-negatives-weighted-by-p", path=LOSSES,
          find="neg_weight = torch.exp(gamma * F.logsigmoid(logits))",
          replace="neg_weight = torch.exp(F.logsigmoid(logits))",
@@ -187,6 +203,48 @@ MUTATIONS = [
          rule="Deformable DETR / DINO: the next layer's input reference is detached (never more than one refinement back)",
          tests=["tests/test_model.py::test_look_forward_twice_reaches_one_refinement_back"]),
 
+    # --- core: two-stage proposals and query selection (Deformable DETR Sec. A.4, DINO Sec. 3.3) ------------
+    dict(id="proposal-size-linear-in-level", path=TRANSFORMER,
+         find="size = torch.full_like(cx, 0.05 * 2.0**level)", replace="size = torch.full_like(cx, 0.05 * (level + 1))",
+         rule="Deformable DETR Sec. A.4: the proposal at a position of level l has w = h = 0.05 x 2^l",
+         tests=[PROPOSALS_HAND]),
+    dict(id="proposal-valid-if-any-coordinate", path=TRANSFORMER,
+         find=".all(-1, keepdim=True) & ~state.padding_mask", replace=".any(-1, keepdim=True) & ~state.padding_mask",
+         rule="Deformable DETR two-stage: a proposal is valid only if EVERY coordinate lies in (0.01, 0.99) (and off the padding)",
+         tests=[PROPOSALS_HAND]),
+    dict(id="proposal-logit-without-inverse-sigmoid", path=TRANSFORMER,
+         find="torch.log(proposals / (1 - proposals))", replace="torch.log(proposals)",
+         rule="Deformable DETR Sec. A.4: proposals enter the box head's refinement as inverse_sigmoid(p) = log(p / (1 - p))",
+         tests=[PROPOSALS_HAND]),
+    dict(id="dino-topk-by-mean-class-score", path=TRANSFORMER,
+         find="else enc_logits.max(-1).values)", replace="else enc_logits.mean(-1))",
+         rule="DINO Sec. 3.3 (mixed query selection): encoder tokens ranked by their LARGEST class score",
+         tests=[DINO_SELECTION]),
+    dict(id="two-stage-anchors-not-detached", path=TRANSFORMER,
+         find="reference = topk_boxes.detach()", replace="reference = topk_boxes",
+         rule="Deformable DETR two-stage / DINO Sec. 3.3: the selected proposals are detached before they become the decoder's anchors",
+         tests=[DINO_SELECTION]),
+    dict(id="valid-ratio-xy-swapped", path=TRANSFORMER,
+         find="return torch.stack([valid_w, valid_h], -1)", replace="return torch.stack([valid_h, valid_w], -1)",
+         rule="Deformable DETR get_valid_ratio: the valid (unpadded) fraction of each level in (x, y) = (w, h) order",
+         tests=[f"{T_GEOMETRY}::test_valid_ratios_are_the_unpadded_fractions"]),
+
+    # --- core: inference post-processing (Deformable DETR's PostProcess) -------------------------------------
+    dict(id="postprocess-query-and-class-swapped", path=POSTPROCESS,
+         find="query, labels = flat // num_classes, flat % num_classes",
+         replace="query, labels = flat % num_classes, flat // num_classes",
+         rule="top-k over queries x classes: flat index i is query i // C and class i % C",
+         tests=[T_POSTPROCESS]),
+    dict(id="postprocess-scale-hw-swapped", path=POSTPROCESS,
+         find="torch.tensor([w, h, w, h]", replace="torch.tensor([h, w, h, w]",
+         rule="post-processing: normalised (x0, y0, x1, y1) scaled by (W, H, W, H) of the image",
+         tests=[T_POSTPROCESS]),
+    dict(id="postprocess-boxes-left-cxcywh", path=POSTPROCESS,
+         find="boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))",
+         replace="boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))",
+         rule="post-processing: the predicted (cx, cy, w, h) are converted to corners (x0, y0, x1, y1) for Detectron2",
+         tests=[T_POSTPROCESS]),
+
     # --- core: EMA (OD-DETR's teacher), warm-up, Stop Update ----------------------------------------------
     dict(id="ema-weights-swapped", path=EMA,
          find="torch._foreach_add_(shadow, self._sources(model), alpha=1 - decay)",
@@ -226,6 +284,11 @@ MUTATIONS = [
          replace="magnitude = torch.rand(boxes.shape, device=boxes.device) * (1 + negative[..., None].to(boxes.dtype))",
          rule="DINO Sec. 3.2: positive noise in [0, lambda), negative noise in [lambda, 2 lambda)",
          tests=[f"{T_DENOISING}::test_positive_noise_stays_inside_the_scale_and_negative_noise_between_it_and_twice_it"]),
+    dict(id="dn-noised-corners-not-clamped", path=DENOISING,
+         find="corners = (corners + sign * magnitude * half_size * box_noise_scale).clamp(0.0, 1.0)",
+         replace="corners = corners + sign * magnitude * half_size * box_noise_scale",
+         rule="DINO public code: the noised corners are clamped to the image [0, 1]",
+         tests=[f"{T_DENOISING}::test_noised_corners_are_clamped_to_the_image"]),
     dict(id="dn-group-mask-splits-halves", path=DENOISING,
          find="per_group = size // groups if groups else 0", replace="per_group = size // (2 * groups) if groups else 0",
          rule="DINO attention mask: a group's positives and negatives see each other, groups do not",
@@ -253,6 +316,10 @@ MUTATIONS = [
     dict(id="hybrid-gt-index-divided", path=HYBRID,
          find='g % max(len(t["labels"]), 1)', replace='g // max(len(t["labels"]), 1)',
          rule="H-DETR: GT j of copy r is GT r n + j; the pairs name the original GT (index mod n)",
+         tests=[f"{T_HYBRID}::test_each_gt_is_matched_k_times_and_the_loss_is_normalised_by_k_num_boxes"]),
+    dict(id="hybrid-boxes-repeated-interleaved", path=HYBRID,
+         find='"boxes": t["boxes"].repeat(repeats, 1)', replace='"boxes": t["boxes"].repeat_interleave(repeats, 0)',
+         rule="H-DETR Sec. 3.2.1: the GT set repeated k times as a whole (labels and boxes stay paired: GT r n + j = GT j)",
          tests=[f"{T_HYBRID}::test_each_gt_is_matched_k_times_and_the_loss_is_normalised_by_k_num_boxes"]),
     dict(id="hybrid-queries-overlap-primary", path=HYBRID,
          find="q.reference[:, primary:]", replace="q.reference[:, : self.num_queries]",
@@ -287,6 +354,15 @@ MUTATIONS = [
          find='padding_mode="zeros", align_corners=False)', replace='padding_mode="zeros", align_corners=True)',
          rule="the grid_sample formulation samples with align_corners=False, as the paper's op",
          tests=[f"{T_MSDA}::test_matches_naive_values_and_gradients"]),
+    dict(id="msda-location-gradient-not-scaled", path=MS_DEFORM_ATTN,
+         find="grad_pixel = grad_pixel.view_as(cell) * (attention * pixel_scale)",
+         replace="grad_pixel = grad_pixel.view_as(cell) * attention",
+         rule="bilinear_gather backward: d location = d pixel x (W_l, H_l) (pixel = location x size - 0.5), times the attention weight",
+         tests=[f"{T_MSDA}::test_matches_naive_values_and_gradients"]),
+    dict(id="triton-pixel-corner-convention", path=MSDA_TRITON,
+         find="px = x * width.to(tl.float32) - 0.5", replace="px = x * width.to(tl.float32)",
+         rule="Triton kernel, sampling convention (grid_sample, align_corners=False): pixel coordinate = x W - 0.5",
+         tests=[f"{T_TRITON}::test_points_on_pixel_centres_and_far_away_by_hand"]),
 
     # --- core: sine position encodings (DETR Sec. A.4, DAB-DETR / DINO box embedding) ---------------------
     dict(id="sine-position-without-centre-offset", path=POSITION_ENCODING,
@@ -300,6 +376,15 @@ MUTATIONS = [
     dict(id="box-sine-order-xy", path=POSITION_ENCODING,
          find="for c in (cy, cx, w, h)", replace="for c in (cx, cy, w, h)",
          rule="DAB-DETR / DINO box sine embedding in the order (y, x, w, h)",
+         tests=[f"{T_GEOMETRY}::test_box_sine_embedding_is_the_dino_formula"]),
+    dict(id="sine-position-scale-pi", path=POSITION_ENCODING,
+         find="temperature=10000, scale=2 * math.pi, offset=-0.5", replace="temperature=10000, scale=math.pi, offset=-0.5",
+         rule="DETR Sec. A.4 / Deformable DETR: normalised positions are scaled to [0, 2 pi]",
+         tests=[f"{T_GEOMETRY}::test_position_embedding_sine_is_the_detr_formula"]),
+    dict(id="box-sine-temperature-20", path=POSITION_ENCODING,
+         find="def box_sine_embedding(boxes, num_feats=128, temperature=10000, scale=2 * math.pi)",
+         replace="def box_sine_embedding(boxes, num_feats=128, temperature=20, scale=2 * math.pi)",
+         rule="DAB-DETR / DINO gen_sineembed_for_position: temperature 10000 (20 is DAB-DETR's image positions only)",
          tests=[f"{T_GEOMETRY}::test_box_sine_embedding_is_the_dino_formula"]),
 
     # --- core: Conditional DETR (Sec. 3.3, Eq. 2) and DAB-DETR (Eq. 6) -----------------------------------
@@ -323,6 +408,14 @@ MUTATIONS = [
          replace="ratio_x = (reference[..., 2] / size[..., 0])[..., None]",
          rule="DAB-DETR Eq. 6: the x features are scaled by w_ref / w",
          tests=[f"{T_CONDITIONAL}::test_dab_spatial_query_modulation_by_hand"]),
+    dict(id="conditional-reference-without-sigmoid", path=TRANSFORMER,
+         find="reference = self.reference_points(position).sigmoid()", replace="reference = self.reference_points(position)",
+         rule="Deformable / Conditional DETR: the 2-d reference point is sigmoid(Linear or MLP(query position))",
+         tests=["tests/test_model.py::test_published_single_stage_queries_and_static_positions"]),
+    dict(id="dab-encoder-scale-from-position", path=STANDARD_ENCODER,
+         find="pos * self.position_scale(src)", replace="pos * self.position_scale(pos)",
+         rule="DAB-DETR encoder: each layer's position embedding is scaled elementwise by MLP(that layer's input)",
+         tests=[f"{T_CONDITIONAL}::test_dab_encoder_scales_each_layers_position_by_an_mlp_of_its_input"]),
 
     # --- QR-DETR (Eq. 5-11) ---------------------------------------------------------------------------------
     dict(id="qr-sigma-ee-max-to-mean", path=EEQR,
@@ -362,6 +455,10 @@ MUTATIONS = [
          find="values = torch.where(valid, values, self.gather(base))", replace="values = values",
          rule="QR-DETR Eq. 8: the processed queries are scattered back to their positions, padding rows never",
          tests=[QR_EQUATIONS]),
+    dict(id="qr-statistics-count-bypassed-queries", path=EEQR,
+         find="self.last_passed = passes.sum(1).detach()", replace="self.last_passed = (~passes).sum(1).detach()",
+         rule="QR-DETR Table 2 / Fig. 4: the statistics count the queries PASSING each routed layer, per image",
+         tests=[QR_EQUATIONS]),
 
     # --- OD-DETR (Eq. 2-6, Sec. 3.4) ---------------------------------------------------------------------
     dict(id="od-wd-on-the-cheaper-pair", path=OD_MD,
@@ -389,6 +486,19 @@ MUTATIONS = [
          find="cost.topk(k, dim=0, largest=False)", replace="cost.topk(k, dim=0, largest=True)",
          rule="OD-DETR Sec. 3.4: per GT the two queries of LOWEST matching cost seed an auxiliary group",
          tests=[f"{T_OD}::test_auxiliary_groups_select_two_lowest_cost_queries_per_gt_per_stage"]),
+    dict(id="od-pd-group-of-student-queries", path=OD_PD,
+         find="content = batch.teacher.selection.queries.content", replace="content = student.content",
+         rule="OD-DETR Sec. 3.3: the EMA teacher's initial queries Q' go through the student decoder with the student's PE",
+         tests=[f"{T_OD}::test_prediction_distillation_group_is_the_teachers_queries_at_the_students_positions"]),
+    dict(id="od-student-selects-its-own-proposals", path=META_ARCH,
+         find="indices = teacher.selection.topk_indices if self.select_teacher_proposals and teacher is not None else None",
+         replace="indices = None",
+         rule="OD-DETR (two-stage): in training the student decodes at the EMA teacher's top-k tokens, so query i and teacher query i are twins",
+         tests=[f"{T_OD}::test_twins_share_a_proposal_on_the_two_stage_model"]),
+    dict(id="od-instability-over-queries-matched-twice", path=OD_STABILITY,
+         find="matched = (previous >= 0) | (current >= 0)", replace="matched = (previous >= 0) & (current >= 0)",
+         rule="OD-DETR Fig. 1 (DN-DETR's instability): changed assignments over the queries matched in EITHER evaluation",
+         tests=[f"{T_OD}::test_stability_metrics_on_hand_made_matchings"]),
 
     # --- Mr. DETR (routes, instructive self-attention, evaluation fusion) -----------------------------------
     dict(id="mr-token-keys-without-position", path=BLOCKS,
@@ -419,6 +529,14 @@ MUTATIONS = [
          replace="logits.sigmoid() ** self.previous_exponent + previous ** self.current_exponent",
          rule="Mr. DETR evaluation: f_l = sqrt((p_l^2.001 + f_(l-1)^1.853) / 2)",
          tests=[f"{T_MR}::test_the_authors_evaluation_fuses_the_layers_scores"]),
+    dict(id="mr-score-fusion-without-sqrt", path=MR_FUSION,
+         find="/ 2).sqrt(), self.eps)", replace="/ 2), self.eps)",
+         rule="Mr. DETR evaluation: f_l = SQRT((p_l^2.001 + f_(l-1)^1.853) / 2)",
+         tests=[f"{T_MR}::test_the_authors_evaluation_fuses_the_layers_scores"]),
+    dict(id="mr-route1-shares-the-ffn", path=MR_ROUTES,
+         find='"route1": lambda: OwnFFNVariant(d_model, d_ffn, dropout),', replace='"route1": LayerVariant,',
+         rule="Mr. DETR Route-1: one-to-many through an independent FFN in every layer (the route ablation's row 5)",
+         tests=[f"{T_MR}::test_route_builder"]),
 
     # --- LoRA-DETR (Eq. 3-4, 7-8, Table 4) ----------------------------------------------------------------
     dict(id="lora-scaling-dropped", path=LORA,
@@ -436,6 +554,11 @@ MUTATIONS = [
     dict(id="lora-branch-k-not-diverse", path=LORA_BRANCHES,
          find="OneToManyMatcher(topk=k, threshold=tau", replace="OneToManyMatcher(topk=6, threshold=tau",
          rule="LoRA-DETR Table 4: each branch assigns with its own k (diverse k: 2, 4, 6)",
+         tests=[f"{T_LORA}::test_each_branch_assigns_at_most_k_positives_per_gt_above_tau"]),
+    dict(id="lora-branch-tau-alpha-swapped", path=LORA_BRANCHES,
+         find="for i, (k, tau, alpha) in enumerate(zip(ks, taus, alphas)):",
+         replace="for i, (k, tau, alpha) in enumerate(zip(ks, alphas, taus)):",
+         rule="LoRA-DETR Eq. 7: each branch's threshold tau (0.4) and class weight alpha (0.3) of M = alpha p + (1 - alpha) IoU",
          tests=[f"{T_LORA}::test_each_branch_assigns_at_most_k_positives_per_gt_above_tau"]),
     dict(id="lora-soft-target-iou", path=LORA_BRANCHES,
          find='quality="matching_score", quality_class_weight=alpha)', replace='quality="iou", quality_class_weight=alpha)',

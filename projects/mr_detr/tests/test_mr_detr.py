@@ -403,6 +403,13 @@ def test_route_builder():
     matcher = routes["route1"].criterion.matcher
     assert (matcher.topk, matcher.threshold, matcher.class_weight, matcher.max_positive_ratio) == (6, 0.4, 0.3, 0.25)
     assert routes["route3"].layer_variants[0].num_tokens == 10
+    # Route-1 owns an FFN of both linears in every layer (the layer's norm stays shared): 16 x 32 + 32 +
+    # 32 x 16 + 16 = 1072 parameters; Route-3 its 10 tokens' content and position (2 x 10 x 16) and its
+    # LayerNorm (2 x 16): 352.
+    for name, replaces, count in (("route1", "replaces_ffn", 1072), ("route3", "replaces_self_attention", 352)):
+        branches = routes[name].layer_variants
+        assert len({id(b) for b in branches}) == 3 and all(getattr(b, replaces) for b in branches), name
+        assert [sum(p.numel() for p in b.parameters()) for b in branches] == [count] * 3, name
     assert build_mr_detr_routes(2, 16, 32, routes=[]) == {}
     for bad in (["route2"], ["route1", "route1"]):
         with pytest.raises(ValueError):

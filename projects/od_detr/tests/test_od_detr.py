@@ -16,11 +16,12 @@ from detectron2.config import LazyConfig, instantiate
 from detr_plus.engine.config import apply_overrides
 from detr_plus.engine.ema import ModelEMA
 from detr_plus.engine.hooks import resolve_stop_update_iter
-from detr_plus.modeling import (DecoderOutput, FocalLoss, HungarianMatcher, LayerPredictions, LossContext, QualityFocalLoss, QueryGroup,
+from detr_plus.modeling import (DecoderOutput, DecoderQueries, FocalLoss, HungarianMatcher, LayerPredictions, LossContext, QualityFocalLoss, QueryGroup,
                                  SetCriterion, strip_training_parts)
 from detr_plus_projects.od_detr.modeling import (
     MatchingDistillation,
     PredictionDistillationLoss,
+    TeacherQueriesGroup,
     TeacherStageGroups,
     assignment_vectors,
     consistency,
@@ -162,6 +163,24 @@ def test_prediction_distillation_hand_values():
     assert terms["loss_class"].item() == pytest.approx(sum(qfl(sig(s_logits[0, q, c].item()), raw[q][c]) for q in range(2) for c in range(2)) / 2.0, rel=1e-6)
     l1_all = sum(abs(a - b) for q in range(2) for a, b in zip(better[0, q].tolist(), t_boxes[0, q].tolist()))
     assert terms["loss_bbox"].item() == pytest.approx(l1_all / 2.0, rel=1e-6)
+
+
+def test_prediction_distillation_group_is_the_teachers_queries_at_the_students_positions():
+    """Sec. 3.3 / Fig. 2: "we feed the EMA queries Q' together with the PE P and image feature F into
+    the student decoder": the group's content queries are the teacher's initial ones (here all 1), its
+    reference boxes, static positions and padding the student's (content 0, boxes (0.3, 0.4, 0.2, 0.1),
+    positions 2, query 2 of image 1 padded), not the teacher's (boxes 0.5, positions -2); its
+    criterion is the distillation loss with the teacher's pass in the group's extras."""
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    student = DecoderQueries(torch.zeros(2, 3, 4), torch.tensor([0.3, 0.4, 0.2, 0.1]).repeat(2, 3, 1), torch.full((2, 3, 4), 2.0), valid)
+    teacher = SimpleNamespace(selection=SimpleNamespace(queries=DecoderQueries(
+        torch.ones(2, 3, 4), torch.full((2, 3, 4), 0.5), torch.full((2, 3, 4), -2.0))))
+    source = TeacherQueriesGroup(PredictionDistillationLoss())
+    group = source(SimpleNamespace(selection=SimpleNamespace(queries=student), teacher=teacher))[""]
+    assert torch.equal(group.queries.content, torch.ones(2, 3, 4))
+    assert torch.equal(group.queries.reference, torch.tensor([0.3, 0.4, 0.2, 0.1]).repeat(2, 3, 1))
+    assert torch.equal(group.queries.position, torch.full((2, 3, 4), 2.0)) and torch.equal(group.queries.valid, valid)
+    assert group.criterion is source.distillation and group.extras["teacher"] is teacher
 
 
 def test_query_prior_supervises_the_teacher_queries_with_the_teachers_assignment():
