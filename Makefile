@@ -15,7 +15,7 @@ PIP    := $(VPY) -m pip
 # torch/torchvision are installed only when .venv cannot import them yet (a build you put there is kept).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BUILD_DEPS := "setuptools>=70.1,<81" wheel
-DEPS       := fvcore pycocotools scipy tensorboard matplotlib tqdm pytest opencv-python-headless ruff onnx onnxruntime
+DEPS       := fvcore pycocotools scipy tensorboard matplotlib tqdm pytest opencv-python-headless ruff onnx onnxruntime timm
 TRAIN_CONFIG ?= configs/shapes/deformable_detr_tiny.py
 ARGS ?=
 

@@ -47,7 +47,12 @@ def tiny_model_config(name="plusplus", enc_layers=1, dec_layers=2, num_queries=2
 
 def shrink_model_config(model, enc_layers=1, dec_layers=2, num_queries=20, num_classes=NUM_CLASSES):
     """A model config (``cfg.model`` of any Deformable-DETR config) with the sizes of this module:
-    thin ResNet-18 backbone, d_model 128, ``enc_layers`` / ``dec_layers`` layers; the rest as given."""
+    thin ResNet-18 backbone (also in place of another backbone: a timm Swin-L), d_model 128,
+    ``enc_layers`` / ``dec_layers`` layers; the rest as given."""
+    if "stem" not in model.backbone:
+        from detectron2.modeling.backbone import BasicStem, ResNet
+
+        model.backbone = L(ResNet)(stem=L(BasicStem)(in_channels=3), stages=None, out_features=list(model.neck.in_features))
     model.backbone.stem.out_channels = WIDTH
     model.backbone.stem.norm = "BN"
     model.backbone.stages = L(resnet_stages)(depth=18, base_channels=WIDTH, norm="BN")
