@@ -152,6 +152,16 @@ def test_the_report_replaces_only_the_marked_section(tmp_path):
     assert "1 mutations: 0 caught, 0 survived, 1 errors** (a partial run: 1 of 3)" in text
 
 
+def test_markers_quoted_in_the_prose_are_not_the_section(tmp_path):
+    """The docs explain the markers in backticks on a line of prose; the table goes between the marker
+    lines only (a first version split at the first quoted marker and put the table into the prose)."""
+    doc = tmp_path / "audit.md"
+    quoted = f"between `{audit.BEGIN_MARK}` and `{audit.END_MARK}`, kept"
+    doc.write_text(f"# Audit\n\n{quoted}\n\n{audit.BEGIN_MARK}\nplaceholder\n{audit.END_MARK}\n")
+    audit.write_report(doc, "TABLE\n")
+    assert doc.read_text() == f"# Audit\n\n{quoted}\n\n{audit.BEGIN_MARK}\nTABLE\n{audit.END_MARK}\n"
+
+
 def test_every_listed_mutation_applies_once_to_this_repository_and_still_compiles():
     """What ``python tools/mutation_audit.py --check`` verifies, for the real list."""
     mutations = audit.load_mutations()

@@ -480,13 +480,13 @@ def render_markdown(results: Sequence[Result], total: Optional[int] = None, when
 
 def write_report(path: Path, markdown: str):
     """Put ``markdown`` between the markers of ``path`` (the prose around them stays); a file
-    without the markers is written anew with them."""
+    without the markers is written anew with them. A marker counts only on a line of its own, so
+    prose that quotes the markers is left alone."""
     section = f"{BEGIN_MARK}\n{markdown}{END_MARK}"
     text = path.read_text() if path.exists() else ""
-    if BEGIN_MARK in text and END_MARK in text:
-        before, rest = text.split(BEGIN_MARK, 1)
-        after = rest.split(END_MARK, 1)[1]
-        path.write_text(before + section + after)
+    found = re.search(rf"^{re.escape(BEGIN_MARK)}$.*?^{re.escape(END_MARK)}$", text, re.M | re.S)
+    if found:
+        path.write_text(text[:found.start()] + section + text[found.end():])
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(section + "\n")
