@@ -30,8 +30,9 @@ model = L(DeformableDETR)(
                           num_outs=1, num_groups=0),
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, offset=0.0),
     transformer=L(DeformableTransformer)(
-        encoder=L(StandardEncoder)(num_layers=6, d_model=256, d_ffn=2048, dropout=0.1, num_heads=8),
+        encoder=L(StandardEncoder)(num_layers=6, d_model=256, d_ffn=2048, dropout=0.1, num_heads=8, checkpoint_layers=False),
         decoder=L(DeformableDecoder)(
+            checkpoint_layers=False,  # True: activation checkpointing of each layer while training
             num_layers=6, d_model=256, d_ffn=2048, dropout=0.1, num_heads=8, num_classes="${..num_classes}",
             layer_class=ConditionalDecoderLayer, spatial_query=L(ConditionalSpatialQuery)(d_model="${..d_model}"),
             box_refine=False, share_heads=True, query_position="static", output_norm=True,

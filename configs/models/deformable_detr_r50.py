@@ -34,8 +34,10 @@ model = L(DeformableDETR)(
     ),
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128),
     transformer=L(DeformableTransformer)(
-        encoder=L(DeformableEncoder)(num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4),
+        encoder=L(DeformableEncoder)(num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4,
+                                     checkpoint_layers=False),  # True: activation checkpointing (README, memory)
         decoder=L(DeformableDecoder)(
+            checkpoint_layers=False,  # True: activation checkpointing of each layer while training
             num_layers=6, d_model=256, d_ffn=1024, dropout=0.1, num_heads=8, num_levels=4, num_points=4,
             num_classes="${..num_classes}", box_refine=False, look_forward_twice=False, share_heads=None,
             share_layers=False, query_position="static",
