@@ -25,12 +25,28 @@ CONFIGS = {
     "dab_deformable_detr_r50_50ep": (300, 50, False, False),
     "deformable_detr_plusplus_r50_12ep": (900, 12, False, True),
 }
+# Another backbone on a checked recipe: the config equals its R50 config but for these keys.
+BACKBONE_VARIANTS = {"deformable_detr_plusplus_r101_12ep": "deformable_detr_plusplus_r50_12ep"}
 ITERS_PER_EPOCH = 90000 // 12  # "12 epochs" on COCO = 90k iterations at batch 16 (docs/authors_code_facts.md#shared-deformable-detr-conventions)
 DROP_EPOCH = {12: 11, 50: 40}  # "LR drop at epoch 11" (12 ep); Zhu et al.: 50 epochs, decayed at epoch 40
 
 
 def test_every_coco_config_is_checked():
-    assert sorted(p.stem for p in COCO.glob("*.py")) == sorted(CONFIGS)
+    assert sorted(p.stem for p in COCO.glob("*.py")) == sorted([*CONFIGS, *BACKBONE_VARIANTS])
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_VARIANTS))
+def test_an_r101_config_is_its_r50_recipe_with_resnet101(name):
+    """Everything but the ResNet depth (101), its ImageNet weights (R-101.pkl) and the output folder
+    is the R50 config's."""
+    variant, base = (LazyConfig.to_py(LazyConfig.load(str(COCO / f"{n}.py"))) for n in (name, BACKBONE_VARIANTS[name]))
+    cfg = LazyConfig.load(str(COCO / f"{name}.py"))
+    assert cfg.model.backbone.stages.depth == 101 and cfg.train.init_checkpoint.endswith("R-101.pkl")
+    r50 = LazyConfig.load(str(COCO / f"{BACKBONE_VARIANTS[name]}.py"))
+    r50.model.backbone.stages.depth = 101
+    r50.train.init_checkpoint, r50.train.output_dir = cfg.train.init_checkpoint, cfg.train.output_dir
+    assert LazyConfig.to_py(r50) == LazyConfig.to_py(cfg)
+    assert variant != base
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
