@@ -4,11 +4,10 @@ encoder and decoder kind and for every method's decoder (routes, query groups, l
 teacher); nothing changes at inference; and the layers really are recomputed in the backward pass."""
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
 
 from detr_plus.modeling.activation_checkpoint import call_layer
-from model_utils import shrink_model_config, synthetic_batch, with_copied_teacher
-from test_first_step_losses import REPO, set_parameters_by_name
+from model_utils import synthetic_batch, with_copied_teacher
+from test_first_step_losses import instantiate_shrunk
 
 CONFIGS = [
     "configs/shapes/deformable_detr_tiny.py",  # deformable encoder and decoder, two-stage
@@ -22,16 +21,11 @@ CONFIGS = [
 
 
 def build(config, checkpoint_layers):
-    cfg = LazyConfig.load(str(REPO / config))
-    model_cfg = shrink_model_config(cfg.model)
-    wrapper = model_cfg.transformer.decoder.get("layer_wrapper")
-    if wrapper is not None and "d_model" in wrapper:
-        wrapper.d_model = model_cfg.transformer.decoder.d_model
-    model_cfg.transformer.encoder.checkpoint_layers = checkpoint_layers
-    model_cfg.transformer.decoder.checkpoint_layers = checkpoint_layers
-    torch.manual_seed(0)
-    model = instantiate(model_cfg)
-    set_parameters_by_name(model)  # the same weights in both models
+    def switch(model_cfg):
+        model_cfg.transformer.encoder.checkpoint_layers = checkpoint_layers
+        model_cfg.transformer.decoder.checkpoint_layers = checkpoint_layers
+
+    model = instantiate_shrunk(config, switch)  # the same weights in both models
     for module in model.modules():  # dropout on everywhere: the recomputation must replay its masks
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.1

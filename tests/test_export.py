@@ -34,6 +34,12 @@ def random_checkpoint(config, path, seed=0):
     return str(path)
 
 
+def load_model(config, checkpoint):
+    """The checkpoint's model as the export tool loads it (``tools/demo.py``'s checks and loading)."""
+    args = export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x", f"train.init_checkpoint={checkpoint}"])
+    return demo.build_predictor(args)[0]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes_mini):
     """Both checkpoints exported with ``--check 3`` (which raises when onnxruntime disagrees)."""
@@ -75,8 +81,7 @@ def test_onnxruntime_equals_pytorch_on_a_smaller_image_padded_to_the_canvas(expo
     import onnxruntime
 
     config, checkpoint, path = exported["baseline"]
-    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
-                                                               f"train.init_checkpoint={checkpoint}"]))
+    model = load_model(config, checkpoint)
     graph = InferenceGraph(model)
     image, size = pad_to_canvas(torch.rand(3, 96, 112, generator=torch.Generator().manual_seed(3)) * 255, (128, 128))
     assert size.tolist() == [96, 112] and image[:, 96:].abs().sum() == 0
@@ -90,8 +95,7 @@ def test_onnxruntime_equals_pytorch_on_a_smaller_image_padded_to_the_canvas(expo
 
 def test_the_graph_equals_the_models_forward_on_an_image_of_the_canvas_size(exported):
     config, checkpoint, _ = exported["baseline"]
-    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
-                                                               f"train.init_checkpoint={checkpoint}"]))
+    model = load_model(config, checkpoint)
     image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(4)) * 255
     with torch.no_grad(), attention_implementation(model):
         boxes, scores, classes = InferenceGraph(model)(*pad_to_canvas(image, (128, 128)))
@@ -124,8 +128,7 @@ def test_bad_requests_say_what_to_do(exported, tmp_path):
     config, checkpoint, path = exported["baseline"]
     with pytest.raises(ValueError, match="200x100 does not fit the exported canvas 128x128"):
         pad_to_canvas(torch.zeros(3, 200, 100), (128, 128))
-    model, _, _ = demo.build_predictor(export_onnx.parse_args(["--config-file", str(REPO / config), "--output", "x",
-                                                               f"train.init_checkpoint={checkpoint}"]))
+    model = load_model(config, checkpoint)
     model.eval_nms_threshold = 0.7
     with pytest.raises(ValueError, match="eval_nms_threshold=0.7: the exported graph has no NMS"):
         InferenceGraph(model)

@@ -75,7 +75,9 @@ def without_dropout(model: nn.Module):
             module.dropout = 0.0
 
 
-def build(config_path: str):
+def instantiate_shrunk(config_path: str, edit=None):
+    """The config's model shrunk (``shrink_model_config``), ``edit(model_cfg)`` applied, parameters set
+    by name; None for a config without a model."""
     import detr_plus  # noqa: F401
     from detectron2.config import LazyConfig, instantiate
 
@@ -86,9 +88,18 @@ def build(config_path: str):
     wrapper = model_cfg.transformer.decoder.get("layer_wrapper")
     if wrapper is not None and "d_model" in wrapper:
         wrapper.d_model = model_cfg.transformer.decoder.d_model
+    if edit is not None:
+        edit(model_cfg)
     torch.manual_seed(0)
     model = instantiate(model_cfg)
     set_parameters_by_name(model)
+    return model
+
+
+def build(config_path: str):
+    model = instantiate_shrunk(config_path)
+    if model is None:
+        return None
     without_dropout(model)
     return with_copied_teacher(model)
 
