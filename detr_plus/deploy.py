@@ -96,16 +96,6 @@ def pad_to_canvas(image: torch.Tensor, canvas: Tuple[int, int]) -> Tuple[torch.T
     return padded, torch.tensor([h, w], dtype=torch.int64)
 
 
-def to_original_size(boxes: torch.Tensor, image_size: Tuple[int, int], original: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Boxes of the resized image in the original image's pixels, clipped, and the mask of the
-    non-empty ones (Detectron2's ``detector_postprocess``)."""
-    (h, w), (oh, ow) = image_size, original
-    scaled = boxes * torch.tensor([ow / w, oh / h, ow / w, oh / h], dtype=boxes.dtype)
-    scaled = torch.minimum(scaled.clamp(min=0), torch.tensor([ow, oh, ow, oh], dtype=boxes.dtype))
-    keep = (scaled[:, 2] > scaled[:, 0]) & (scaled[:, 3] > scaled[:, 1])
-    return scaled, keep
-
-
 def match_detections(reference: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor], atol_box: float, atol_score: float) -> Tuple[bool, str]:
     """Do two detection lists agree? Each reference detection must have one of ``other`` of the same
     class with a score within ``atol_score`` and a box within ``atol_box``, used once (the order of two

@@ -122,19 +122,20 @@ class OnnxPredictor:
         self.num_classes = int(meta.get("num_classes", 0))
 
     def __call__(self, batched_inputs):
+        from detectron2.modeling import detector_postprocess
         from detectron2.structures import Boxes, Instances
 
-        from detr_plus.deploy import pad_to_canvas, to_original_size
+        from detr_plus.deploy import pad_to_canvas
 
         results = []
         for inputs in batched_inputs:
             image = inputs["image"]
             canvas, size = pad_to_canvas(image.float(), self.canvas)
             boxes, scores, classes = (torch.from_numpy(a) for a in self.session.run(None, {"image": canvas.numpy(), "image_size": size.numpy()}))
-            original = (inputs.get("height", image.shape[-2]), inputs.get("width", image.shape[-1]))
-            boxes, keep = to_original_size(boxes, tuple(image.shape[-2:]), original)
-            instances = Instances(original)
-            instances.pred_boxes, instances.scores, instances.pred_classes = Boxes(boxes[keep]), scores[keep], classes[keep]
+            instances = Instances(tuple(image.shape[-2:]))
+            instances.pred_boxes, instances.scores, instances.pred_classes = Boxes(boxes), scores, classes
+            # to the original image and without empty boxes, as DeformableDETR's post-processing does
+            instances = detector_postprocess(instances, inputs.get("height", image.shape[-2]), inputs.get("width", image.shape[-1]))
             results.append({"instances": instances})
         return results
 
