@@ -1,16 +1,16 @@
 """The inference model as one graph for export (ONNX; ``tools/export_onnx.py``).
 
-``InferenceGraph`` runs what ``DeformableDETR.forward`` runs at inference, on one image on a canvas
-of fixed size: normalisation, backbone, neck, encoder, query selection, decoder, the last layer's
-predictions (Mr. DETR's score fusion included) and the post-processing of Deformable DETR (the top k
-of queries x classes, boxes from cxcywh to xyxy pixels of the image, clipped to it). A method's
-training-only parts (variants, query groups, teachers) are not in it: the graph is the baseline's.
+``InferenceGraph`` runs what ``DeformableDETR.forward`` runs at inference, on one image of any size:
+normalisation, the padding to ``size_divisibility`` (masked as Detectron2 masks it), backbone, neck,
+encoder, query selection, decoder, the last layer's predictions (Mr. DETR's score fusion included)
+and the post-processing of Deformable DETR (the top k of queries x classes, boxes from cxcywh to xyxy
+pixels of the image, clipped to it). A method's training-only parts (variants, query groups,
+teachers) are not in it: the graph is the baseline's.
 
-The canvas is fixed when the graph is exported (the level shapes of the deformable attention are
-constants of the traced graph); any image up to that size is run by padding it to the canvas and
-passing its size as the second input, which masks the padding as the batch padding of Detectron2 is
-masked. An image whose padded size (to ``size_divisibility``) equals the canvas gives exactly what
-``DeformableDETR.forward`` gives.
+The image size stays free in the exported graph: the tracer records the level shapes as the
+feature maps' traced sizes (``level_shapes_tensor`` keeps them when tracing), so the deformable
+attention's level splits, views and normalisers follow the input. The graph traced on one size gives
+on any other what ``DeformableDETR.forward`` gives there.
 
 The deformable attention runs its ``grid_sample`` implementation in the graph (ONNX ``GridSample``,
 opset 16 and later): the default ``bilinear_gather`` uses sparse tensors and an autograd function of
@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import MultiScaleDeformableAttention
@@ -43,9 +44,9 @@ def attention_implementation(model: nn.Module, implementation: str = EXPORT_ATTE
 
 
 class InferenceGraph(nn.Module):
-    """``(image (3, H, W) float 0-255 in the model's input format, image_size (2,) int64 = valid
-    (h, w)) -> (boxes (K, 4) xyxy in the image's pixels, scores (K,), classes (K,) int64)``,
-    K = the model's ``select_box_nums_for_evaluation``, sorted by score."""
+    """``image (3, H, W) float 0-255 in the model's input format, any H and W -> (boxes (K, 4) xyxy in
+    the image's pixels, scores (K,), classes (K,) int64)``, K = the model's
+    ``select_box_nums_for_evaluation``, sorted by score."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -63,14 +64,15 @@ class InferenceGraph(nn.Module):
         would run dropout and the training paths."""
         return super().train(False)
 
-    def forward(self, image: torch.Tensor, image_size: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
-        height, width = image.shape[-2], image.shape[-1]
-        h, w = image_size[0], image_size[1]
-        rows = torch.arange(height, device=image.device)[:, None]
-        cols = torch.arange(width, device=image.device)[None]
-        padding = (rows >= h) | (cols >= w)
-        normalised = ((image.float() - m.pixel_mean) / m.pixel_std).masked_fill(padding, 0.0)
+        height, width = image.shape[-2], image.shape[-1]  # traced sizes when exporting: the graph keeps them free
+        normalised = (image.float() - m.pixel_mean) / m.pixel_std
+        divisor = max(m.size_divisibility, 1)  # zero padding after the normalisation, as ImageList.from_tensors pads
+        normalised = F.pad(normalised, (0, (divisor - width % divisor) % divisor, 0, (divisor - height % divisor) % divisor))
+        rows = torch.arange(normalised.shape[-2], device=image.device)[:, None]
+        cols = torch.arange(normalised.shape[-1], device=image.device)[None]
+        padding = (rows >= height) | (cols >= width)
         _, features, masks, pos = m.extract_features(SimpleNamespace(tensor=normalised[None]), padding[None])
         state = m.transformer.encode(features, masks, pos)
         selection = m.transformer.select_queries(state)
@@ -79,21 +81,11 @@ class InferenceGraph(nn.Module):
         scores, flat = final.logits[0].sigmoid().flatten().topk(min(self.num_detections, final.logits.shape[1] * num_classes))
         query, classes = flat // num_classes, flat % num_classes
         cx, cy, bw, bh = final.boxes[0][query].unbind(-1)
-        size = torch.stack([w, h, w, h]).to(scores.dtype)
+        h, w = (~padding[:, 0]).sum().to(scores.dtype), (~padding[0]).sum().to(scores.dtype)  # the image size as traced values
+        size = torch.stack([w, h, w, h])
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * size
         boxes = torch.minimum(boxes.clamp(min=0), size)  # Detectron2's Boxes.clip
         return boxes, scores, classes
-
-
-def pad_to_canvas(image: torch.Tensor, canvas: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(the image (3, h, w) at the top left of a zero canvas (3, H, W), its size (h, w) as int64);
-    a ``ValueError`` when it does not fit."""
-    h, w = image.shape[-2:]
-    if h > canvas[0] or w > canvas[1]:
-        raise ValueError(f"image of {h}x{w} does not fit the exported canvas {canvas[0]}x{canvas[1]}: export with a larger --canvas")
-    padded = image.new_zeros(image.shape[0], *canvas)
-    padded[:, :h, :w] = image
-    return padded, torch.tensor([h, w], dtype=torch.int64)
 
 
 def match_detections(reference: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor], atol_box: float, atol_score: float) -> Tuple[bool, str]:

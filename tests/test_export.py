@@ -1,7 +1,7 @@
 """ONNX export (issue #31): ``tools/export_onnx.py`` on a checkpoint of the baseline and of a method
 (Mr. DETR: its routes are not in the graph), onnxruntime against PyTorch on the shapes validation
-images, the graph against ``DeformableDETR.forward``, ``tools/demo.py --onnx`` against the PyTorch
-demo, and the errors."""
+images, the graph against ``DeformableDETR.forward`` on images of other sizes than the traced one,
+``tools/demo.py --onnx`` against the PyTorch demo, and the errors."""
 import sys
 from pathlib import Path
 
@@ -17,11 +17,10 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import demo  # noqa: E402
 import export_onnx  # noqa: E402
-from detr_plus.deploy import InferenceGraph, attention_implementation, match_detections, pad_to_canvas  # noqa: E402
+from detr_plus.deploy import InferenceGraph, attention_implementation, match_detections  # noqa: E402
 
 BASELINE = "configs/shapes/deformable_detr_tiny.py"
 MR_DETR = "projects/mr_detr/configs/mr_detr_shapes_tiny.py"
-CANVAS = ["--canvas", "128", "128"]  # the shapes images (128 x 128) at the test resize
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,18 +47,20 @@ def exported(tmp_path_factory, shapes_mini):
     for name, config in (("baseline", BASELINE), ("mr_detr", MR_DETR)):
         checkpoint = random_checkpoint(config, out / f"{name}.pth")
         onnx_path = out / f"{name}.onnx"
-        export_onnx.main(["--config-file", str(REPO / config), "--output", str(onnx_path), "--check", "3", *CANVAS,
+        extra = ["--torch-export", str(out / f"{name}.pt2")] if name == "baseline" else []
+        export_onnx.main(["--config-file", str(REPO / config), "--output", str(onnx_path), "--check", "3", *extra,
                           f"train.init_checkpoint={checkpoint}"])
         files[name] = (config, checkpoint, onnx_path)
     return files
 
 
-def test_the_export_checks_itself_and_records_its_canvas(exported, capsys):
+def test_the_export_checks_itself_and_records_what_it_is(exported, capsys):
     _, checkpoint, path = exported["baseline"]
     model = onnx.load(path)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta == {"canvas": "128x128", "num_classes": "4", "deformable_attention": "grid_sample"}
-    assert [i.name for i in model.graph.input] == ["image", "image_size"]
+    assert meta == {"num_classes": "4", "deformable_attention": "grid_sample", "size_divisibility": "32"}
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["", "height", "width"]
     assert [o.name for o in model.graph.output] == ["boxes", "scores", "classes"]
     assert any(node.op_type == "GridSample" for node in model.graph.node)
 
@@ -76,34 +77,51 @@ def test_a_methods_graph_is_its_baselines(exported):
     assert any(k.startswith("variants.") for k in state)  # the routes were in the checkpoint
 
 
-def test_onnxruntime_equals_pytorch_on_a_smaller_image_padded_to_the_canvas(exported):
-    """A 96 x 112 image on the 128 x 128 canvas: the padding is masked as Detectron2's batch padding."""
+@pytest.mark.parametrize("height, width", [(96, 112), (128, 160), (200, 136)])
+def test_onnxruntime_equals_the_models_forward_on_any_image_size(exported, height, width):
+    """The graph was traced on 128 x 160 (the shapes test resize); images smaller, equal and larger,
+    none of them a multiple of 32 but 128 x 160: onnxruntime gives ``DeformableDETR.forward``'s
+    detections (its padding to 32 and masking inside the graph), boxes clipped to the image."""
     import onnxruntime
 
     config, checkpoint, path = exported["baseline"]
     model = load_model(config, checkpoint)
-    graph = InferenceGraph(model)
-    image, size = pad_to_canvas(torch.rand(3, 96, 112, generator=torch.Generator().manual_seed(3)) * 255, (128, 128))
-    assert size.tolist() == [96, 112] and image[:, 96:].abs().sum() == 0
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height)) * 255
     with attention_implementation(model), torch.no_grad():
-        expected = dict(zip(("boxes", "scores", "classes"), graph(image, size)))
-    got = onnxruntime.InferenceSession(str(path)).run(None, {"image": image.numpy(), "image_size": size.numpy()})
-    ok, why = match_detections(expected, dict(zip(("boxes", "scores", "classes"), map(torch.from_numpy, got))), 1e-3, 1e-4)
+        instances = model([{"image": image}])[0]["instances"]
+    got = dict(zip(("boxes", "scores", "classes"), map(torch.from_numpy, onnxruntime.InferenceSession(str(path)).run(None, {"image": image.numpy()}))))
+    keep = (got["boxes"][:, 2] > got["boxes"][:, 0]) & (got["boxes"][:, 3] > got["boxes"][:, 1])  # detector_postprocess drops empty boxes
+    expected = {"boxes": instances.pred_boxes.tensor, "scores": instances.scores, "classes": instances.pred_classes}
+    ok, why = match_detections(expected, {k: v[keep] for k, v in got.items()}, 1e-3, 1e-4)
     assert ok, why
-    assert expected["boxes"][:, 2].max() <= 112 and expected["boxes"][:, 3].max() <= 96  # clipped to the image, not the canvas
+    assert got["boxes"][:, 2].max() <= width and got["boxes"][:, 3].max() <= height
 
 
-def test_the_graph_equals_the_models_forward_on_an_image_of_the_canvas_size(exported):
+def test_the_graph_equals_the_models_forward_exactly(exported):
     config, checkpoint, _ = exported["baseline"]
     model = load_model(config, checkpoint)
-    image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(4)) * 255
+    image = torch.rand(3, 120, 150, generator=torch.Generator().manual_seed(4)) * 255
     with torch.no_grad(), attention_implementation(model):
-        boxes, scores, classes = InferenceGraph(model)(*pad_to_canvas(image, (128, 128)))
+        boxes, scores, classes = InferenceGraph(model)(image)
         instances = model([{"image": image}])[0]["instances"]
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # detector_postprocess drops empty boxes
     torch.testing.assert_close(instances.scores, scores[keep], rtol=0, atol=0)
     torch.testing.assert_close(instances.pred_classes, classes[keep], rtol=0, atol=0)
     torch.testing.assert_close(instances.pred_boxes.tensor, boxes[keep], rtol=1e-6, atol=1e-4)
+
+
+def test_the_torch_export_program_equals_the_graph_at_its_size(exported):
+    """``--torch-export``: the saved program, loaded back, gives the graph's outputs bit for bit on a
+    128 x 160 image (the size it was exported for)."""
+    config, checkpoint, path = exported["baseline"]
+    program = torch.export.load(str(path.with_suffix(".pt2")))
+    model = load_model(config, checkpoint)
+    image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(6)) * 255
+    with attention_implementation(model), torch.no_grad():
+        expected = InferenceGraph(model)(image)
+        got = program.module()(image)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_demo_with_the_onnx_file_gives_the_pytorch_demos_detections(exported, tmp_path):
@@ -126,8 +144,6 @@ def test_demo_with_the_onnx_file_gives_the_pytorch_demos_detections(exported, tm
 
 def test_bad_requests_say_what_to_do(exported, tmp_path):
     config, checkpoint, path = exported["baseline"]
-    with pytest.raises(ValueError, match="200x100 does not fit the exported canvas 128x128"):
-        pad_to_canvas(torch.zeros(3, 200, 100), (128, 128))
     model = load_model(config, checkpoint)
     model.eval_nms_threshold = 0.7
     with pytest.raises(ValueError, match="eval_nms_threshold=0.7: the exported graph has no NMS"):

@@ -117,7 +117,6 @@ class OnnxPredictor:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--onnx {path}: no such file (write one with tools/export_onnx.py)")
         self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.canvas = tuple(self.session.get_inputs()[0].shape[-2:])
         meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         self.num_classes = int(meta.get("num_classes", 0))
 
@@ -125,13 +124,10 @@ class OnnxPredictor:
         from detectron2.modeling import detector_postprocess
         from detectron2.structures import Boxes, Instances
 
-        from detr_plus.deploy import pad_to_canvas
-
         results = []
         for inputs in batched_inputs:
             image = inputs["image"]
-            canvas, size = pad_to_canvas(image.float(), self.canvas)
-            boxes, scores, classes = (torch.from_numpy(a) for a in self.session.run(None, {"image": canvas.numpy(), "image_size": size.numpy()}))
+            boxes, scores, classes = (torch.from_numpy(a) for a in self.session.run(None, {"image": image.float().numpy()}))
             instances = Instances(tuple(image.shape[-2:]))
             instances.pred_boxes, instances.scores, instances.pred_classes = Boxes(boxes), scores, classes
             # to the original image and without empty boxes, as DeformableDETR's post-processing does
