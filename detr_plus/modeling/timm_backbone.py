@@ -44,11 +44,16 @@ def timm_feature_shapes(model_name: str, **kwargs) -> Dict[str, ShapeSpec]:
 
 class TimmBackbone(Backbone):
     """``timm.create_model(model_name, features_only=True)`` with outputs ``out_features`` (names by
-    stride, see the module docstring). ``drop_path_rate`` and other timm arguments pass through."""
+    stride, see the module docstring). ``drop_path_rate`` and other timm arguments pass through.
+    ``grad_checkpointing``: timm's own activation checkpointing of the stages (recomputed in the
+    backward pass): the backbone's share of the memory, which ``checkpoint_layers`` of the encoder and
+    decoder leave (most of it for Swin-L)."""
 
-    def __init__(self, model_name: str, out_features: Sequence[str] = ("res3", "res4", "res5"), weights: str = "", **kwargs):
+    def __init__(self, model_name: str, out_features: Sequence[str] = ("res3", "res4", "res5"), weights: str = "",
+                 grad_checkpointing: bool = False, **kwargs):
         super().__init__()
         self.model = _create(model_name, weights, **kwargs)
+        self.model.set_grad_checkpointing(grad_checkpointing)
         info = self.model.feature_info
         names = feature_names(info.reduction())
         unknown = sorted(set(out_features) - set(names))
@@ -84,7 +89,8 @@ def use_timm_backbone(model, model_name: str, out_features: Sequence[str] = None
 
     out_features = list(out_features or model.neck.in_features)
     shapes = timm_feature_shapes(model_name, **kwargs)
-    model.backbone = L(TimmBackbone)(model_name=model_name, out_features=out_features, weights=weights, **kwargs)
+    model.backbone = L(TimmBackbone)(model_name=model_name, out_features=out_features, weights=weights,
+                                     grad_checkpointing=False, **kwargs)
     model.neck.in_features = out_features
     model.neck.input_shapes = {name: L(ShapeSpec)(channels=shapes[name].channels) for name in out_features}
     return model
