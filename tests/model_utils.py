@@ -15,7 +15,7 @@ import detr_plus  # noqa: F401  (detectron2 compatibility patches, before any de
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 
 from detr_plus.modeling import resnet_stages, strip_training_parts
 
@@ -90,10 +90,11 @@ def build_tiny_model(name="plusplus", seed=0, **kwargs):
 SMALL_IMAGE_SIZES = [(32, 40), (36, 32)]  # padded to 64 x 64: still 85 encoder positions (>= num_queries)
 
 
-def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SIZES) -> List[Dict]:
+def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SIZES, with_masks=False) -> List[Dict]:
     """Two uint8 CHW images of different sizes; the first has two boxes, the second none.
 
-    ``size_scale`` adds ``height``/``width`` = scale x the tensor size (the original image size)."""
+    ``size_scale`` adds ``height``/``width`` = scale x the tensor size (the original image size);
+    ``with_masks``: ``gt_masks`` too, each box's rectangle of pixels."""
     gen = torch.Generator().manual_seed(seed)
     batch = []
     # First image: boxes (x0, y0, x1, y1) as fractions of (W, H, W, H); 4,6,40,30 and 30,20,75,60 px at 80 x 64.
@@ -107,6 +108,11 @@ def synthetic_batch(with_instances=True, size_scale=None, seed=0, sizes=IMAGE_SI
             instances = Instances((h, w))
             instances.gt_boxes = Boxes(boxes * torch.tensor([w, h, w, h], dtype=torch.float32))
             instances.gt_classes = classes
+            if with_masks:
+                masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+                for mask, (x0, y0, x1, y1) in zip(masks, instances.gt_boxes.tensor.round().long().tolist()):
+                    mask[y0:y1, x0:x1] = True
+                instances.gt_masks = BitMasks(masks)
             x["instances"] = instances
         batch.append(x)
     return batch

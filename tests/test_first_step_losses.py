@@ -5,7 +5,7 @@ Every config under ``configs/`` and ``projects/*/configs/`` that defines a model
 sizes of ``model_utils`` (thin ResNet-18, d_model 128, 1 encoder and 2 decoder layers, 20 queries),
 its parameters are set from their names alone (so the values do not depend on the order in which
 modules are built), dropout is off, and one training step's losses on ``synthetic_batch`` (one image
-with two objects, one without) are compared with the recorded ones, key by key. A key the record
+with two objects, one without; with masks for a model with a mask head) are compared with the recorded ones, key by key. A key the record
 does not have must be zero (a key added so that every step has the same keys). The gradient of
 the summed losses (its absolute sum per top-level part, e.g. ``transformer.decoder``) must match too. Models that read an
 EMA teacher get a frozen copy of themselves.
@@ -118,7 +118,7 @@ def _measure(config_path: str):
         return None
     model.train()
     torch.manual_seed(0)
-    loss_dict = model(synthetic_batch())
+    loss_dict = model(synthetic_batch(with_masks="mask" in model.heads))
     losses = {k: float(v.detach()) for k, v in loss_dict.items()}
     sum(loss_dict.values()).backward()
     gradients = {}
@@ -131,6 +131,8 @@ def _measure(config_path: str):
         instances = [r["instances"] for r in model(synthetic_batch(with_instances=False))]
     inference = {"scores": sum(float(i.scores.sum()) for i in instances),
                  "boxes": sum(float(i.pred_boxes.tensor.sum()) for i in instances)}
+    if all(i.has("pred_masks") for i in instances):
+        inference["mask_pixels"] = sum(float(i.pred_masks.sum()) for i in instances)
     return {"losses": losses, "gradients": gradients, "inference": inference}
 
 

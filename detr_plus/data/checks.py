@@ -7,6 +7,9 @@ with its first offender (file, image, annotation id), or is an error before trai
 | zero / negative box width or height | annotation dropped, counted |
 | box partly outside its image | clipped to the image, counted |
 | box wholly outside its image | annotation dropped, counted |
+| mask polygons without one of >= 3 points (empty) | annotation dropped (by detectron2's loader), counted with the first offender |
+| mask polygons wholly outside the image | annotation dropped, counted |
+| RLE mask of another size than its image, or empty | annotation dropped, counted |
 | duplicate image id in the json | ``ValueError`` naming the id and both file names |
 | image files missing | ``FileNotFoundError`` with how many and the first few |
 """
@@ -17,7 +20,7 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.structures import BoxMode
 
@@ -28,15 +31,20 @@ PROBLEMS = {  # kind -> what is done, for the log line
     "non_positive_size": "dropped: zero / negative box width or height",
     "outside_image": "dropped: box wholly outside its image",
     "clipped": "clipped to the image: box partly outside",
+    "mask_outside_image": "dropped: mask polygons wholly outside the image",
+    "mask_size_mismatch": "dropped: RLE mask size differs from the image's height x width",
+    "mask_empty": "dropped: RLE mask without a pixel",
 }
 MISSING_FILES_SHOWN = 5
 
 
-def check_unique_image_ids(json_file: str) -> None:
+def check_unique_image_ids(json_file: str, data: Optional[dict] = None) -> None:
     """``ValueError`` when two images of the json share an id (pycocotools would silently keep the last,
-    and the annotations of both would go to one file)."""
-    with open(json_file) as f:
-        images = json.load(f).get("images", [])
+    and the annotations of both would go to one file). ``data``: the json, when already read."""
+    if data is None:
+        with open(json_file) as f:
+            data = json.load(f)
+    images = data.get("images", [])
     first_file = {}
     for image in images:
         image_id = image.get("id")
@@ -44,6 +52,40 @@ def check_unique_image_ids(json_file: str) -> None:
             raise ValueError(f"'{json_file}': image id {image_id} is used twice ('{first_file[image_id]}' and "
                              f"'{image.get('file_name')}'); image ids must be unique")
         first_file[image_id] = image.get("file_name")
+
+
+def report_empty_polygons(json_file: str, data: dict) -> int:
+    """Count (and log with the first offender) the annotations whose "segmentation" is a list without
+    a polygon of 3 or more points: detectron2's loader drops them. Returns the count."""
+    count, first = 0, None
+    for ann in data.get("annotations", []):
+        segm = ann.get("segmentation")
+        if isinstance(segm, list) and not any(len(p) >= 6 and len(p) % 2 == 0 for p in segm):
+            count += 1
+            first = first or f"annotation id={ann.get('id')} of image id={ann.get('image_id')}, segmentation={segm}"
+    if count:
+        logger.warning(f"'{json_file}': {count} annotation(s) dropped: mask polygons empty (none with 3 or more points) "
+                       f"(first: {first})")
+    return count
+
+
+def _mask_problem(segmentation, width, height) -> str:
+    """The problem kind of an annotation's mask (polygons or RLE) on an image of ``width`` x ``height``, or ""."""
+    if width is None or height is None or not segmentation:
+        return ""
+    if isinstance(segmentation, list):
+        xs = [v for polygon in segmentation for v in polygon[0::2]]
+        ys = [v for polygon in segmentation for v in polygon[1::2]]
+        outside = max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height
+        return "mask_outside_image" if outside else ""
+    if isinstance(segmentation, dict):
+        from pycocotools import mask as mask_util
+
+        if list(segmentation.get("size", [])) != [height, width]:
+            return "mask_size_mismatch"
+        rle = segmentation if not isinstance(segmentation.get("counts"), list) else mask_util.frPyObjects(segmentation, height, width)
+        return "mask_empty" if mask_util.area(rle) == 0 else ""
+    return ""
 
 
 def _clean_box(bbox, mode, width, height) -> Tuple[str, list]:
@@ -74,10 +116,12 @@ def clean_annotations(dicts: List[dict], json_file: str) -> Dict[str, int]:
             bbox = obj.get("bbox")
             kind, box = ("", bbox) if bbox is None else _clean_box(bbox, obj.get("bbox_mode", BoxMode.XYWH_ABS),
                                                                  record.get("width"), record.get("height"))
+            if kind in ("", "clipped"):
+                kind = _mask_problem(obj.get("segmentation"), record.get("width"), record.get("height")) or kind
             if kind:
                 counts[kind] += 1
                 first.setdefault(kind, f"annotation id={obj.get('id')} of image id={record.get('image_id')} "
-                                       f"('{record['file_name']}'), bbox={list(bbox)}")
+                                       f"('{record['file_name']}'), bbox={list(bbox) if bbox is not None else None}")
             if kind == "clipped":
                 obj["bbox"] = [float(v) for v in box]
             if kind in ("", "clipped"):

@@ -10,7 +10,7 @@ from typing import List, Optional
 import detr_plus  # noqa: F401  (compat shims must run before detectron2 is imported)
 from detectron2.data.datasets import load_coco_json
 
-from .checks import check_image_files, check_unique_image_ids, clean_annotations
+from .checks import check_image_files, check_unique_image_ids, clean_annotations, report_empty_polygons
 
 __all__ = ["COCO_DATASETS_HELP", "load_coco_json_checked"]
 
@@ -74,14 +74,19 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
     * an annotation whose ``category_id`` is not among the json's categories -> ``ValueError``
       naming the json file, the image file and the annotation id;
     * non-finite, zero / negative-size and wholly-outside boxes are dropped, partly-outside boxes
-      clipped (one warning per kind: count and first offender);
+      clipped (one warning per kind: count and first offender); so are annotations whose mask is
+      unusable (empty polygons, polygons wholly outside the image, RLE of the wrong size or empty);
     * missing image files -> ``FileNotFoundError`` with how many and the first few;
     * images without annotations are kept (DETR trains on them).
 
     Each annotation keeps its json ``id`` (key ``"id"``).
     """
     _check_files(dataset_name or json_file, json_file, image_root)
-    check_unique_image_ids(json_file)
+    with open(json_file) as f:
+        data = json.load(f)
+    check_unique_image_ids(json_file, data)
+    report_empty_polygons(json_file, data)
+    del data
     try:
         dicts = load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=["id"])
     except KeyError as e:

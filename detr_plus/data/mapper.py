@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from PIL import UnidentifiedImageError
 import detr_plus  # noqa: F401  (compat shims must run before detectron2 is imported)
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.structures import BitMasks
 
 __all__ = [
     "RandomChoice",
@@ -109,6 +110,23 @@ def build_detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> L
     return [T.ResizeShortestEdge([int(min_size)], max_size=max_size, sample_style="choice")]
 
 
+def rasterise(segmentation, height: int, width: int) -> np.ndarray:
+    """(height, width) uint8 mask of a COCO segmentation: polygons (a list of [x0, y0, x1, y1, ...]),
+    RLE (a dict with "counts" as a list or a string) ; pixels of a polygon outside the image are cut."""
+    from pycocotools import mask as mask_util
+
+    if isinstance(segmentation, list):
+        rles = mask_util.frPyObjects(segmentation, height, width)
+        return mask_util.decode(mask_util.merge(rles)).astype(np.uint8)
+    if isinstance(segmentation, dict):
+        if isinstance(segmentation.get("counts"), list):
+            segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
+        return mask_util.decode(segmentation).astype(np.uint8)
+    if isinstance(segmentation, np.ndarray) and segmentation.ndim == 2:
+        return segmentation.astype(np.uint8)
+    raise TypeError(f"segmentation of type {type(segmentation).__name__}: polygons (list), RLE (dict) or a 2-D array")
+
+
 class UnreadableImageError(RuntimeError):
     """An image file that exists but cannot be decoded (``file_name`` names it)."""
 
@@ -141,13 +159,21 @@ class DetrDatasetMapper:
     ``gt_classes``), with crowd annotations removed and boxes emptied by cropping filtered out.
     Images with no annotations give empty ``Instances``.
 
+    ``mask_format``: None (boxes only, the default) or "bitmask": the instances also get ``gt_masks``
+    (``BitMasks`` of the augmented image). Polygons and RLE are both rasterised at the original size
+    first and go through the same flip / crop / resize as the image (nearest neighbour), so a polygon
+    partly outside a crop is cut where the image is.
+
     ``unreadable``: what a missing or undecodable image does: "raise" (``IMAGE_ERRORS``; the training
     loader then skips it) or, in test mode, "blank": a black image of the record's height x width with
     ``"unreadable"`` set to the error, logged, so evaluation goes on and counts its objects as missed.
     """
 
     def __init__(self, is_train: bool, augmentations: Sequence[T.Augmentation], image_format: str = "RGB",
-                 unreadable: str = "raise"):
+                 unreadable: str = "raise", mask_format: Optional[str] = None):
+        if mask_format not in (None, "bitmask"):
+            raise ValueError(f"DetrDatasetMapper(mask_format={mask_format!r}): None (boxes only) or 'bitmask'")
+        self.mask_format = mask_format
         if unreadable not in ("raise", "blank") or (is_train and unreadable == "blank"):
             raise ValueError(f"DetrDatasetMapper(unreadable={unreadable!r}): 'raise', or 'blank' in test mode")
         self.unreadable = unreadable
@@ -184,13 +210,23 @@ class DetrDatasetMapper:
         for obj in annos or []:
             if obj.get("iscrowd", 0) != 0:
                 continue
-            # Boxes only: skip transforming masks/keypoints, which DETR does not use.
-            obj.pop("segmentation", None)
             obj.pop("keypoints", None)
+            if self.mask_format is None:
+                obj.pop("segmentation", None)  # boxes only: no mask to transform
+            elif "segmentation" not in obj:
+                raise KeyError(f"{file_name}: annotation id={obj.get('id')} has no 'segmentation', which a model with a "
+                               "mask head needs (mapper.mask_format='bitmask')")
+            else:  # rasterised at the original size, then the image's transforms (detectron2 transforms the box)
+                raster = rasterise(obj.pop("segmentation"), dataset_dict["height"], dataset_dict["width"])
             # Float boxes: detectron2 transforms the coordinates in place in an array of the box's own
             # dtype, so integer json boxes would be truncated to whole pixels after every resize.
             obj["bbox"] = [float(v) for v in obj["bbox"]]
-            objs.append(utils.transform_instance_annotations(obj, transforms, image_shape))
-        instances = utils.annotations_to_instances(objs, image_shape)
+            obj = utils.transform_instance_annotations(obj, transforms, image_shape)
+            if self.mask_format is not None:
+                obj["segmentation"] = transforms.apply_segmentation(raster)
+            objs.append(obj)
+        instances = utils.annotations_to_instances(objs, image_shape, mask_format=self.mask_format or "polygon")
+        if self.mask_format is not None and not instances.has("gt_masks"):  # no objects: still a mask field, empty
+            instances.gt_masks = BitMasks(torch.zeros(0, *image_shape, dtype=torch.bool))
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict

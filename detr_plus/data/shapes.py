@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 #: Category names; category ids in the json are ``index + 1``.
 SHAPES_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "cross")
 #: Bump when the rendered output changes: a stored dataset with another version is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3  # 3: instance masks (RLE "segmentation"); the images are those of version 1
 #: Default registered splits: dataset name -> number of images.
 DEFAULT_SHAPES_SPLITS: Dict[str, int] = {"shapes_train": 2000, "shapes_val": 200}
 DEFAULT_IMAGE_SIZE = 128
@@ -139,13 +139,22 @@ def _mask_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
     return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
 
 
+def _rle(mask: np.ndarray) -> dict:
+    """COCO's compressed RLE of a boolean mask (json-ready: counts as a string)."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def render_shapes_image(
     rng: np.random.Generator, image_size: int = DEFAULT_IMAGE_SIZE
 ) -> Tuple[np.ndarray, List[dict]]:
     """Render one image. Returns (uint8 HxWx3 array, list of objects).
 
     Each object is ``{"category_id": 1-based id, "bbox": [x, y, w, h] (ints, tight extent of
-    the visible pixels), "area": visible pixel count}``.
+    the visible pixels), "area": visible pixel count, "segmentation": RLE of the visible pixels}``
+    (the instance mask is exact: the pixels the shape paints and no later shape covers).
     """
     h = w = int(image_size)
     img, base = _background(rng, h, w)
@@ -200,7 +209,7 @@ def render_shapes_image(
         area = int(vis.sum())
         if area < _MIN_VISIBLE * full_area[idx] or area == 0:  # cannot happen (placement rule)
             continue
-        objects.append({"category_id": cls + 1, "bbox": list(_mask_box(vis)), "area": area})
+        objects.append({"category_id": cls + 1, "bbox": list(_mask_box(vis)), "area": area, "segmentation": _rle(vis)})
 
     # Sensor-like noise over everything (does not change the masks/boxes).
     noisy = np.rint(img).astype(np.int16) + rng.integers(-_NOISE, _NOISE + 1, size=img.shape, dtype=np.int16)
@@ -330,6 +339,7 @@ def generate_shapes_dataset(
                             "category_id": obj["category_id"],
                             "bbox": obj["bbox"],
                             "area": obj["area"],
+                            "segmentation": obj["segmentation"],
                             "iscrowd": 0,
                         }
                     )

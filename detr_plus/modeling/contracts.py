@@ -470,7 +470,9 @@ class Head(Protocol):
 the ``EncoderState``, with the backbone's features);
     ``loss(outputs, predictions, targets, indices, num_boxes)`` -> weighted losses (the same keys
     every call) for the pairs the layer's criterion matched. At inference the last layer's outputs of
-    the kept queries become the ``Instances`` field ``field``."""
+    the kept queries become the ``Instances`` field ``field``; a head may also have
+    ``finish(instances, image_size, padded_size) -> instances``, called on each image's detections at
+    the original size (the mask head turns its logits into ``pred_masks`` there)."""
 
     layers: str
     field: str

@@ -23,3 +23,9 @@ def xavier_matrices(*modules: nn.Module) -> None:
         for p in module.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+
+def named_heads(**heads: nn.Module) -> dict:
+    """``model.heads`` in a LazyConfig: ``L(named_heads)(mask=L(MaskHead)(...))`` (a LazyCall, so that
+    instantiate builds the heads inside; a plain dict would stay a config)."""
+    return dict(heads)

@@ -5,7 +5,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList
+from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from detectron2.utils import comm
 from torch import nn
 
@@ -36,6 +36,15 @@ def _load_legacy_names(state_dict, prefix, *unused):
     for key in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[key]
     state_dict.update({prefix + k: v for k, v in renamed.items()})
+
+
+def padded_masks(masks, image_size, padded_size) -> torch.Tensor:
+    """(n, H, W) bool: Detectron2 ``BitMasks`` or ``PolygonMasks`` of an image of ``image_size``, zero
+    padded to ``padded_size``."""
+    if isinstance(masks, PolygonMasks):
+        masks = BitMasks.from_polygon_masks(masks, *image_size)
+    tensor = masks.tensor.bool()
+    return F.pad(tensor, (0, padded_size[1] - tensor.shape[-1], 0, padded_size[0] - tensor.shape[-2]))
 
 
 def reads_teacher(module) -> bool:
@@ -162,13 +171,18 @@ class DeformableDETR(nn.Module):
             mask[:h, :w] = False
         return images, masks
 
-    def prepare_targets(self, batched_inputs, image_sizes):
+    def prepare_targets(self, batched_inputs, image_sizes, padded_size: Optional[Tuple[int, int]] = None):
+        """Per image {"labels", "boxes" (normalised cxcywh)}, and "masks" (n, H, W) bool on the padded
+        batch (``padded_size``, the extent of a mask head's logits) when the instances have ``gt_masks``."""
         targets = []
         for x, (h, w) in zip(batched_inputs, image_sizes):
             instances = x["instances"]  # normalised where they are (the host, from a data loader), then moved
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=instances.gt_boxes.tensor.device)
             boxes = box_xyxy_to_cxcywh(instances.gt_boxes.tensor / scale)
-            targets.append({"labels": self.from_host(instances.gt_classes), "boxes": self.from_host(boxes)})
+            target = {"labels": self.from_host(instances.gt_classes), "boxes": self.from_host(boxes)}
+            if instances.has("gt_masks"):
+                target["masks"] = self.from_host(padded_masks(instances.gt_masks, (h, w), padded_size or (h, w)))
+            targets.append(target)
         return targets
 
     def from_host(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -207,8 +221,9 @@ class DeformableDETR(nn.Module):
         out = self.transformer.decode(selection.queries, state, variants=variants, variant_queries=starts)
         final = self.inference_predictions(out)
         per_query = {head.field: head(final, state) for head in self.heads.values()}
+        finishers = [head.finish for head in self.heads.values() if hasattr(head, "finish")]
         return top_detections(final.logits, final.boxes, images.image_sizes, batched_inputs, self.select_box_nums_for_evaluation,
-                              self.eval_nms_threshold, self.eval_pre_nms_topk, per_query)
+                              self.eval_nms_threshold, self.eval_pre_nms_topk, per_query, finishers, images.tensor.shape[-2:])
 
     @torch.no_grad()
     def detection_pass(self, batched_inputs: List[Dict], match: bool = True) -> DetectionPass:
@@ -217,7 +232,8 @@ class DeformableDETR(nn.Module):
         instances. An EMA teacher's forward (OD-DETR Sec. 3); run it on a model in eval mode."""
         images, state, selection = self.encode_and_select(batched_inputs)
         out = self.transformer.decode(selection.queries, state)
-        targets = self.prepare_targets(batched_inputs, images.image_sizes) if "instances" in batched_inputs[0] else None
+        targets = (self.prepare_targets(batched_inputs, images.image_sizes, images.tensor.shape[-2:])
+                   if "instances" in batched_inputs[0] else None)
         matching = None
         if match and targets is not None:
             with torch.autocast(self.device.type, enabled=False):
@@ -234,7 +250,7 @@ class DeformableDETR(nn.Module):
             teacher = self.teacher.detection_pass(batched_inputs)
         indices = teacher.selection.topk_indices if self.select_teacher_proposals and teacher is not None else None
         images, state, selection = self.encode_and_select(batched_inputs, indices)
-        targets = self.prepare_targets(batched_inputs, images.image_sizes)
+        targets = self.prepare_targets(batched_inputs, images.image_sizes, images.tensor.shape[-2:])
         batch = TrainingBatch(batched_inputs, targets, images.image_sizes, state, selection, teacher,
                               self.num_boxes(targets, self.device), self.transformer,
                               self.variant_selections(state, self.variants))

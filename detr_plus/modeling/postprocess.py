@@ -1,5 +1,5 @@
 """Inference post-processing: the top (query, class) pairs of the last layer as Detectron2 ``Instances``."""
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling import detector_postprocess
@@ -11,11 +11,14 @@ from ..layers.box_ops import box_cxcywh_to_xyxy
 
 def top_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes, batched_inputs: List[Dict], num_select: int,
                    nms_threshold: Optional[float] = None, pre_nms_topk: int = 1000,
-                   per_query: Optional[Dict[str, torch.Tensor]] = None) -> List[Dict[str, Instances]]:
+                   per_query: Optional[Dict[str, torch.Tensor]] = None, finishers: Sequence[Callable] = (),
+                   padded_size=None) -> List[Dict[str, Instances]]:
     """Top-k over queries x classes (Deformable DETR's post-processing), boxes back to the input
     size; k = ``num_select`` (after class-wise NMS at ``nms_threshold`` over the top
     ``pre_nms_topk`` pairs, when given). ``per_query``: (B, Q, ...) outputs of heads, kept for the
-    selected queries as the ``Instances`` field of their name."""
+    selected queries as the ``Instances`` field of their name. ``finishers``: heads' ``finish(instances,
+    image_size, padded_size)``, called on each image's kept detections at the original size (a mask
+    head turns its logits into masks there)."""
     num_classes = logits.shape[-1]
     nms = nms_threshold is not None
     k = min(max(pre_nms_topk, num_select) if nms else num_select, logits.shape[1] * num_classes)
@@ -36,5 +39,7 @@ def top_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes, batch
         if nms:
             keep = batched_nms(instances.pred_boxes.tensor, instances.scores, instances.pred_classes, nms_threshold)
             instances = instances[keep[:num_select]]
+        for finish in finishers:
+            instances = finish(instances, (h, w), padded_size)
         results.append({"instances": instances})
     return results

@@ -1,0 +1,146 @@
+"""Instance masks as a per-query head of the core's ``heads`` slot (``contracts.Head``).
+
+The head of Mr. DETR's segmentation results (Mr. DETR, arXiv 2412.10028, instance segmentation on
+Deformable-DETR++), which is DETR's panoptic mask head (DETR, arXiv 2005.12872, Sec. 4.4 and Fig. 8)
+moved onto a multi-scale encoder:
+
+* each query of the last decoder layer attends over the encoder memory of the coarsest level
+  (stride 64): one attention map per head, a softmax over heads x positions together, padding
+  masked (``QueryAttentionMaps``);
+* the maps, concatenated with that memory, go through 3x3 conv + GroupNorm(8) + ReLU stages
+  (d + heads -> d / 2 -> d / 4 -> d / 8 -> d / 16 channels) that add, with nearest upsampling,
+  the backbone's res5 / res4 / res3 features, each brought one stride down by a 3x3 stride-2 conv
+  (to half its channels) and to the stage's width by a 1x1 adapter (``MaskDecoder``); a last 3x3
+  conv gives one mask logit map per query at stride 16 of the padded input.
+
+The loss (``MaskHead.loss``) is point-sampled: sigmoid BCE (weight 5) and dice (weight 2) at points
+chosen by uncertainty (``mask_losses.uncertain_points``), summed over the matched pairs and divided by the
+number of objects. At inference the kept queries' logit maps are upsampled to the padded input,
+cropped to the image, resized to the original size and thresholded at 0 (``finish``).
+"""
+import math
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.level_shapes import level_sizes
+from .contracts import EncoderState, Indices, LayerPredictions, Targets
+from .mask_losses import point_mask_losses
+
+MASK_STRIDE = 16  # of the logits, in pixels of the padded input
+
+
+class QueryAttentionMaps(nn.Module):
+    """(B, Q, heads, h, w) attention weights of each query over a feature map: per head the scaled dot
+    product of the projected query and the projected features, a softmax over heads x h x w jointly
+    (DETR's ``MHAttentionMap``), padded positions at zero weight."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query_proj, self.key_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        for proj in (self.query_proj, self.key_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, queries: torch.Tensor, features: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        B, Q, d = queries.shape
+        h, w = features.shape[-2:]
+        head_dim = d // self.num_heads
+        q = self.query_proj(queries).view(B, Q, self.num_heads, head_dim) / math.sqrt(head_dim)
+        k = F.conv2d(features, self.key_proj.weight[..., None, None], self.key_proj.bias).view(B, self.num_heads, head_dim, h, w)
+        logits = torch.einsum("bqnc,bnchw->bqnhw", q, k).masked_fill(padding[:, None, None], float("-inf"))
+        return self.dropout(logits.flatten(2).softmax(-1).view(B, Q, self.num_heads, h, w))
+
+
+def _conv_norm(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.ReLU())
+
+
+class MaskDecoder(nn.Module):
+    """(B * Q, d + heads, h, w) at stride 64 -> (B * Q, 1, H / 16, W / 16) mask logits (module docstring).
+    ``feature_channels``: channels of res5, res4, res3 (coarsest first)."""
+
+    def __init__(self, d_model: int, num_heads: int, feature_channels: Sequence[int]):
+        super().__init__()
+        widths = [d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16]
+        self.stem = nn.Sequential(_conv_norm(widths[0], widths[0]), _conv_norm(widths[0], widths[1]))
+        self.downsample = nn.ModuleList(nn.Conv2d(c, c // 2, 3, stride=2, padding=1) for c in feature_channels)
+        self.adapters = nn.ModuleList(nn.Conv2d(c // 2, width, 1) for c, width in zip(feature_channels, widths[1:4]))
+        self.stages = nn.ModuleList(_conv_norm(widths[i], widths[i + 1]) for i in range(1, 4))
+        self.output = nn.Conv2d(widths[4], 1, 3, padding=1)
+        for module in self.modules():  # DETR's init of its mask head
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight, a=1)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor], num_queries: int) -> torch.Tensor:
+        x = self.stem(x)
+        for down, adapter, stage, feature in zip(self.downsample, self.adapters, self.stages, features):
+            skip = adapter(down(feature)).repeat_interleave(num_queries, 0)
+            x = stage(skip + F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
+        return self.output(x)
+
+
+class MaskHead(nn.Module):
+    """Mask logits of every query of the last decoder layer (``layers = "last"``; Mr. DETR supervises
+    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16). ``features``: the backbone
+    outputs it reads, coarsest first, with their channels; ``num_points``: points per mask of the loss
+    (12544 = 112^2 on COCO), ``oversample_ratio`` / ``importance_ratio`` of the uncertainty sampling."""
+
+    layers = "last"
+    field = "pred_mask_logits"  # replaced by "pred_masks" in ``finish``
+
+    def __init__(self, d_model: int, feature_channels: Dict[str, int], num_heads: int = 8, num_points: int = 12544,
+                 oversample_ratio: float = 3.0, importance_ratio: float = 0.75, mask_weight: float = 5.0, dice_weight: float = 2.0):
+        super().__init__()
+        self.feature_names = list(feature_channels)
+        self.attention = QueryAttentionMaps(d_model, num_heads)
+        self.decoder = MaskDecoder(d_model, num_heads, list(feature_channels.values()))
+        self.num_points, self.oversample_ratio, self.importance_ratio = num_points, oversample_ratio, importance_ratio
+        self.mask_weight, self.dice_weight = mask_weight, dice_weight
+
+    def forward(self, predictions: LayerPredictions, state: EncoderState) -> torch.Tensor:
+        memory, padding = coarsest_level(state)
+        queries = predictions.hidden
+        B, Q = queries.shape[:2]
+        maps = self.attention(queries, memory, padding)
+        x = torch.cat([memory.repeat_interleave(Q, 0), maps.flatten(0, 1)], 1)
+        features = [state.backbone_features[name] for name in self.feature_names]
+        logits = self.decoder(x, features, Q)
+        return logits.view(B, Q, *logits.shape[-2:])
+
+    def loss(self, outputs: torch.Tensor, predictions: LayerPredictions, targets: Targets, indices: Indices,
+             num_boxes) -> Dict[str, torch.Tensor]:
+        """Point-sampled BCE and dice of the matched pairs (``mask_losses.point_mask_losses``), weighted."""
+        image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
+        query = torch.cat([q for q, _ in indices])
+        if any("masks" not in t for t in targets):
+            raise KeyError("the mask head needs targets with 'masks': the data mapper must keep them "
+                           "(dataloader.train.mapper.mask_format='bitmask', see configs/common/masks.py)")
+        gt = torch.cat([t["masks"][g] for t, (_, g) in zip(targets, indices)])
+        bce, dice = point_mask_losses(outputs[image, query], gt, self.num_points, self.oversample_ratio, self.importance_ratio)
+        return {"loss_mask": self.mask_weight * bce / num_boxes, "loss_dice": self.dice_weight * dice / num_boxes}
+
+    @staticmethod
+    def finish(instances, image_size, padded_size):
+        """``pred_mask_logits`` (K, H / 16, W / 16) of the padded input -> ``pred_masks`` (K, height, width)
+        bool of the output image: upsampled to the padded input, cropped to the image (``image_size``),
+        resized to the instances' size, thresholded at logit 0."""
+        logits = instances.get("pred_mask_logits")
+        instances.remove("pred_mask_logits")
+        h, w = image_size
+        full = F.interpolate(logits[:, None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False)[:, :, :h, :w]
+        full = F.interpolate(full, size=instances.image_size, mode="bilinear", align_corners=False)
+        instances.pred_masks = full[:, 0] > 0
+        return instances
+
+
+def coarsest_level(state: EncoderState):
+    """(memory (B, d, h, w), padding (B, h, w)) of the encoder's last (coarsest) level."""
+    h, w = level_sizes(state.spatial_shapes)[-1]
+    memory = state.memory[:, -h * w:]
+    return memory.transpose(1, 2).reshape(memory.shape[0], -1, h, w), state.padding_mask[:, -h * w:].view(-1, h, w)
