@@ -5,7 +5,8 @@ normalisation, the padding to ``size_divisibility`` (masked as Detectron2 masks 
 encoder, query selection, decoder, the last layer's predictions (Mr. DETR's score fusion included)
 and the post-processing of Deformable DETR (the top k of queries x classes, boxes from cxcywh to xyxy
 pixels of the image, clipped to it). A method's training-only parts (variants, query groups,
-teachers) are not in it: the graph is the baseline's.
+teachers) are not in it: the graph is the baseline's. Per-query heads (the mask head) are not in
+it either: the graph is box-only.
 
 The image size stays free in the exported graph: the tracer records the level shapes as the
 feature maps' traced sizes (``level_shapes_tensor`` keeps them when tracing), so the deformable

@@ -149,3 +149,28 @@ def test_class_names_from_the_checkpoints_saved_config(images, tmp_path):
                "--confidence-threshold", "0.0", *SMALL, f"train.init_checkpoint={run_dir / 'model_final.pth'}"])
     names = {d["class_name"] for d in json.load(open(tmp_path / "out" / "c.json"))["detections"]}
     assert names and names <= set(renamed)
+
+
+def test_masks_are_drawn_and_written_as_rle(images, tmp_path):
+    """A model with the mask head: each detection's RLE decodes to the model's own ``pred_masks`` at the
+    original size, with its area."""
+    from pycocotools import mask as mask_util
+
+    config = str(REPO / "configs" / "shapes" / "deformable_detr_tiny_masks.py")
+    model = small_model(config)
+    with torch.no_grad():  # about half of the pixels positive: masks worth drawing
+        model.heads["mask"].decoder.output.bias.fill_(0.0)
+    checkpoint = tmp_path / "masks.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    written, _ = run_demo(config, [images / "a.png"], tmp_path / "out", checkpoint, "--confidence-threshold", "0.0")
+    found = json.load(open(written[0] + ".json"))["detections"]
+    mapper = instantiate(LazyConfig.load(config).dataloader.test.mapper)
+    with torch.no_grad():
+        instances = model([mapper({"file_name": str(images / "a.png"), "image_id": 0})])[0]["instances"]
+    assert len(found) == len(instances) > 0
+    for detection, mask in zip(found, instances.pred_masks):
+        decoded = mask_util.decode(detection["mask_rle"]).astype(bool)
+        assert decoded.shape == (96, 128) and np.array_equal(decoded, mask.numpy())
+        assert detection["mask_area"] == int(mask.sum())
+    assert any(d["mask_area"] > 0 for d in found)
+    assert np.asarray(Image.open(written[0] + ".png")).shape[:2] == (96, 128)  # Detectron2's Visualizer draws pred_masks

@@ -250,3 +250,16 @@ def test_fine_tuning_a_coco_shaped_checkpoint_on_three_classes(own_data_run, tmp
     assert len(unchanged) > 100
     for key in unchanged:
         assert torch.equal(tuned[key], state[key]), key
+
+
+def test_own_data_with_masks_trains_and_reports_segm_ap(shapes_coco, tmp_path):
+    """``configs/custom/deformable_detr_tiny_masks_custom.py`` with overrides only: the json's RLE masks
+    reach the mask head (its losses in the metrics) and evaluation reports bbox and segm AP."""
+    files = [f"data.{k}={shapes_coco[k]}" for k in ("train_json", "train_images", "val_json", "val_images")]
+    args = default_argument_parser().parse_args(["--config-file", "configs/custom/deformable_detr_tiny_masks_custom.py", *files,
+                                                 *TINY_MODEL_OVERRIDES, f"train.output_dir={tmp_path}", "train.eval_period=0",
+                                                 "train.max_iter=3"])
+    results = load_train_net().main(args)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert all(math.isfinite(r["loss_mask"]) and r["loss_mask"] > 0 and r["loss_dice"] > 0 for r in rows if "total_loss" in r)
+    assert math.isfinite(results["bbox"]["AP"]) and math.isfinite(results["segm"]["AP"])

@@ -6,17 +6,21 @@
     python tools/demo.py --config-file CONFIG --onnx model.onnx --input ...   (the exported model, onnxruntime)
 
 Per image it writes ``DIR/<name>.png`` (the detections drawn by Detectron2's ``Visualizer``, class
-names from the dataset metadata or the checkpoint's ``config.yaml``) and ``DIR/<name>.json`` (boxes
-XYXY in original image pixels, scores, class ids and names), and prints a one-line summary. The
+names from the dataset metadata or the checkpoint's ``config.yaml``; masks too for a model with a
+mask head) and ``DIR/<name>.json`` (boxes XYXY in original image pixels, scores, class ids and names,
+and each mask's area and COCO RLE), and prints a one-line summary. The
 model runs in eval mode on the config's device with the config's test-time resize; a method's
 training variants, query groups and teachers are not run. Unreadable or non-image files are reported and skipped.
 With ``--onnx`` the model is the file written by ``tools/export_onnx.py``, run by onnxruntime on the
-CPU; the config gives the test-time resize and the class names only.
+CPU; the config gives the test-time resize and the class names only (the exported graph is
+box-only: a mask head is not in it).
 """
 import argparse
 import glob
 import json
 import os
+
+import numpy as np
 
 import detr_plus  # noqa: F401  (detectron2 compatibility layer first)
 import torch
@@ -137,9 +141,17 @@ class OnnxPredictor:
 
 
 def detections(instances, names):
-    return [{"box_xyxy": [float(v) for v in box], "score": float(score), "class_id": int(c),
-             "class_name": names[int(c)]}
-            for box, score, c in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())]
+    """One dict per detection; with masks (a mask head) also "mask_area" (pixels) and "mask_rle" (COCO RLE)."""
+    found = [{"box_xyxy": [float(v) for v in box], "score": float(score), "class_id": int(c), "class_name": names[int(c)]}
+             for box, score, c in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())]
+    if instances.has("pred_masks"):
+        from pycocotools import mask as mask_util
+
+        for detection, mask in zip(found, instances.pred_masks.numpy()):
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+            detection["mask_area"] = int(mask.sum())
+            detection["mask_rle"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return found
 
 
 @torch.no_grad()

@@ -116,6 +116,9 @@ def main(argv=None):
     export(graph, trace_size, args.output, args.opset)
     print(f"Exported {os.path.abspath(args.output)}: any image size (traced at {trace_size[0]}x{trace_size[1]}), "
           f"top {graph.num_detections}, deformable attention '{EXPORT_ATTENTION}', opset {args.opset}")
+    if len(model.heads):
+        print(f"Note: the graph gives boxes, scores and classes only; the model's heads {sorted(model.heads)} "
+              "(a mask head's masks) are not in it")
     if args.torch_export:
         with attention_implementation(model), torch.no_grad():
             program = torch.export.export(graph, (torch.zeros(3, *trace_size),), strict=False)

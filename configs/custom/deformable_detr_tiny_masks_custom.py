@@ -1,0 +1,7 @@
+"""``deformable_detr_tiny_custom.py`` with instance masks (``configs/common/masks.py``): your own COCO
+data whose annotations have a "segmentation" (polygons or RLE); evaluation reports bbox and segm AP."""
+from ..common.masks import use_mask_head
+from .deformable_detr_tiny_custom import data, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+use_mask_head(model, dataloader, num_points=1024)
+train.output_dir = "./output/deformable_detr_tiny_masks_custom"
