@@ -121,6 +121,7 @@ def test_swin_sizes_set_their_timm_model_and_stochastic_depth():
         cfg = LazyConfig.load(str(REPO / f"configs/dino/dino_swin_{size}_{name[-3:]}_4scale_12ep.py"))
         assert (cfg.model.backbone.model_name, cfg.model.backbone.drop_path_rate, cfg.train.init_checkpoint) == (name, rate, "")
         assert cfg.model.backbone.grad_checkpointing is False  # declared: the override needs no "+"
+        assert cfg.model.size_divisibility == 32  # DINO's R50 pads to nothing; Swin needs a multiple of its patch
     spec = importlib.util.spec_from_file_location("backbones", REPO / "configs/common/backbones.py")
     backbones = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(backbones)

@@ -84,13 +84,17 @@ class TimmBackbone(Backbone):
 def use_timm_backbone(model, model_name: str, out_features: Sequence[str] = None, weights: str = "", **kwargs):
     """In a LazyConfig ``model`` (backbone + ChannelMapper neck): the backbone becomes
     ``TimmBackbone(model_name)`` with the neck's ``in_features`` (or ``out_features``) and the neck's
-    input channels those of the timm model."""
+    input channels those of the timm model; the batch is padded to a multiple of 32 at least."""
     from detectron2.config import LazyCall as L
 
     out_features = list(out_features or model.neck.in_features)
     shapes = timm_feature_shapes(model_name, **kwargs)
     model.backbone = L(TimmBackbone)(model_name=model_name, out_features=out_features, weights=weights,
                                      grad_checkpointing=False, **kwargs)
+    # timm's Swin takes any size that is a multiple of its patch (4) and pads its windows itself; ConvNeXt
+    # and the rest any multiple of their stride: padding the batch to 32 serves every model (DINO's R50
+    # configs pad to nothing, as the official code)
+    model.size_divisibility = max(model.get("size_divisibility", 0) or 0, 32)
     model.neck.in_features = out_features
     model.neck.input_shapes = {name: L(ShapeSpec)(channels=shapes[name].channels) for name in out_features}
     return model
