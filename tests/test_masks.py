@@ -194,6 +194,24 @@ def masked_batch():
     return synthetic_batch(with_masks=True)
 
 
+@pytest.mark.parametrize("config, stride, level_cells", [
+    ("configs/h_detr/deformable_detr_plusplus_r50_300q_masks_12ep.py", 16, 2 * 3),  # Mr. DETR's head: stride-64 memory
+    (BASELINE, 8, 4 * 5),  # the 128 px head: stride-32 memory, features at their own strides
+])
+def test_mask_logits_stride_and_the_memory_level_attended(config, stride, level_cells):
+    """A 128 x 160 image: logits at stride 16 (COCO head) or 8 (shapes head); the attention maps cover
+    the stride-64 (2 x 3 cells) or stride-32 (4 x 5) level."""
+    model = instantiate_shrunk(config).eval()
+    seen = {}
+    model.heads["mask"].decoder.output.register_forward_hook(lambda m, a, out: seen.setdefault("logits", out))
+    model.heads["mask"].attention.register_forward_hook(lambda m, a, out: seen.setdefault("maps", out))
+    with torch.no_grad():
+        model([{"image": torch.zeros(3, 128, 160, dtype=torch.uint8)}])
+    assert tuple(seen["logits"].shape[-2:]) == (128 // stride, 160 // stride)
+    assert seen["maps"].shape[-2] * seen["maps"].shape[-1] == level_cells
+    torch.testing.assert_close(seen["maps"].flatten(2).sum(-1), torch.ones(seen["maps"].shape[:2]))  # one softmax over heads x cells
+
+
 def test_mr_detr_supervises_the_last_layer_of_every_route_with_one_shared_head():
     model = instantiate_shrunk(MR_DETR).train()
     losses = model(masked_batch())

@@ -13,7 +13,8 @@ from detr_plus.modeling.mask_head import MaskHead
 FEATURES = ("res5", "res4", "res3")  # coarsest first, as the head adds them
 
 
-def use_mask_head(model, dataloader, num_points=12544):
+def use_mask_head(model, dataloader, num_points=12544, **head):
+    """``head``: other ``MaskHead`` arguments (``memory_level``, ``downsample_features``)."""
     # interpolations (from model.heads.mask.feature_channels): a later change of the backbone or width follows
     channels = {name: f"${{....neck.input_shapes.{name}.channels}}" for name in FEATURES}
     missing = [name for name in FEATURES if name not in model.neck.in_features]
@@ -22,5 +23,5 @@ def use_mask_head(model, dataloader, num_points=12544):
                          f"{list(model.neck.in_features)} (missing {missing})")
     if model.get("heads") is None:
         model.heads = L(named_heads)()
-    model.heads.mask = L(MaskHead)(d_model="${...transformer.decoder.d_model}", feature_channels=channels, num_points=num_points)
+    model.heads.mask = L(MaskHead)(d_model="${...transformer.decoder.d_model}", feature_channels=channels, num_points=num_points, **head)
     dataloader.train.mapper.mask_format = "bitmask"

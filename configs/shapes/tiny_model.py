@@ -52,3 +52,10 @@ def start_from_trained_backbone(train, optimizer, max_iter=3000):
     train.eval_period = max_iter // 2
     train.checkpointer = dict(period=max_iter // 2, max_to_keep=2)
     return multistep_lr(max_iter, [max_iter * 9 // 10], warmup_iters=50)
+
+
+# The mask head at 128 px (configs/common/masks.py): the stride-64 level that Mr. DETR's head attends
+# to is 2 x 2 cells there, too coarse for one mask per query (after 500 iterations every mask logit was
+# still negative: segm AP 0); the head attends to the stride-32 level (4 x 4) and adds res5 / res4 /
+# res3 at their own strides (DETR's layout), logits at stride 8 (16 x 16 at 128 px); 1024 points.
+TINY_MASK_HEAD = dict(num_points=1024, memory_level=2, downsample_features=False)

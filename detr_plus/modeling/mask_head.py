@@ -29,8 +29,6 @@ from ..layers.level_shapes import level_sizes
 from .contracts import EncoderState, Indices, LayerPredictions, Targets
 from .mask_losses import point_mask_losses
 
-MASK_STRIDE = 16  # of the logits, in pixels of the padded input
-
 
 class QueryAttentionMaps(nn.Module):
     """(B, Q, heads, h, w) attention weights of each query over a feature map: per head the scaled dot
@@ -61,15 +59,22 @@ def _conv_norm(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class MaskDecoder(nn.Module):
-    """(B * Q, d + heads, h, w) at stride 64 -> (B * Q, 1, H / 16, W / 16) mask logits (module docstring).
-    ``feature_channels``: channels of res5, res4, res3 (coarsest first)."""
+    """(B * Q, d + heads, h, w) at the memory's stride S -> (B * Q, 1, H / (S / 4), W / (S / 4)) mask logits
+    (module docstring). ``feature_channels``: channels of res5, res4, res3 (coarsest first).
+    ``downsample_features``: each feature goes through a stride-2 3x3 conv to half its channels
+    first (Mr. DETR's head: memory at stride 64, logits at 16); without, the features are added at their
+    own strides (DETR's layout: memory at stride 32, logits at 8)."""
 
-    def __init__(self, d_model: int, num_heads: int, feature_channels: Sequence[int]):
+    def __init__(self, d_model: int, num_heads: int, feature_channels: Sequence[int], downsample_features: bool = True):
         super().__init__()
         widths = [d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16]
         self.stem = nn.Sequential(_conv_norm(widths[0], widths[0]), _conv_norm(widths[0], widths[1]))
-        self.downsample = nn.ModuleList(nn.Conv2d(c, c // 2, 3, stride=2, padding=1) for c in feature_channels)
-        self.adapters = nn.ModuleList(nn.Conv2d(c // 2, width, 1) for c, width in zip(feature_channels, widths[1:4]))
+        if downsample_features:
+            self.downsample = nn.ModuleList(nn.Conv2d(c, c // 2, 3, stride=2, padding=1) for c in feature_channels)
+            feature_channels = [c // 2 for c in feature_channels]
+        else:
+            self.downsample = nn.ModuleList(nn.Identity() for _ in feature_channels)
+        self.adapters = nn.ModuleList(nn.Conv2d(c, width, 1) for c, width in zip(feature_channels, widths[1:4]))
         self.stages = nn.ModuleList(_conv_norm(widths[i], widths[i + 1]) for i in range(1, 4))
         self.output = nn.Conv2d(widths[4], 1, 3, padding=1)
         for module in self.modules():  # DETR's init of its mask head
@@ -87,24 +92,28 @@ class MaskDecoder(nn.Module):
 
 class MaskHead(nn.Module):
     """Mask logits of every query of the last decoder layer (``layers = "last"``; Mr. DETR supervises
-    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16). ``features``: the backbone
-    outputs it reads, coarsest first, with their channels; ``num_points``: points per mask of the loss
-    (12544 = 112^2 on COCO), ``oversample_ratio`` / ``importance_ratio`` of the uncertainty sampling."""
+    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16). ``feature_channels``: the
+    backbone outputs it reads, coarsest first, with their channels; ``num_points``: points per mask of
+    the loss (12544 = 112^2 on COCO), ``oversample_ratio`` / ``importance_ratio`` of the uncertainty
+    sampling. ``memory_level``: the encoder level the queries attend to (-1: the coarsest, stride 64,
+    as Mr. DETR); with ``downsample_features=False`` the features join at their own strides, for a
+    memory at stride 32 (``MaskDecoder``; the 128 px shapes images, whose stride-64 level is 2 x 2)."""
 
     layers = "last"
     field = "pred_mask_logits"  # replaced by "pred_masks" in ``finish``
 
     def __init__(self, d_model: int, feature_channels: Dict[str, int], num_heads: int = 8, num_points: int = 12544,
-                 oversample_ratio: float = 3.0, importance_ratio: float = 0.75, mask_weight: float = 5.0, dice_weight: float = 2.0):
+                 oversample_ratio: float = 3.0, importance_ratio: float = 0.75, mask_weight: float = 5.0, dice_weight: float = 2.0,
+                 memory_level: int = -1, downsample_features: bool = True):
         super().__init__()
-        self.feature_names = list(feature_channels)
+        self.feature_names, self.memory_level = list(feature_channels), memory_level
         self.attention = QueryAttentionMaps(d_model, num_heads)
-        self.decoder = MaskDecoder(d_model, num_heads, list(feature_channels.values()))
+        self.decoder = MaskDecoder(d_model, num_heads, list(feature_channels.values()), downsample_features)
         self.num_points, self.oversample_ratio, self.importance_ratio = num_points, oversample_ratio, importance_ratio
         self.mask_weight, self.dice_weight = mask_weight, dice_weight
 
     def forward(self, predictions: LayerPredictions, state: EncoderState) -> torch.Tensor:
-        memory, padding = coarsest_level(state)
+        memory, padding = memory_level(state, self.memory_level)
         queries = predictions.hidden
         B, Q = queries.shape[:2]
         maps = self.attention(queries, memory, padding)
@@ -139,8 +148,11 @@ class MaskHead(nn.Module):
         return instances
 
 
-def coarsest_level(state: EncoderState):
-    """(memory (B, d, h, w), padding (B, h, w)) of the encoder's last (coarsest) level."""
-    h, w = level_sizes(state.spatial_shapes)[-1]
-    memory = state.memory[:, -h * w:]
-    return memory.transpose(1, 2).reshape(memory.shape[0], -1, h, w), state.padding_mask[:, -h * w:].view(-1, h, w)
+def memory_level(state: EncoderState, level: int):
+    """(memory (B, d, h, w), padding (B, h, w)) of the encoder's level ``level`` (-1: the coarsest)."""
+    sizes = level_sizes(state.spatial_shapes)
+    level = level % len(sizes)
+    start = sum(h * w for h, w in sizes[:level])
+    h, w = sizes[level]
+    memory = state.memory[:, start : start + h * w]
+    return memory.transpose(1, 2).reshape(memory.shape[0], -1, h, w), state.padding_mask[:, start : start + h * w].view(-1, h, w)
