@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -71,7 +72,9 @@ def check_images(dataset_name, mapper, count, size, seed=0):
 
 def export(graph, trace_size, path, opset):
     image = torch.zeros(3, *trace_size)
-    with attention_implementation(graph.model), torch.no_grad():
+    with attention_implementation(graph.model), torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns at every shape check and Python int it sees: expected, the sizes stay traced
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(graph, (image,), path, dynamo=False, opset_version=opset, input_names=["image"],
                           output_names=["boxes", "scores", "classes"], dynamic_axes={"image": {1: "height", 2: "width"}})
     import onnx
