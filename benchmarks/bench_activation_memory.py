@@ -119,15 +119,43 @@ def one_step(config_file, overrides, batch_size, image_size):
     return {"step_s": seconds, "peak_growth_bytes": peak - before, "peak_bytes": peak}
 
 
-def step_in_child(config_file, overrides, batch_size, image_size):
-    """``one_step`` in a fresh Python process (its own peak RSS)."""
-    code = ("import json, sys; from bench_activation_memory import one_step; "
-            "print(json.dumps(one_step(sys.argv[1], sys.argv[4:], int(sys.argv[2]), [int(v) for v in sys.argv[3].split('x')])))")
+def saved_bytes(config_file, overrides, batch_size, image_size):
+    """{"saved_bytes", "forward_s"} of ``measure`` (JSON-ready, for a child process)."""
+    saved, seconds = measure(config_file, overrides, batch_size, image_size)
+    return {"saved_bytes": saved, "forward_s": seconds}
+
+
+def in_child(function, config_file, overrides, batch_size, image_size):
+    """``function`` (``one_step`` or ``saved_bytes``) in a fresh Python process (its own memory): its
+    dict, or None when the process was killed (out of memory)."""
+    code = (f"import json, sys; from bench_activation_memory import {function}; "
+            f"print(json.dumps({function}(sys.argv[1], sys.argv[4:], int(sys.argv[2]), [int(v) for v in sys.argv[3].split('x')])))")
     argv = [sys.executable, "-c", code, config_file, str(batch_size), f"{image_size[0]}x{image_size[1]}", *overrides]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=__file__.rsplit("/", 1)[0])
+    if done.returncode < 0 or done.returncode == 137:  # killed by a signal: the kernel's OOM killer here
+        return None
     if done.returncode != 0:
-        raise RuntimeError(f"the step of {config_file} (batch {batch_size}) failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{function} of {config_file} (batch {batch_size}) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def step_in_child(config_file, overrides, batch_size, image_size):
+    return in_child("one_step", config_file, overrides, batch_size, image_size)
+
+
+def format_row(row, with_step):
+    def saved(r):
+        return "killed (out of memory)" if r is None else f"{r['saved_bytes'] / 2**20:.0f} MB ({r['forward_s']:.1f} s)"
+
+    def step(r):
+        return "killed (out of memory)" if r is None else f"{r['step_s']:.1f} s, {r['peak_growth_bytes'] / 2**20:.0f} / {r['peak_bytes'] / 2**20:.0f} MB"
+
+    plain, ckpt = row["plain"], row["checkpointed"]
+    ratio = f"{ckpt['saved_bytes'] / plain['saved_bytes']:.2f}" if plain and ckpt else "-"
+    line = f"| {row['batch']} | {saved(plain)} | {saved(ckpt)} | {ratio} |"
+    if with_step:
+        line += f" step: {step(row['plain_step'])} vs {step(row['checkpointed_step'])}"
+    return line
 
 
 def main(argv=None):
@@ -143,19 +171,14 @@ def main(argv=None):
           + ("; one training step: seconds, peak RSS growth / peak RSS" if args.step else ""))
     print("| batch | without checkpointing | with checkpointing | ratio |\n|---|---|---|---|")
     rows = []
-    for batch_size in args.batch_size:
-        plain, plain_s = measure(args.config_file, args.opts, batch_size, args.image_size)
-        checkpointed, ckpt_s = measure(args.config_file, [*args.opts, *checkpointing], batch_size, args.image_size)
-        row = {"batch": batch_size, "plain": plain, "checkpointed": checkpointed}
-        line = (f"| {batch_size} | {plain / 2**20:.0f} MB ({plain_s:.1f} s) | {checkpointed / 2**20:.0f} MB ({ckpt_s:.1f} s) | "
-                f"{checkpointed / plain:.2f} |")
-        if args.step:
-            row["plain_step"] = step_in_child(args.config_file, args.opts, batch_size, args.image_size)
-            row["checkpointed_step"] = step_in_child(args.config_file, [*args.opts, *checkpointing], batch_size, args.image_size)
-            line += " step: " + " vs ".join(f"{r['step_s']:.1f} s, {r['peak_growth_bytes'] / 2**20:.0f} / {r['peak_bytes'] / 2**20:.0f} MB"
-                                           for r in (row["plain_step"], row["checkpointed_step"]))
+    for batch_size in args.batch_size:  # each measure in a fresh process: the big ones may not fit beside another
+        row = {"batch": batch_size}
+        for name, opts in (("plain", args.opts), ("checkpointed", [*args.opts, *checkpointing])):
+            row[name] = in_child("saved_bytes", args.config_file, opts, batch_size, args.image_size)
+            if args.step:
+                row[name + "_step"] = step_in_child(args.config_file, opts, batch_size, args.image_size)
         rows.append(row)
-        print(line, flush=True)
+        print(format_row(row, args.step), flush=True)
     return rows
 
 

@@ -10,7 +10,7 @@ last layer's queries at inference.
 """
 import argparse
 
-from bench_activation_memory import measure, step_in_child
+from bench_activation_memory import in_child, step_in_child
 
 
 def main(argv=None):
@@ -26,11 +26,14 @@ def main(argv=None):
     rows = []
     for batch_size in args.batch_size:
         for label, config in (("boxes", args.config_file), ("boxes + masks", args.masks_config)):
-            saved, _ = measure(config, args.opts, batch_size, args.image_size)
+            saved = in_child("saved_bytes", config, args.opts, batch_size, args.image_size)
             step = step_in_child(config, args.opts, batch_size, args.image_size)
-            rows.append({"batch": batch_size, "model": label, "saved": saved, **step})
-            print(f"| {batch_size} | {label} | {saved / 2**20:.0f} MB | {step['step_s']:.2f} s | {step['peak_growth_bytes'] / 2**20:.0f} MB |",
-                  flush=True)
+            rows.append({"batch": batch_size, "model": label, "saved": saved, "step": step})
+            if saved is None or step is None:
+                print(f"| {batch_size} | {label} | killed (out of memory) | | |", flush=True)
+                continue
+            print(f"| {batch_size} | {label} | {saved['saved_bytes'] / 2**20:.0f} MB | {step['step_s']:.2f} s | "
+                  f"{step['peak_growth_bytes'] / 2**20:.0f} MB |", flush=True)
     return rows
 
 

@@ -64,3 +64,15 @@ def test_flop_count_traces_the_gather_op_and_counts_it_like_grid_sample(tiny, tm
     gather, grid = counts["bilinear_gather"]["by_operator"], counts["grid_sample"]["by_operator"]
     assert gather["PythonOp._BilinearSampling"] == grid["grid_sampler"] > 0
     assert counts["bilinear_gather"]["total"] == counts["grid_sample"]["total"]
+
+
+def test_activation_memory_bench_measures_less_with_checkpointing(single_thread):
+    """``bench_activation_memory.py`` on the tiny config at 64 x 80 (each measure in its own process):
+    checkpointing keeps fewer bytes for backward, and a step reports its time and peak RSS."""
+    from detr_plus_benchmarks import bench_activation_memory as bench
+
+    rows = bench.main(["--config-file", str(REPO / "configs/shapes/deformable_detr_tiny.py"), "--image-size", "64", "80",
+                       "--batch-size", "1", "--step"])
+    row = rows[0]
+    assert 0 < row["checkpointed"]["saved_bytes"] < 0.7 * row["plain"]["saved_bytes"]
+    assert row["plain_step"]["step_s"] > 0 and row["plain_step"]["peak_bytes"] >= row["plain_step"]["peak_growth_bytes"]
