@@ -339,3 +339,30 @@ def test_the_coco_mask_configs(config, epochs, drop):
     assert (built.mask_weight, built.dice_weight) == (5.0, 2.0)
     assert sum(p.numel() for p in built.parameters()) == 26108057
     assert sum(p.numel() for p in built.decoder.downsample.parameters()) == (2048 * 1024 + 1024 * 512 + 512 * 256) * 9 + 1024 + 512 + 256
+
+
+def test_matched_loss_equals_the_loss_of_every_querys_masks():
+    """The loss book's path (``matched_loss``: masks decoded for the matched queries only) gives the
+    losses and gradients of decoding every query's mask and taking the matched ones (``loss``)."""
+    model = instantiate_shrunk(BASELINE).train()
+    head = model.heads["mask"]
+    batch = synthetic_batch(with_masks=True)
+    images, state, selection = model.encode_and_select(batch)
+    targets = model.prepare_targets(batch, images.image_sizes, images.tensor.shape[-2:])
+    final = model.transformer.decode(selection.queries, state).layers[-1]
+    indices = [(torch.tensor([3, 7]), torch.tensor([1, 0])), (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))]
+    results = []
+    for path in ("matched", "all"):
+        torch.manual_seed(5)  # the same points
+        if path == "matched":
+            terms = head.matched_loss(final, state, targets, indices, 2.0)
+        else:
+            terms = head.loss(head(final, state), final, targets, indices, 2.0)
+        grads = torch.autograd.grad(sum(terms.values()), list(head.parameters()), retain_graph=True)
+        results.append((terms, grads))
+    (matched, g1), (full, g2) = results
+    assert matched.keys() == full.keys() == {"loss_mask", "loss_dice"}
+    for key in matched:
+        torch.testing.assert_close(matched[key], full[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -472,7 +472,10 @@ the ``EncoderState``, with the backbone's features);
     every call) for the pairs the layer's criterion matched. At inference the last layer's outputs of
     the kept queries become the ``Instances`` field ``field``; a head may also have
     ``finish(instances, image_size, padded_size) -> instances``, called on each image's detections at
-    the original size (the mask head turns its logits into ``pred_masks`` there)."""
+    the original size (the mask head turns its logits into ``pred_masks`` there), and
+    ``matched_loss(predictions, state, targets, indices, num_boxes)``, which the loss book then calls
+    instead of ``loss(self(predictions, state), ...)``: the same losses from the matched queries'
+    outputs only (the mask head decodes a mask for each matched query, not for every query)."""
 
     layers: str
     field: str

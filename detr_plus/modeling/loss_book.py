@@ -41,8 +41,11 @@ class LossBook:
                            scale, group, indices)
         for head_name, head in self.heads.items():
             if head.layers == "all" or layer == self.num_layers - 1:
-                outputs = head(predictions, self.batch.state)
-                terms = head.loss(outputs, predictions, self.batch.targets, matched, self.batch.num_boxes)
+                if hasattr(head, "matched_loss"):  # computes its outputs for the matched queries only
+                    terms = head.matched_loss(predictions, self.batch.state, self.batch.targets, matched, self.batch.num_boxes)
+                else:
+                    outputs = head(predictions, self.batch.state)
+                    terms = head.loss(outputs, predictions, self.batch.targets, matched, self.batch.num_boxes)
                 self.file(terms, prefix, suffix, scale, owner=f"head {head_name!r}")
 
     def file(self, terms: Dict[str, torch.Tensor], prefix: str, suffix: str, scale: float, owner: str = ""):

@@ -82,10 +82,12 @@ class MaskDecoder(nn.Module):
                 nn.init.kaiming_uniform_(module.weight, a=1)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor], num_queries: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: Sequence[torch.Tensor], image_index: torch.Tensor) -> torch.Tensor:
+        """``image_index`` (N,): the image of each of the N masks in ``x``; the features are adapted once
+        per image and then taken for each mask."""
         x = self.stem(x)
         for down, adapter, stage, feature in zip(self.downsample, self.adapters, self.stages, features):
-            skip = adapter(down(feature)).repeat_interleave(num_queries, 0)
+            skip = adapter(down(feature))[image_index]
             x = stage(skip + F.interpolate(x, size=skip.shape[-2:], mode="nearest"))
         return self.output(x)
 
@@ -113,25 +115,44 @@ class MaskHead(nn.Module):
         self.mask_weight, self.dice_weight = mask_weight, dice_weight
 
     def forward(self, predictions: LayerPredictions, state: EncoderState) -> torch.Tensor:
-        memory, padding = memory_level(state, self.memory_level)
-        queries = predictions.hidden
-        B, Q = queries.shape[:2]
-        maps = self.attention(queries, memory, padding)
-        x = torch.cat([memory.repeat_interleave(Q, 0), maps.flatten(0, 1)], 1)
-        features = [state.backbone_features[name] for name in self.feature_names]
-        logits = self.decoder(x, features, Q)
+        """(B, Q, h, w) mask logits of every query (inference: the kept queries' become masks)."""
+        B, Q = predictions.hidden.shape[:2]
+        image = torch.arange(B, device=predictions.hidden.device).repeat_interleave(Q)
+        logits = self.mask_logits(predictions.hidden.flatten(0, 1), image, state)
         return logits.view(B, Q, *logits.shape[-2:])
+
+    def mask_logits(self, queries: torch.Tensor, image: torch.Tensor, state: EncoderState) -> torch.Tensor:
+        """(N, h, w) mask logits of N query states (N, d), query n of image ``image[n]``."""
+        memory, padding = memory_level(state, self.memory_level)
+        maps = self.attention(queries[:, None], memory[image], padding[image])[:, 0]
+        x = torch.cat([memory[image], maps], 1)
+        features = [state.backbone_features[name] for name in self.feature_names]
+        return self.decoder(x, features, image)[:, 0]
+
+    def matched_loss(self, predictions: LayerPredictions, state: EncoderState, targets: Targets, indices: Indices,
+                     num_boxes) -> Dict[str, torch.Tensor]:
+        """``loss`` computed from the matched queries' masks only (what the loss book calls in training):
+        the same values as ``loss(self(predictions, state), ...)`` without decoding a mask for every
+        query (a one-to-many route matches a few of its queries, a one-to-one one fewer still)."""
+        image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
+        query = torch.cat([q for q, _ in indices])
+        logits = self.mask_logits(predictions.hidden[image, query], image, state)
+        return self.weighted_losses(logits, targets, indices, num_boxes)
 
     def loss(self, outputs: torch.Tensor, predictions: LayerPredictions, targets: Targets, indices: Indices,
              num_boxes) -> Dict[str, torch.Tensor]:
         """Point-sampled BCE and dice of the matched pairs (``mask_losses.point_mask_losses``), weighted."""
         image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
         query = torch.cat([q for q, _ in indices])
+        return self.weighted_losses(outputs[image, query], targets, indices, num_boxes)
+
+    def weighted_losses(self, logits: torch.Tensor, targets: Targets, indices: Indices, num_boxes) -> Dict[str, torch.Tensor]:
+        """{"loss_mask", "loss_dice"} of the matched pairs' logits (N, h, w), in ``indices`` order."""
         if any("masks" not in t for t in targets):
             raise KeyError("the mask head needs targets with 'masks': the data mapper must keep them "
                            "(dataloader.train.mapper.mask_format='bitmask', see configs/common/masks.py)")
         gt = torch.cat([t["masks"][g] for t, (_, g) in zip(targets, indices)])
-        bce, dice = point_mask_losses(outputs[image, query], gt, self.num_points, self.oversample_ratio, self.importance_ratio)
+        bce, dice = point_mask_losses(logits, gt, self.num_points, self.oversample_ratio, self.importance_ratio)
         return {"loss_mask": self.mask_weight * bce / num_boxes, "loss_dice": self.dice_weight * dice / num_boxes}
 
     @staticmethod
