@@ -93,8 +93,9 @@ class MaskDecoder(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Mask logits of every query of the last decoder layer (``layers = "last"``; Mr. DETR supervises
-    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16). ``feature_channels``: the
+    """Mask logits of the queries of the last decoder layer (``layers = "last"``; Mr. DETR supervises
+    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16) for every query at inference,
+    the matched queries' only in training (``matched_loss``). ``feature_channels``: the
     backbone outputs it reads, coarsest first, with their channels; ``num_points``: points per mask of
     the loss (12544 = 112^2 on COCO), ``oversample_ratio`` / ``importance_ratio`` of the uncertainty
     sampling. ``memory_level``: the encoder level the queries attend to (-1: the coarsest, stride 64,
