@@ -6,7 +6,9 @@ encoder, query selection, decoder, the last layer's predictions (Mr. DETR's scor
 and the post-processing of Deformable DETR (the top k of queries x classes, boxes from cxcywh to xyxy
 pixels of the image, clipped to it). A method's training-only parts (variants, query groups,
 teachers) are not in it: the graph is the baseline's. Per-query heads (the mask head) are not in
-it either: the graph is box-only.
+it either: the graph is box-only. Layer wrappers that are part of the inference model are: QR-DETR's
+routers, with a slot for every query (``gather.static_slots``) so that no shape depends on how many
+queries an image routes.
 
 The image size stays free in the exported graph: the tracer records the level shapes as the
 feature maps' traced sizes (``level_shapes_tensor`` keeps them when tracing), so the deformable
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import MultiScaleDeformableAttention
+from .modeling.gather import static_slots
 
 EXPORT_ATTENTION = "grid_sample"
 
@@ -66,6 +69,10 @@ class InferenceGraph(nn.Module):
         return super().train(False)
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with static_slots():  # routed queries (QR-DETR) without a data-dependent count
+            return self.detect(image)
+
+    def detect(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
         height, width = image.shape[-2], image.shape[-1]  # traced sizes when exporting: the graph keeps them free
         normalised = (image.float() - m.pixel_mean) / m.pixel_std

@@ -150,3 +150,33 @@ def test_bad_requests_say_what_to_do(exported, tmp_path):
         InferenceGraph(model)
     with pytest.raises(FileNotFoundError, match="--onnx .*missing.onnx: no such file"):
         demo.OnnxPredictor(str(tmp_path / "missing.onnx"))
+
+
+QR_DETR = "projects/qr_detr/configs/qr_detr_shapes_tiny.py"
+
+
+def test_qr_detr_exports_with_its_routers(tmp_path, shapes_mini):
+    """QR-DETR's routers are part of its inference model, so of the graph: a random checkpoint whose
+    routers pass a different number of queries on each image (fewer than all) exports, and onnxruntime
+    gives ``forward``'s detections on images of other sizes than the traced one (the traced graph has a
+    slot for every query, the bypassed ones as padding, instead of the count the trace saw)."""
+    import onnxruntime
+
+    checkpoint = random_checkpoint(QR_DETR, tmp_path / "qr.pth")
+    path = tmp_path / "qr.onnx"
+    export_onnx.main(["--config-file", str(REPO / QR_DETR), "--output", str(path), f"train.init_checkpoint={checkpoint}"])
+    model = load_model(QR_DETR, checkpoint)
+    session = onnxruntime.InferenceSession(str(path))
+    passed = []
+    for seed, (height, width) in enumerate([(96, 112), (150, 120)]):
+        image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed)) * 255
+        with attention_implementation(model), torch.no_grad():
+            instances = model([{"image": image}])[0]["instances"]
+        passed.append([int(layer.last_passed) for layer in model.transformer.decoder.layers])
+        got = dict(zip(("boxes", "scores", "classes"), map(torch.from_numpy, session.run(None, {"image": image.numpy()}))))
+        keep = (got["boxes"][:, 2] > got["boxes"][:, 0]) & (got["boxes"][:, 3] > got["boxes"][:, 1])
+        expected = {"boxes": instances.pred_boxes.tensor, "scores": instances.scores, "classes": instances.pred_classes}
+        ok, why = match_detections(expected, {k: v[keep] for k, v in got.items()}, 1e-3, 1e-4)
+        assert ok, why
+    num_queries = model.transformer.num_queries
+    assert all(0 < p < num_queries for p in passed[0]) and passed[0] != passed[1], passed

@@ -36,7 +36,7 @@ from .criterion import SetCriterion
 from .decoder import DeformableDecoder
 from .decoder_layer import SHARED, DeformableDecoderLayer
 from .encoder import DeformableEncoder
-from .gather import QuerySubset
+from .gather import QuerySubset, selected_first
 from .groups import JointQueries, group_attention_mask, pad_per_image
 from .heads import init_detection_heads
 from .denoising import ContrastiveDenoising
@@ -57,7 +57,7 @@ __all__ = [
     "FocalLoss", "GroupSource", "Head", "HungarianMatcher", "HybridQueries", "Indices", "JointQueries", "LayerInputs",
     "LayerOutput", "LayerPredictions", "LayerVariant", "LayerWrapper", "LossContext", "OneToManyMatcher",
     "OwnBlocksVariant", "OwnFFNVariant", "PRIMARY", "PredictWith", "SHARED", "QualityFocalLoss", "QueryContext", "QueryGroup",
-    "QuerySelection", "QueryStream", "QuerySubset", "RepeatedTargets", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
+    "QuerySelection", "QueryStream", "QuerySubset", "RepeatedTargets", "selected_first", "SelfAttentionBlock", "SetCriterion", "Stream", "Targets",
     "TrainingBatch", "TrainingVariant", "VariantQuerySelection", "VarifocalPlusLoss", "group_attention_mask",
     "init_detection_heads", "is_training_only", "losses", "matching_quality", "pad_per_image", "rename_legacy_keys", "resnet_stages",
     "strip_training_parts", "TRAINING_ONLY_CHILD",

@@ -186,7 +186,8 @@ class QueryContext:
             batch, num = padding.shape
             blocked = padding[:, None, :].expand(batch, num, num)
             blocked = blocked if mask is None else blocked | mask
-            own = torch.eye(num, dtype=torch.bool, device=padding.device) & padding[:, :, None]
+            positions = torch.arange(num, device=padding.device)  # the identity, as onnxruntime runs it (no bool EyeLike)
+            own = (positions[:, None] == positions[None]) & padding[:, :, None]
             mask = blocked & ~own
         return mask.repeat_interleave(num_heads, 0)
 

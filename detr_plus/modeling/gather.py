@@ -4,11 +4,36 @@
 the largest count in the batch; ``gather`` takes their rows, a block processes them (with
 ``context.select(subset)``, whose padding mask keeps padded rows out of self-attention), and
 ``scatter`` writes the processed rows back to their original positions. Padded rows are never
-written back, and rows that were not selected keep their values exactly.
+written back, and rows that were not selected keep their values exactly. Inside ``static_slots()``
+(the exported graph) the subset has a slot for every query, the unselected ones as padding: no shape
+depends on the data, and the selected rows get the same values.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+_STATIC_SLOTS = [False]
+
+
+@contextmanager
+def static_slots():
+    """Inside the block, ``QuerySubset.of`` gives every query a slot (for a graph without data-dependent
+    shapes: ONNX export); outside, one slot per selected query of the fullest image."""
+    saved = _STATIC_SLOTS[0]
+    _STATIC_SLOTS[0] = True
+    try:
+        yield
+    finally:
+        _STATIC_SLOTS[0] = saved
+
+
+def selected_first(mask: torch.Tensor) -> torch.Tensor:
+    """(B, Q) order putting each row's selected positions first, then the others, each in their order:
+    a sort on keys that are all distinct ((not selected) x Q + position), so any sort is stable, and
+    the ONNX exporter takes it (it has no stable sort)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return ((~mask).long() * mask.shape[1] + positions).argsort(dim=1)
 
 
 @dataclass
@@ -22,9 +47,12 @@ class QuerySubset:
         """The subset of queries where ``mask`` (B, Q) is True. K is the largest count per image (one
         host sync for the shape); the padding slots point at distinct unselected queries, so ``index``
         rows never repeat a position."""
-        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # selected first, in order
+        order = selected_first(mask)
         counts = mask.sum(1)
-        size, smallest = torch.stack([counts.max(), counts.min()]).tolist() if mask.numel() else (0, 0)
+        if _STATIC_SLOTS[0]:  # export: no data-dependent shape; every query a slot, the unselected as padding
+            size, smallest = mask.shape[1], -1
+        else:
+            size, smallest = torch.stack([counts.max(), counts.min()]).tolist() if mask.numel() else (0, 0)
         index = order[:, :size]
         valid = torch.arange(size, device=mask.device)[None] < counts[:, None]
         return QuerySubset(index, valid, padded=smallest < size)

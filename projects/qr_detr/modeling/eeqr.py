@@ -16,7 +16,7 @@ from torch import nn
 
 from detr_plus.layers import MLP
 from detr_plus.modeling import (PRIMARY, SHARED, TRAINING_ONLY_CHILD, LayerInputs, LayerOutput, PredictWith, QuerySubset,
-                                init_detection_heads)
+                                init_detection_heads, selected_first)
 
 MODES = ("SA", "CA", "F")
 ROUTED_BLOCKS = {"SA": ("self_attn",), "CA": ("cross_attn",), "F": ("self_attn", "cross_attn")}
@@ -199,7 +199,7 @@ class EEQRLayer(nn.Module):
 def regroup_first(x: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
     """``x`` (B, Q, ...) with each image's passing queries first, then the bypassed ones, each part in
     its order (Table 5's concatenation)."""
-    order = torch.sort((~passes).to(torch.uint8), dim=1, stable=True).indices
+    order = selected_first(passes)
     return x.gather(1, order.view(*order.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
