@@ -112,7 +112,7 @@ def build_detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> L
 
 def rasterise(segmentation, height: int, width: int) -> np.ndarray:
     """(height, width) uint8 mask of a COCO segmentation: polygons (a list of [x0, y0, x1, y1, ...]),
-    RLE (a dict with "counts" as a list or a string) ; pixels of a polygon outside the image are cut."""
+    RLE (a dict with "counts" as a list or a string); pixels of a polygon outside the image are cut."""
     from pycocotools import mask as mask_util
 
     if isinstance(segmentation, list):
