@@ -20,17 +20,16 @@ _MAX_ENTRIES = 64  # a few batches' worth; older entries are dropped (the lookup
 def level_shapes_tensor(sizes: Sequence[Sequence[int]], device) -> torch.Tensor:
     """(L, 2) long tensor of ``sizes`` on ``device``, its host copy remembered for :func:`level_sizes`.
     On CUDA the copy goes through pinned memory without blocking (a pageable copy waits for the GPU)."""
-    if torch.jit.is_tracing():  # the sizes are traced values (0-d tensors): keep them, so the graph takes any size
+    if torch.jit.is_tracing():  # the sizes are traced values (0-d tensors): kept, so the exported graph takes any size
         host_sizes = tuple((h, w) for h, w in sizes)
         tensor = torch.stack([torch.stack([h, w]) for h, w in sizes]).long()
-        _HOST_COPIES[id(tensor)] = (weakref.ref(tensor), host_sizes)
-        return tensor
-    host_sizes: LevelSizes = tuple((int(h), int(w)) for h, w in sizes)
-    tensor = torch.tensor(host_sizes, dtype=torch.long)
-    if torch.device(device).type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
     else:
-        tensor = tensor.to(device)
+        host_sizes = tuple((int(h), int(w)) for h, w in sizes)
+        tensor = torch.tensor(host_sizes, dtype=torch.long)
+        if torch.device(device).type == "cuda":
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        else:
+            tensor = tensor.to(device)
     _HOST_COPIES[id(tensor)] = (weakref.ref(tensor), host_sizes)
     while len(_HOST_COPIES) > _MAX_ENTRIES:
         _HOST_COPIES.popitem(last=False)
