@@ -178,16 +178,17 @@ def test_the_shapes_generator_writes_each_objects_visible_pixels(shapes_mini):
 
 # --- the head and the model ---------------------------------------------------------------------
 def test_finish_upsamples_crops_resizes_and_thresholds():
-    """Logits at stride 16 of a 32 x 32 padded input, the image 16 x 32 of it, the output 32 x 64:
-    a query positive on the left logit column (negative on the right) is the left half of the output;
-    the logits field is replaced by boolean ``pred_masks``."""
-    logits = torch.tensor([[[5.0, -5.0], [5.0, -5.0]]])
-    instances = Instances((32, 64))
+    """Logits at stride 16 of a 32 x 32 padded input, the image its top-left 16 x 16, the output 32 x 32:
+    a query positive on the left logit column covers the whole image (the right half of the padded
+    input is cut away), one positive on the right column covers none of it; the logits field is
+    replaced by boolean ``pred_masks``."""
+    logits = torch.tensor([[[5.0, -5.0], [5.0, -5.0]], [[-5.0, 5.0], [-5.0, 5.0]]])
+    instances = Instances((32, 32))
     instances.pred_mask_logits = logits
-    out = MaskHead.finish(instances, (16, 32), (32, 32))
+    out = MaskHead.finish(instances, (16, 16), (32, 32))
     assert not out.has("pred_mask_logits") and out.pred_masks.dtype == torch.bool
-    assert out.pred_masks.shape == (1, 32, 64)
-    assert out.pred_masks[0, :, :28].all() and not out.pred_masks[0, :, 36:].any()  # the edge lies near the middle
+    assert out.pred_masks.shape == (2, 32, 32)
+    assert out.pred_masks[0].all() and not out.pred_masks[1].any()
 
 
 def masked_batch():

@@ -30,6 +30,9 @@ POSITION_ENCODING = "detr_plus/layers/position_encoding.py"
 CONDITIONAL = "detr_plus/modeling/conditional.py"
 BLOCKS = "detr_plus/modeling/blocks.py"
 GATHER = "detr_plus/modeling/gather.py"
+MASK_LOSSES = "detr_plus/modeling/mask_losses.py"
+MASK_HEAD = "detr_plus/modeling/mask_head.py"
+T_MASKS = "tests/test_masks.py"
 EEQR = "projects/qr_detr/modeling/eeqr.py"
 OD_MD = "projects/od_detr/modeling/matching_distillation.py"
 OD_PD = "projects/od_detr/modeling/prediction_distillation.py"
@@ -446,6 +449,27 @@ MUTATIONS = [
          replace="bypass_keeps_box = False",
          rule="QR-DETR Eq. 11 (EEQR_F): a bypassed query skips the whole layer and keeps its reference box",
          tests=[f"{T_QR}::test_all_bypass_eeqr_f_is_the_identity_on_that_layer"]),
+    dict(id="mask-dice-without-smoothing", path=MASK_LOSSES,
+         find="dice = 1 - (2 * (probabilities * targets).sum(1) + 1) / (probabilities.sum(1) + targets.sum(1) + 1)",
+         replace="dice = 1 - (2 * (probabilities * targets).sum(1)) / (probabilities.sum(1) + targets.sum(1) + 1)",
+         rule="Mr. DETR masks (Mask2Former's loss): dice 1 - (2 p.t + 1) / (p + t + 1) at the sampled points",
+         tests=[f"{T_MASKS}::test_mask_losses_at_known_points"]),
+    dict(id="mask-bce-summed-over-points", path=MASK_LOSSES,
+         find='reduction="none").mean(1).sum()', replace='reduction="none").sum(1).sum()',
+         rule="Mr. DETR masks: the BCE of a mask is the mean over its sampled points",
+         tests=[f"{T_MASKS}::test_mask_losses_at_known_points"]),
+    dict(id="mask-points-at-certain-logits", path=MASK_LOSSES,
+         find="uncertainty = -point_sample(logits, candidates).abs()", replace="uncertainty = point_sample(logits, candidates).abs()",
+         rule="PointRend Sec. 3.1 / Mr. DETR masks: the importance points are the most uncertain (|logit| smallest)",
+         tests=[f"{T_MASKS}::test_uncertain_points_take_the_uncertain_region_and_are_fixed_by_the_seed"]),
+    dict(id="mask-weights-swapped", path=MASK_HEAD,
+         find="mask_weight: float = 5.0, dice_weight: float = 2.0", replace="mask_weight: float = 2.0, dice_weight: float = 5.0",
+         rule="Mr. DETR masks: BCE weight 5, dice weight 2",
+         tests=[f"{T_MASKS}::test_the_coco_mask_configs"]),
+    dict(id="mask-finish-not-cropped", path=MASK_HEAD,
+         find="mode=\"bilinear\", align_corners=False)[:, :, :h, :w]", replace="mode=\"bilinear\", align_corners=False)",
+         rule="Mr. DETR masks, inference: logits upsampled to the padded input, cut to the image, then resized",
+         tests=[f"{T_MASKS}::test_finish_upsamples_crops_resizes_and_thresholds"]),
     dict(id="qr-gather-counts-a-padding-row", path=GATHER,
          find="valid = torch.arange(size, device=mask.device)[None] < counts[:, None]",
          replace="valid = torch.arange(size, device=mask.device)[None] <= counts[:, None]",
