@@ -367,3 +367,24 @@ def test_matched_loss_equals_the_loss_of_every_querys_masks():
         torch.testing.assert_close(matched[key], full[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_inference_decodes_the_kept_queries_only_with_the_masks_of_decoding_all():
+    """``select`` (what inference calls) decodes one mask per distinct kept query, and gives the logits
+    that decoding every query's mask (``forward``) gives for those queries."""
+    from detr_plus.modeling.postprocess import of_kept_queries
+
+    model = instantiate_shrunk(BASELINE).eval()
+    head = model.heads["mask"]
+    batch = synthetic_batch(with_instances=False)
+    with torch.no_grad():
+        images, state, selection = model.encode_and_select(batch)
+        final = model.transformer.decode(selection.queries, state).layers[-1]
+        every = head(final, state)
+        decoded = []
+        handle = head.decoder.output.register_forward_hook(lambda m, a, out: decoded.append(out.shape[0]))
+        query = torch.tensor([5, 2, 5, 11, 2])  # repeats: a query kept for two classes
+        kept = of_kept_queries(lambda image, q: head.select(final, state, image, q), 1, query)
+        handle.remove()
+    assert decoded == [3]
+    torch.testing.assert_close(kept, every[1][query], rtol=1e-5, atol=1e-5)

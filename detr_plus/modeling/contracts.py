@@ -476,7 +476,9 @@ the ``EncoderState``, with the backbone's features);
     the original size (the mask head turns its logits into ``pred_masks`` there), and
     ``matched_loss(predictions, state, targets, indices, num_boxes)``, which the loss book then calls
     instead of ``loss(self(predictions, state), ...)``: the same losses from the matched queries'
-    outputs only (the mask head decodes a mask for each matched query, not for every query)."""
+    outputs only (the mask head decodes a mask for each matched query, not for every query), and
+    ``select(predictions, state, image, query) -> (N, ...)``, which inference then calls for the kept
+    queries instead of ``self(predictions, state)`` for all."""
 
     layers: str
     field: str

@@ -94,8 +94,8 @@ class MaskDecoder(nn.Module):
 
 class MaskHead(nn.Module):
     """Mask logits of the queries of the last decoder layer (``layers = "last"``; Mr. DETR supervises
-    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16) for every query at inference,
-    the matched queries' only in training (``matched_loss``). ``feature_channels``: the
+    the last layer of each route), at stride 16: (B, Q, H / 16, W / 16) for every query (``forward``);
+    inference decodes the kept queries' only (``select``), training the matched queries' (``matched_loss``). ``feature_channels``: the
     backbone outputs it reads, coarsest first, with their channels; ``num_points``: points per mask of
     the loss (12544 = 112^2 on COCO), ``oversample_ratio`` / ``importance_ratio`` of the uncertainty
     sampling. ``memory_level``: the encoder level the queries attend to (-1: the coarsest, stride 64,
@@ -129,6 +129,10 @@ class MaskHead(nn.Module):
         x = torch.cat([memory[image], maps], 1)
         features = [state.backbone_features[name] for name in self.feature_names]
         return self.decoder(x, features, image)[:, 0]
+
+    def select(self, predictions: LayerPredictions, state: EncoderState, image: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) mask logits of queries ``query`` of images ``image`` (inference: the kept queries only)."""
+        return self.mask_logits(predictions.hidden[image, query], image, state)
 
     def matched_loss(self, predictions: LayerPredictions, state: EncoderState, targets: Targets, indices: Indices,
                      num_boxes) -> Dict[str, torch.Tensor]:

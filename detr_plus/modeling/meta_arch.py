@@ -1,5 +1,6 @@
 """``DeformableDETR``: the Detectron2 meta-architecture that wraps the shared transformer."""
 from dataclasses import replace
+from functools import partial
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -220,7 +221,8 @@ class DeformableDETR(nn.Module):
         starts = {name: s.queries for name, s in self.variant_selections(state, variants).items()}
         out = self.transformer.decode(selection.queries, state, variants=variants, variant_queries=starts)
         final = self.inference_predictions(out)
-        per_query = {head.field: head(final, state) for head in self.heads.values()}
+        per_query = {head.field: (partial(head.select, final, state) if hasattr(head, "select") else head(final, state))
+                     for head in self.heads.values()}  # ``select``: outputs of the kept queries only
         finishers = [head.finish for head in self.heads.values() if hasattr(head, "finish")]
         return top_detections(final.logits, final.boxes, images.image_sizes, batched_inputs, self.select_box_nums_for_evaluation,
                               self.eval_nms_threshold, self.eval_pre_nms_topk, per_query, finishers, images.tensor.shape[-2:])

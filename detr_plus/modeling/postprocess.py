@@ -15,8 +15,9 @@ def top_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes, batch
                    padded_size=None) -> List[Dict[str, Instances]]:
     """Top-k over queries x classes (Deformable DETR's post-processing), boxes back to the input
     size; k = ``num_select`` (after class-wise NMS at ``nms_threshold`` over the top
-    ``pre_nms_topk`` pairs, when given). ``per_query``: (B, Q, ...) outputs of heads, kept for the
-    selected queries as the ``Instances`` field of their name. ``finishers``: heads' ``finish(instances,
+    ``pre_nms_topk`` pairs, when given). ``per_query``: (B, Q, ...) outputs of heads, or callables
+    ``(image, queries) -> (N, ...)`` that compute them for the kept queries only, set as the
+    ``Instances`` field of their name. ``finishers``: heads' ``finish(instances,
     image_size, padded_size)``, called on each image's kept detections at the original size (a mask
     head turns its logits into masks there)."""
     num_classes = logits.shape[-1]
@@ -33,7 +34,7 @@ def top_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes, batch
         instances.scores = scores[i]
         instances.pred_classes = labels[i]
         for field, values in (per_query or {}).items():
-            instances.set(field, values[i][query[i]])
+            instances.set(field, of_kept_queries(values, i, query[i]))
         x = batched_inputs[i]
         instances = detector_postprocess(instances, x.get("height", h), x.get("width", w))
         if nms:
@@ -43,3 +44,12 @@ def top_detections(logits: torch.Tensor, boxes: torch.Tensor, image_sizes, batch
             instances = finish(instances, (h, w), padded_size)
         results.append({"instances": instances})
     return results
+
+
+def of_kept_queries(values, image: int, query: torch.Tensor) -> torch.Tensor:
+    """A head's outputs for the queries ``query`` (with repeats: a query kept for two classes) of image
+    ``image``: rows of a (B, Q, ...) tensor, or computed once per distinct query by a callable."""
+    if not callable(values):
+        return values[image][query]
+    distinct, inverse = query.unique(return_inverse=True)
+    return values(torch.full_like(distinct, image), distinct)[inverse]
