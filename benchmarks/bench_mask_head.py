@@ -5,8 +5,8 @@
 
 The measures are those of ``bench_activation_memory.py`` (saved-for-backward bytes, step seconds,
 peak RSS growth during the step); the images are random with 5 random boxes whose rectangles are the
-masks. Inference cost: the same table's forward seconds are not separated; the head runs once on the
-last layer's queries at inference.
+masks. Inference cost is not measured here; at inference the head decodes the kept queries' masks
+only (at most ``select_box_nums_for_evaluation`` of them).
 """
 import argparse
 

@@ -1,10 +1,10 @@
 """Instance masks for any model config (issue #32): one call adds the mask head to the model's heads
 (``detr_plus.modeling.mask_head``: Mr. DETR's head on the last decoder layer, the coarsest encoder
-level and the backbone's res5 / res4 / res3) and makes the training mapper keep the masks. The
+level unless ``memory_level`` says another, and the backbone's res5 / res4 / res3) and makes the training mapper keep the masks. The
 COCO evaluator then reports segm AP beside bbox AP (it sees ``pred_masks`` in the predictions).
 
 ``num_points``: points per mask of the point-sampled loss, 12544 (112 x 112) on COCO as Mr. DETR;
-the shapes configs use fewer (their masks are 8 x 10 logits at 128 px)."""
+the shapes configs use 1024 (``configs/shapes/tiny_model.TINY_MASK_HEAD``: 16 x 20 logits at 128 x 160 px)."""
 from detectron2.config import LazyCall as L
 
 from detr_plus.modeling.heads import named_heads

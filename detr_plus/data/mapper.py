@@ -122,9 +122,7 @@ def rasterise(segmentation, height: int, width: int) -> np.ndarray:
         if isinstance(segmentation.get("counts"), list):
             segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
         return mask_util.decode(segmentation).astype(np.uint8)
-    if isinstance(segmentation, np.ndarray) and segmentation.ndim == 2:
-        return segmentation.astype(np.uint8)
-    raise TypeError(f"segmentation of type {type(segmentation).__name__}: polygons (list), RLE (dict) or a 2-D array")
+    raise TypeError(f"segmentation of type {type(segmentation).__name__}: polygons (list) or RLE (dict)")
 
 
 class UnreadableImageError(RuntimeError):

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..layers.level_shapes import level_sizes
 from .contracts import EncoderState, Indices, LayerPredictions, Targets
+from .criterion import SetCriterion
 from .mask_losses import point_mask_losses
 
 
@@ -139,16 +140,13 @@ class MaskHead(nn.Module):
         """``loss`` computed from the matched queries' masks only (what the loss book calls in training):
         the same values as ``loss(self(predictions, state), ...)`` without decoding a mask for every
         query (a one-to-many route matches a few of its queries, a one-to-one one fewer still)."""
-        image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
-        query = torch.cat([q for q, _ in indices])
-        logits = self.mask_logits(predictions.hidden[image, query], image, state)
-        return self.weighted_losses(logits, targets, indices, num_boxes)
+        image, query, _, _ = SetCriterion.pairs(indices, targets)
+        return self.weighted_losses(self.select(predictions, state, image, query), targets, indices, num_boxes)
 
     def loss(self, outputs: torch.Tensor, predictions: LayerPredictions, targets: Targets, indices: Indices,
              num_boxes) -> Dict[str, torch.Tensor]:
         """Point-sampled BCE and dice of the matched pairs (``mask_losses.point_mask_losses``), weighted."""
-        image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
-        query = torch.cat([q for q, _ in indices])
+        image, query, _, _ = SetCriterion.pairs(indices, targets)
         return self.weighted_losses(outputs[image, query], targets, indices, num_boxes)
 
     def weighted_losses(self, logits: torch.Tensor, targets: Targets, indices: Indices, num_boxes) -> Dict[str, torch.Tensor]:
