@@ -1,5 +1,6 @@
-"""Tools around finished runs (issue #31): ``tools/average_checkpoints.py`` (weights averaged by hand)
-and ``tools/plot_runs.py`` (run names from the command line, one PNG for several runs)."""
+"""Tools around runs (issue #31): ``tools/average_checkpoints.py`` (weights averaged by hand),
+``tools/plot_runs.py`` (run names from the command line, one PNG for several runs) and
+``tools/count_matches.py`` (matched queries per object, issue #32)."""
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
 import average_checkpoints  # noqa: E402
+import count_matches  # noqa: E402
 import plot_runs  # noqa: E402
 from detr_plus.engine.checkpoint import checkpoint_state_dict  # noqa: E402
 
@@ -74,3 +76,16 @@ def test_plot_runs_names_each_run_by_its_config_and_overrides(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match=r"missing/metrics\.json: no metrics\.json"):
         plot_runs.main([a, str(tmp_path / "missing"), "--output", str(tmp_path / "x.png")])
+
+
+def test_count_matches_one_per_object_one_to_one_and_k_for_h_detr_repeated_targets(shapes_mini, tiny, capsys):
+    """H-DETR tiny: Hungarian on the primary queries and the encoder matches every object once; the
+    one-to-many group (targets repeated k = 6 times, 200 queries) six times, on every decoder layer."""
+    pairs, objects = count_matches.main(["--config-file", str(tiny.repo / "configs/shapes/h_detr_tiny.py"), "--batches", "1",
+                                         *tiny.model_overrides, "dataloader.train.dataset=shapes_train_mini"])
+    assert objects > 2
+    assert pairs == {**{("primary", i): objects for i in range(2)}, ("enc", 0): objects,
+                     **{("one2many", i): 6 * objects for i in range(2)}}
+    out = capsys.readouterr().out
+    assert f"{objects} objects in 1 training batches" in out
+    assert f"one2many                         1{6 * objects:>8}        6.00" in out
