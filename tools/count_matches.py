@@ -41,7 +41,7 @@ def count_matches(model, batches):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--checkpoint", default="", help="weights to load (default: the config's initialisation)")
+    parser.add_argument("--checkpoint", default="", help="weights to load (default: none, the model as instantiated; train.init_checkpoint is not read)")
     parser.add_argument("--batches", type=int, default=4, help="training batches to count over")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     args = parser.parse_args(argv)
